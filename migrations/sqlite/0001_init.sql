@@ -1,0 +1,78 @@
+-- UDIM schema for SQLite (the embedded default): the same tables as on PostgreSQL.
+-- UUIDs are 16-byte BLOBs, times RFC 3339 TEXT, JSON TEXT.
+
+CREATE TABLE users (
+    id          TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL
+);
+
+-- The sequencer row; see the PostgreSQL migration.
+CREATE TABLE ledger_head (
+    singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),
+    size        INTEGER NOT NULL CHECK (size >= 0)
+);
+INSERT INTO ledger_head (singleton, size) VALUES (1, 0);
+
+CREATE TRIGGER ledger_head_grows BEFORE UPDATE ON ledger_head
+    WHEN NEW.size < OLD.size
+    BEGIN SELECT RAISE(ABORT, 'udim: the ledger cannot shrink'); END;
+CREATE TRIGGER ledger_head_kept BEFORE DELETE ON ledger_head
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table ledger_head is refused'); END;
+
+CREATE TABLE consent_ledger (
+    idx          INTEGER PRIMARY KEY CHECK (idx >= 0),
+    id           BLOB NOT NULL UNIQUE,
+    user_id      TEXT NOT NULL,
+    consent_id   BLOB NOT NULL,
+    event_type   TEXT NOT NULL CHECK (event_type IN ('given', 'updated', 'withdrawn')),
+    record       TEXT NOT NULL,
+    salt         BLOB NOT NULL CHECK (length(salt) = 16),
+    leaf_hash    BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+    recorded_at  TEXT NOT NULL
+);
+CREATE INDEX consent_ledger_by_user ON consent_ledger (user_id, idx);
+CREATE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
+    BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on append-only table consent_ledger is refused'); END;
+CREATE TRIGGER consent_ledger_no_delete BEFORE DELETE ON consent_ledger
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table consent_ledger is refused'); END;
+
+CREATE TABLE packages (
+    id                     BLOB PRIMARY KEY,
+    user_id                TEXT NOT NULL REFERENCES users (id),
+    consent_entry_id       BLOB NOT NULL,
+    data_category          TEXT NOT NULL,
+    original_name          TEXT NOT NULL,
+    declared_content_type  TEXT NOT NULL,
+    status                 TEXT NOT NULL CHECK (status IN
+                               ('receiving', 'scanning', 'stored', 'quarantined', 'rejected', 'deleted')),
+    staging_key            TEXT NOT NULL,
+    object_key             TEXT,
+    storage_uri            TEXT,
+    size_bytes             INTEGER CHECK (size_bytes >= 0),
+    sha256                 BLOB CHECK (length(sha256) = 32),
+    encryption_key_id      TEXT,
+    wrapped_key            BLOB,
+    metadata               TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    created_at             TEXT NOT NULL,
+    updated_at             TEXT NOT NULL,
+    CHECK (status <> 'stored' OR (object_key IS NOT NULL AND storage_uri IS NOT NULL
+        AND size_bytes IS NOT NULL AND sha256 IS NOT NULL
+        AND encryption_key_id IS NOT NULL AND wrapped_key IS NOT NULL))
+);
+CREATE INDEX packages_by_user ON packages (user_id, created_at DESC, id DESC);
+CREATE INDEX packages_in_flight ON packages (updated_at) WHERE status IN ('receiving', 'scanning');
+
+CREATE TABLE outbox (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               BLOB NOT NULL UNIQUE,
+    event_type       TEXT NOT NULL,
+    aggregate_id     BLOB NOT NULL,
+    payload          TEXT NOT NULL CHECK (json_valid(payload)),
+    created_at       TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    next_attempt_at  TEXT NOT NULL,
+    lease_until      TEXT,
+    sent_at          TEXT
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE sent_at IS NULL;

@@ -1,0 +1,184 @@
+//! Package metadata and the transactional outbox.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Result;
+
+/// Lifecycle of a package: `receiving → scanning → stored | quarantined | rejected`, later
+/// `deleted`. Only `stored` packages are announced downstream or readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageStatus {
+    Receiving,
+    Scanning,
+    Stored,
+    Quarantined,
+    Rejected,
+    Deleted,
+}
+
+impl PackageStatus {
+    pub const ALL: [PackageStatus; 6] = [
+        Self::Receiving,
+        Self::Scanning,
+        Self::Stored,
+        Self::Quarantined,
+        Self::Rejected,
+        Self::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receiving => "receiving",
+            Self::Scanning => "scanning",
+            Self::Stored => "stored",
+            Self::Quarantined => "quarantined",
+            Self::Rejected => "rejected",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
+/// A package as first recorded, before any byte is stored.
+#[derive(Debug, Clone)]
+pub struct NewPackage {
+    pub id: Uuid,
+    pub user_id: String,
+    pub consent_entry_id: Uuid,
+    pub data_category: String,
+    pub original_name: String,
+    pub declared_content_type: String,
+    /// Where the object is written while it is incomplete; the cleanup path after a crash.
+    pub staging_key: String,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What becomes known once the object is written and committed.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub object_key: String,
+    pub storage_uri: String,
+    pub size_bytes: u64,
+    pub sha256: [u8; 32],
+    pub encryption_key_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub stored_at: DateTime<Utc>,
+}
+
+/// A package row.
+#[derive(Debug, Clone)]
+pub struct PackageRecord {
+    pub id: Uuid,
+    pub user_id: String,
+    pub consent_entry_id: Uuid,
+    pub data_category: String,
+    pub original_name: String,
+    pub declared_content_type: String,
+    pub status: PackageStatus,
+    pub staging_key: String,
+    pub object_key: Option<String>,
+    pub storage_uri: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+    pub encryption_key_id: Option<String>,
+    pub wrapped_key: Option<Vec<u8>>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Filter and page for listing a user's packages, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct PackageQuery {
+    pub status: Option<PackageStatus>,
+    pub data_category: Option<String>,
+    /// Return packages created strictly before this package (keyset pagination).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: u32,
+}
+
+/// One event waiting in (or sent from) the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    /// The event id; also the broker message id, for consumer de-duplication.
+    pub id: Uuid,
+    pub event_type: String,
+    /// The package (or other aggregate) the event is about.
+    pub aggregate_id: Uuid,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An outbox row with its delivery state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    #[serde(flatten)]
+    pub message: OutboxMessage,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Package metadata port.
+///
+/// # Contract
+/// - Every read and write that takes a `user_id` touches only that user's rows: another
+///   user's package is indistinguishable from a missing one.
+/// - `mark_stored` is ONE transaction: the package moves from `receiving` or `scanning` to
+///   `stored` with its object details AND `event` is inserted into the outbox; either both
+///   happen or neither. It fails with `Conflict` from any other status.
+/// - `discard` removes a package that never reached `stored` (bad input, failed write); it
+///   refuses (`Conflict`) to remove a stored one.
+#[async_trait]
+pub trait PackageStore: Send + Sync + std::fmt::Debug {
+    /// Records the user on first contact; later calls are no-ops.
+    async fn ensure_user(&self, user_id: &str) -> Result<()>;
+    async fn create_package(&self, package: &NewPackage) -> Result<()>;
+    async fn mark_stored(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        object: &StoredObject,
+        event: &OutboxMessage,
+    ) -> Result<PackageRecord>;
+    async fn discard(&self, user_id: &str, id: Uuid) -> Result<()>;
+    async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>>;
+    async fn list_packages(&self, user_id: &str, query: &PackageQuery)
+    -> Result<Vec<PackageRecord>>;
+    /// Packages still `receiving` or `scanning` whose last update is older than `before`:
+    /// uploads abandoned by a crash, to be cleaned up.
+    async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>>;
+    /// Checks that the database answers (for readiness probes).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The transactional outbox, drained by the relay.
+///
+/// # Contract
+/// - `claim_due` leases up to `limit` unsent messages (counting the attempt) whose next attempt is due, oldest
+///   first, for `lease`; a leased message is not handed to another claimer until the lease
+///   runs out, so several relays can run at once. Delivery is at least once.
+/// - `mark_sent` and `mark_failed` end the lease; `mark_failed` schedules the next attempt.
+#[async_trait]
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>>;
+    async fn mark_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<()>;
+    async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>)
+    -> Result<()>;
+    /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
+    async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
+}

@@ -1,0 +1,199 @@
+//! Object storage: where encrypted package objects live.
+//!
+//! The one implementation, [`ObjectStoreBlobs`], runs on any `object_store` backend (local
+//! filesystem, S3, GCS, Azure Blob); provider crates only build the backend from settings.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::WriteMultipart;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::{PortError, Result};
+
+/// A stream of object bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// Streams bytes into one new object.
+///
+/// # Contract
+/// Nothing is visible under the key until [`BlobWriter::finish`] returns `Ok`; after
+/// [`BlobWriter::abort`] (or a writer dropped without `finish`) nothing is visible and the
+/// provider holds no parts that it will not clean up.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends bytes. May apply back-pressure by waiting for earlier parts to upload.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Completes the object; returns the number of bytes written.
+    async fn finish(self: Box<Self>) -> Result<u64>;
+    /// Abandons the object and removes any uploaded parts.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Object storage port.
+///
+/// # Contract
+/// - Keys are `/`-separated relative paths made of `[A-Za-z0-9._-]` segments.
+/// - [`create`](BlobStore::create) streams an object in bounded memory (never the whole
+///   object), in parts when it is large.
+/// - [`get`](BlobStore::get) of a missing key is [`PortError::NotFound`].
+/// - [`rename`](BlobStore::rename) moves an object so that afterwards only `to` exists; a
+///   reader sees either no object or the complete one under `to`.
+/// - [`delete`](BlobStore::delete) is idempotent: deleting a missing key succeeds.
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>>;
+    async fn get(&self, key: &str) -> Result<ByteStream>;
+    async fn exists(&self, key: &str) -> Result<bool>;
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// The URI recorded as a package's storage URI (e.g. `file:///…`, `s3://bucket/…`).
+    fn uri(&self, key: &str) -> String;
+}
+
+/// [`BlobStore`] over any `object_store` backend.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreBlobs {
+    store: Arc<dyn ObjectStore>,
+    provider: &'static str,
+    uri_prefix: String,
+    part_size: usize,
+}
+
+impl ObjectStoreBlobs {
+    /// `uri_prefix` is prepended to keys to form storage URIs; `part_size` is the multipart
+    /// part size (S3 needs at least 5 MiB for every part but the last).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        provider: &'static str,
+        uri_prefix: impl Into<String>,
+        part_size: usize,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            uri_prefix: uri_prefix.into(),
+            part_size,
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        Path::parse(key).map_err(|e| PortError::generic(self.provider, e))
+    }
+
+    fn map(&self, key: &str, e: object_store::Error) -> PortError {
+        map_object_store_error(self.provider, key, e)
+    }
+}
+
+fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Error) -> PortError {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => PortError::NotFound(key.to_owned()),
+        E::AlreadyExists { .. } => PortError::AlreadyExists(key.to_owned()),
+        E::Precondition { .. } | E::NotModified { .. } => PortError::Conflict(key.to_owned()),
+        E::NotSupported { .. } | E::NotImplemented { .. } => {
+            PortError::Unsupported(format!("{provider}: {e}"))
+        }
+        other => PortError::generic(provider, other),
+    }
+}
+
+struct MultipartWriter {
+    inner: WriteMultipart,
+    provider: &'static str,
+    key: String,
+    written: u64,
+}
+
+#[async_trait]
+impl BlobWriter for MultipartWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        // Bounds memory: at most two parts in flight besides the one being filled.
+        self.inner
+            .wait_for_capacity(2)
+            .await
+            .map_err(|e| map_object_store_error(self.provider, &self.key, e))?;
+        self.written += data.len() as u64;
+        self.inner.put(data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        let this = *self;
+        this.inner
+            .finish()
+            .await
+            .map_err(|e| map_object_store_error(this.provider, &this.key, e))?;
+        Ok(this.written)
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        this.inner
+            .abort()
+            .await
+            .map_err(|e| map_object_store_error(this.provider, &this.key, e))
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectStoreBlobs {
+    async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>> {
+        let path = self.path(key)?;
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.map(key, e))?;
+        Ok(Box::new(MultipartWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, self.part_size),
+            provider: self.provider,
+            key: key.to_owned(),
+            written: 0,
+        }))
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let path = self.path(key)?;
+        let result = self.store.get(&path).await.map_err(|e| self.map(key, e))?;
+        let provider = self.provider;
+        let key = key.to_owned();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| map_object_store_error(provider, &key, e))
+            .boxed())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.map(key, e)),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from_path, to_path) = (self.path(from)?, self.path(to)?);
+        self.store
+            .rename(&from_path, &to_path)
+            .await
+            .map_err(|e| self.map(from, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map(key, e)),
+        }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("{}/{}", self.uri_prefix.trim_end_matches('/'), key)
+    }
+}

@@ -1,0 +1,453 @@
+//! The SQL shared by both engines, instantiated once per engine by `sql_store!`.
+//!
+//! The engines differ only where [`EngineSql`] says so; everything else is one text, so a
+//! fix applies to both and the conformance tests prove both.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row as _;
+use sqlx::types::Json;
+use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
+use udim_ports::metadata::{
+    NewPackage, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRecord, PackageStatus,
+    PackageStore, StoredObject,
+};
+use udim_ports::{PortError, Result};
+use uuid::Uuid;
+
+/// The statements whose text differs between engines.
+struct EngineSql {
+    /// Leases due outbox rows; `$1` now, `$2` lease end, `$3` limit.
+    claim_outbox: &'static str,
+}
+
+const PG_SQL: EngineSql = EngineSql {
+    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
+        WHERE seq IN (SELECT seq FROM outbox \
+            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
+              AND (lease_until IS NULL OR lease_until <= $1) \
+            ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+        RETURNING seq, id, event_type, aggregate_id, payload, created_at, attempts, last_error, next_attempt_at, sent_at",
+};
+
+// SQLite has one writer at a time, so the sub-select needs no row locks.
+const SQLITE_SQL: EngineSql = EngineSql {
+    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
+        WHERE seq IN (SELECT seq FROM outbox \
+            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
+              AND (lease_until IS NULL OR lease_until <= $1) \
+            ORDER BY seq LIMIT $3) \
+        RETURNING seq, id, event_type, aggregate_id, payload, created_at, attempts, last_error, next_attempt_at, sent_at",
+};
+
+macro_rules! package_columns {
+    () => {
+        "id, user_id, consent_entry_id, data_category, original_name, declared_content_type, \
+         status, staging_key, object_key, storage_uri, size_bytes, sha256, encryption_key_id, \
+         wrapped_key, metadata, created_at, updated_at"
+    };
+}
+
+macro_rules! ledger_columns {
+    () => {
+        "idx, id, user_id, consent_id, event_type, record, salt, leaf_hash, recorded_at"
+    };
+}
+
+fn db_err(e: sqlx::Error) -> PortError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
+            PortError::unavailable("database", e)
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            PortError::AlreadyExists(db.message().to_owned())
+        }
+        _ => PortError::generic("database", e),
+    }
+}
+
+fn corrupt(what: &str) -> PortError {
+    PortError::generic("database", format!("stored {what} is malformed"))
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64> {
+    i64::try_from(n).map_err(|_| PortError::Conflict(format!("{what} out of range")))
+}
+
+fn fixed<const N: usize>(bytes: Vec<u8>, what: &str) -> Result<[u8; N]> {
+    bytes.try_into().map_err(|_| corrupt(what))
+}
+
+fn chrono_lease(lease: Duration) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(lease).map_err(|_| PortError::Conflict("lease too long".into()))
+}
+
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $pool:ty, $sql:expr) => {
+        /// Metadata, outbox and ledger on one connection pool.
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            pub fn new(pool: $pool) -> Self {
+                Self { pool }
+            }
+
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+
+            fn package_from_row(row: &<$db as sqlx::Database>::Row) -> Result<PackageRecord> {
+                let status: String = row.try_get("status").map_err(db_err)?;
+                let size: Option<i64> = row.try_get("size_bytes").map_err(db_err)?;
+                let sha256: Option<Vec<u8>> = row.try_get("sha256").map_err(db_err)?;
+                let metadata: Json<serde_json::Value> = row.try_get("metadata").map_err(db_err)?;
+                Ok(PackageRecord {
+                    id: row.try_get("id").map_err(db_err)?,
+                    user_id: row.try_get("user_id").map_err(db_err)?,
+                    consent_entry_id: row.try_get("consent_entry_id").map_err(db_err)?,
+                    data_category: row.try_get("data_category").map_err(db_err)?,
+                    original_name: row.try_get("original_name").map_err(db_err)?,
+                    declared_content_type: row.try_get("declared_content_type").map_err(db_err)?,
+                    status: PackageStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+                    staging_key: row.try_get("staging_key").map_err(db_err)?,
+                    object_key: row.try_get("object_key").map_err(db_err)?,
+                    storage_uri: row.try_get("storage_uri").map_err(db_err)?,
+                    size_bytes: size
+                        .map(|n| u64::try_from(n).map_err(|_| corrupt("size")))
+                        .transpose()?,
+                    sha256: sha256.map(|h| fixed(h, "sha256")).transpose()?,
+                    encryption_key_id: row.try_get("encryption_key_id").map_err(db_err)?,
+                    wrapped_key: row.try_get("wrapped_key").map_err(db_err)?,
+                    metadata: metadata.0,
+                    created_at: row.try_get("created_at").map_err(db_err)?,
+                    updated_at: row.try_get("updated_at").map_err(db_err)?,
+                })
+            }
+
+            fn ledger_from_row(row: &<$db as sqlx::Database>::Row) -> Result<LedgerEntry> {
+                let idx: i64 = row.try_get("idx").map_err(db_err)?;
+                let record: Json<serde_json::Value> = row.try_get("record").map_err(db_err)?;
+                Ok(LedgerEntry {
+                    index: u64::try_from(idx).map_err(|_| corrupt("ledger index"))?,
+                    id: row.try_get("id").map_err(db_err)?,
+                    user_id: row.try_get("user_id").map_err(db_err)?,
+                    consent_id: row.try_get("consent_id").map_err(db_err)?,
+                    event_type: row.try_get("event_type").map_err(db_err)?,
+                    record: record.0,
+                    salt: fixed(row.try_get("salt").map_err(db_err)?, "salt")?,
+                    leaf_hash: fixed(row.try_get("leaf_hash").map_err(db_err)?, "leaf hash")?,
+                    recorded_at: row.try_get("recorded_at").map_err(db_err)?,
+                })
+            }
+
+            fn outbox_entry_from_row(row: &<$db as sqlx::Database>::Row) -> Result<OutboxEntry> {
+                let payload: Json<serde_json::Value> = row.try_get("payload").map_err(db_err)?;
+                let attempts: i32 = row.try_get("attempts").map_err(db_err)?;
+                Ok(OutboxEntry {
+                    message: OutboxMessage {
+                        id: row.try_get("id").map_err(db_err)?,
+                        event_type: row.try_get("event_type").map_err(db_err)?,
+                        aggregate_id: row.try_get("aggregate_id").map_err(db_err)?,
+                        payload: payload.0,
+                        created_at: row.try_get("created_at").map_err(db_err)?,
+                    },
+                    attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
+                    last_error: row.try_get("last_error").map_err(db_err)?,
+                    next_attempt_at: row.try_get("next_attempt_at").map_err(db_err)?,
+                    sent_at: row.try_get("sent_at").map_err(db_err)?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl PackageStore for $name {
+            async fn ensure_user(&self, user_id: &str) -> Result<()> {
+                sqlx::query("INSERT INTO users (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                    .bind(user_id)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn create_package(&self, p: &NewPackage) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO packages (id, user_id, consent_entry_id, data_category, original_name, \
+                     declared_content_type, status, staging_key, metadata, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, $8, $9, $9)",
+                )
+                .bind(p.id)
+                .bind(&p.user_id)
+                .bind(p.consent_entry_id)
+                .bind(&p.data_category)
+                .bind(&p.original_name)
+                .bind(&p.declared_content_type)
+                .bind(&p.staging_key)
+                .bind(Json(&p.metadata))
+                .bind(p.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn mark_stored(
+                &self,
+                user_id: &str,
+                id: Uuid,
+                object: &StoredObject,
+                event: &OutboxMessage,
+            ) -> Result<PackageRecord> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let row = sqlx::query(concat!(
+                    "UPDATE packages SET status = 'stored', object_key = $3, storage_uri = $4, \
+                     size_bytes = $5, sha256 = $6, encryption_key_id = $7, wrapped_key = $8, \
+                     updated_at = $9 \
+                     WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning') \
+                     RETURNING ",
+                    package_columns!()
+                ))
+                .bind(id)
+                .bind(user_id)
+                .bind(&object.object_key)
+                .bind(&object.storage_uri)
+                .bind(to_i64(object.size_bytes, "size")?)
+                .bind(object.sha256.as_slice())
+                .bind(&object.encryption_key_id)
+                .bind(object.wrapped_key.as_slice())
+                .bind(object.stored_at)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .ok_or_else(|| PortError::Conflict(format!("package {id} is not being received")))?;
+                let record = Self::package_from_row(&row)?;
+                sqlx::query(
+                    "INSERT INTO outbox (id, event_type, aggregate_id, payload, created_at, next_attempt_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(event.id)
+                .bind(&event.event_type)
+                .bind(event.aggregate_id)
+                .bind(Json(&event.payload))
+                .bind(event.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(record)
+            }
+
+            async fn discard(&self, user_id: &str, id: Uuid) -> Result<()> {
+                let deleted = sqlx::query(
+                    "DELETE FROM packages WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning')",
+                )
+                .bind(id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if deleted == 0 && self.get_package(user_id, id).await?.is_some() {
+                    return Err(PortError::Conflict(format!("package {id} is past receiving")));
+                }
+                Ok(())
+            }
+
+            async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>> {
+                sqlx::query(concat!("SELECT ", package_columns!(), " FROM packages WHERE id = $1 AND user_id = $2"))
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| Self::package_from_row(&row))
+                    .transpose()
+            }
+
+            async fn list_packages(&self, user_id: &str, q: &PackageQuery) -> Result<Vec<PackageRecord>> {
+                let mut sql = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT ",
+                    package_columns!(),
+                    " FROM packages WHERE user_id = "
+                ));
+                sql.push_bind(user_id);
+                if let Some(status) = q.status {
+                    sql.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(category) = &q.data_category {
+                    sql.push(" AND data_category = ").push_bind(category.clone());
+                }
+                if let Some((created_at, id)) = q.before {
+                    sql.push(" AND (created_at < ")
+                        .push_bind(created_at)
+                        .push(" OR (created_at = ")
+                        .push_bind(created_at)
+                        .push(" AND id < ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(i64::from(q.limit));
+                sql.build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(Self::package_from_row)
+                    .collect()
+            }
+
+            async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>> {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    package_columns!(),
+                    " FROM packages WHERE status IN ('receiving', 'scanning') AND updated_at < $1 \
+                     ORDER BY updated_at LIMIT 1000"
+                ))
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(Self::package_from_row)
+                .collect()
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Outbox for $name {
+            async fn claim_due(
+                &self,
+                now: DateTime<Utc>,
+                lease: Duration,
+                limit: u32,
+            ) -> Result<Vec<OutboxEntry>> {
+                let rows = sqlx::query($sql.claim_outbox)
+                    .bind(now)
+                    .bind(now + chrono_lease(lease)?)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                let mut claimed = rows
+                    .iter()
+                    .map(|row| {
+                        let seq: i64 = row.try_get("seq").map_err(db_err)?;
+                        Ok((seq, Self::outbox_entry_from_row(row)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                // RETURNING gives no order; publish oldest first.
+                claimed.sort_by_key(|(seq, _)| *seq);
+                Ok(claimed.into_iter().map(|(_, m)| m).collect())
+            }
+
+            async fn mark_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE outbox SET sent_at = $2, lease_until = NULL, last_error = NULL WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()> {
+                sqlx::query(
+                    "UPDATE outbox SET last_error = $2, next_attempt_at = $3, lease_until = NULL \
+                     WHERE id = $1 AND sent_at IS NULL",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(next_attempt_at)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>> {
+                let rows = sqlx::query(
+                    "SELECT id, event_type, aggregate_id, payload, created_at, attempts, last_error, \
+                     next_attempt_at, sent_at FROM outbox \
+                     WHERE (sent_at IS NULL OR $1 = 0) ORDER BY seq DESC LIMIT $2",
+                )
+                .bind(i32::from(pending_only))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.iter().map(Self::outbox_entry_from_row).collect()
+            }
+        }
+
+        #[async_trait]
+        impl ConsentLedger for $name {
+            async fn append(&self, e: NewLedgerEntry) -> Result<LedgerEntry> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                // The row lock taken here is the sequencer: concurrent appends queue on it,
+                // and the index is returned to the pool if this transaction rolls back.
+                let index: i64 = sqlx::query("UPDATE ledger_head SET size = size + 1 RETURNING size - 1")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .try_get(0)
+                    .map_err(db_err)?;
+                let row = sqlx::query(concat!(
+                    "INSERT INTO consent_ledger (idx, id, user_id, consent_id, event_type, record, salt, \
+                     leaf_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+                    ledger_columns!()
+                ))
+                .bind(index)
+                .bind(e.id)
+                .bind(&e.user_id)
+                .bind(e.consent_id)
+                .bind(&e.event_type)
+                .bind(Json(&e.record))
+                .bind(e.salt.as_slice())
+                .bind(e.leaf_hash.as_slice())
+                .bind(e.recorded_at)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let stored = Self::ledger_from_row(&row)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(stored)
+            }
+
+            async fn entries_for_user(&self, user_id: &str) -> Result<Vec<LedgerEntry>> {
+                sqlx::query(concat!("SELECT ", ledger_columns!(), " FROM consent_ledger WHERE user_id = $1 ORDER BY idx"))
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(Self::ledger_from_row)
+                    .collect()
+            }
+
+            async fn size(&self) -> Result<u64> {
+                let size: i64 = sqlx::query("SELECT size FROM ledger_head")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .try_get(0)
+                    .map_err(db_err)?;
+                u64::try_from(size).map_err(|_| corrupt("ledger size"))
+            }
+        }
+    };
+}
+
+sql_store!(PgStore, sqlx::Postgres, sqlx::PgPool, PG_SQL);
+sql_store!(SqliteStore, sqlx::Sqlite, sqlx::SqlitePool, SQLITE_SQL);

@@ -1,0 +1,290 @@
+//! OAuth 2.0 bearer tokens: HS256 with a configured (or generated) secret, RS256/ES256 with
+//! keys from a JWKS URL. `iss`, `aud`, `exp` and `nbf` are always checked.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::config::{AuthSettings, Settings};
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A person uploading their own data and managing their consent.
+    Upload,
+    /// A downstream service reading stored packages.
+    Read,
+    /// Operators.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upload => "udim:upload",
+            Self::Read => "udim:read",
+            Self::Admin => "udim:admin",
+        }
+    }
+}
+
+/// The authenticated caller. Every query is scoped to `subject`.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: String,
+    scopes: HashSet<String>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(scope.as_str())
+    }
+}
+
+/// Why a token was refused. The message is safe to show the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    #[error("the identity provider's keys could not be fetched")]
+    JwksUnavailable,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    /// Some identity providers send scopes as an array instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scp: Option<Vec<String>>,
+    iss: String,
+    aud: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Keys from a JWKS URL, refreshed when a token names an unknown `kid` (at most once per
+/// `MIN_REFRESH`, so random kids cannot turn the service into a JWKS flooder) and when the
+/// cache is older than `MAX_AGE`.
+struct JwksCache {
+    url: String,
+    client: reqwest::Client,
+    state: RwLock<JwksState>,
+}
+
+struct JwksState {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    fetched_at: Option<Instant>,
+}
+
+const MIN_REFRESH: Duration = Duration::from_secs(2);
+const MAX_AGE: Duration = Duration::from_secs(300);
+
+impl JwksCache {
+    async fn key(&self, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
+        {
+            let state = self.state.read().await;
+            let fresh = state.fetched_at.is_some_and(|t| t.elapsed() < MAX_AGE);
+            if let (true, Some(found)) = (fresh, state.keys.get(kid)) {
+                return Ok(found.clone());
+            }
+        }
+        let mut state = self.state.write().await;
+        let may_refresh = state.fetched_at.is_none_or(|t| t.elapsed() >= MIN_REFRESH);
+        if may_refresh {
+            match self.fetch().await {
+                Ok(keys) => {
+                    state.keys = keys;
+                    state.fetched_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, url = %self.url, "JWKS refresh failed");
+                    if state.keys.is_empty() {
+                        return Err(AuthError::JwksUnavailable);
+                    }
+                }
+            }
+        }
+        state.keys.get(kid).cloned().ok_or(AuthError::UnknownKey)
+    }
+
+    async fn fetch(&self) -> anyhow::Result<HashMap<String, (Algorithm, DecodingKey)>> {
+        let set: JwkSet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let (Some(kid), Some(alg)) = (&jwk.common.key_id, jwk.common.key_algorithm) else {
+                continue;
+            };
+            let Ok(alg) = Algorithm::try_from(alg) else { continue };
+            if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid.clone(), (alg, key));
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Verifies bearer tokens and, for local use, mints HS256 ones.
+pub struct Authenticator {
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    token_ttl: u64,
+    hs256: Option<SecretString>,
+    jwks: Option<JwksCache>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("hs256", &self.hs256.is_some())
+            .field("jwks_url", &self.jwks.as_ref().map(|j| &j.url))
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds the authenticator. With neither an HS256 secret nor a JWKS URL configured, a
+    /// secret is generated into `data_dir` on first use (the embedded default), so `udim
+    /// token` and the server agree with no configuration.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let auth: &AuthSettings = &settings.auth;
+        let hs256 = match (&auth.hs256_secret, &auth.jwks_url) {
+            (Some(secret), _) => {
+                anyhow::ensure!(
+                    secret.expose_secret().len() >= 32,
+                    "configuration error: `auth.hs256_secret` must be at least 32 bytes"
+                );
+                Some(secret.clone())
+            }
+            (None, Some(_)) => None,
+            (None, None) => {
+                let path = settings.hs256_secret_file();
+                let bytes = udim_local::secret_file::load_or_create(&path, || {
+                    let mut raw = [0u8; 32];
+                    aws_lc_rs::rand::fill(&mut raw).expect("the system random generator failed");
+                    hex::encode(raw).into_bytes()
+                })
+                .map_err(|e| anyhow::anyhow!("cannot read or create the HS256 secret {}: {e}", path.display()))?;
+                Some(SecretString::from(String::from_utf8(bytes)?.trim().to_owned()))
+            }
+        };
+        let jwks = match &auth.jwks_url {
+            Some(url) => Some(JwksCache {
+                url: url.clone(),
+                client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+                state: RwLock::new(JwksState {
+                    keys: HashMap::new(),
+                    fetched_at: None,
+                }),
+            }),
+            None => None,
+        };
+        Ok(Self {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: auth.leeway_secs,
+            token_ttl: auth.token_ttl_secs,
+            hs256,
+            jwks,
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v
+    }
+
+    /// Verifies a bearer token and returns its principal.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (alg, key) = match header.alg {
+            Algorithm::HS256 => {
+                let secret = self.hs256.as_ref().ok_or(AuthError::UnknownKey)?;
+                (Algorithm::HS256, DecodingKey::from_secret(secret.expose_secret().as_bytes()))
+            }
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::UnknownKey)?;
+                let kid = header.kid.as_deref().ok_or_else(|| AuthError::Invalid("no `kid`".into()))?;
+                let (alg, key) = jwks.key(kid).await?;
+                if alg != header.alg {
+                    return Err(AuthError::Invalid("algorithm does not match the key".into()));
+                }
+                (alg, key)
+            }
+            other => return Err(AuthError::Invalid(format!("algorithm {other:?} is not accepted"))),
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(alg))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty `sub`".into()));
+        }
+        let mut scopes: HashSet<String> = claims
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        scopes.extend(claims.scp.unwrap_or_default());
+        Ok(Principal {
+            subject: claims.sub,
+            scopes,
+        })
+    }
+
+    /// Mints an HS256 token (only when an HS256 secret is configured or generated).
+    pub fn mint(&self, subject: &str, scopes: &[String]) -> anyhow::Result<String> {
+        let secret = self
+            .hs256
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no HS256 secret is configured; tokens come from the identity provider"))?;
+        let now = chrono::Utc::now().timestamp() as u64;
+        let claims = Claims {
+            sub: subject.to_owned(),
+            scope: Some(scopes.join(" ")),
+            scp: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp: now + self.token_ttl,
+            nbf: Some(now),
+            iat: Some(now),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+        )?)
+    }
+}

@@ -1,0 +1,139 @@
+//! The `udim` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::startup::{Application, connect_database};
+
+#[derive(Debug, Parser)]
+#[command(name = "udim", version, about = "User Data Ingestion Module")]
+struct Cli {
+    /// Directory holding default.toml and the profile files.
+    #[arg(long, env = "UDIM_CONFIG_DIR", default_value = "config", global = true)]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Mint a bearer token with the local HS256 secret (prints only the token).
+    Token {
+        /// The subject (`sub`): the user the token acts for.
+        #[arg(long)]
+        sub: String,
+        /// A scope to grant (udim:upload, udim:read, udim:admin); repeat or space-separate.
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+    },
+    /// Operator tasks.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Print outbox events as JSON lines, newest first.
+    Outbox {
+        /// Include events already delivered.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Add a new local key-encryption key; earlier keys keep decrypting.
+    RotateKey,
+}
+
+/// Parses arguments, runs the command, and turns errors into one line on stderr.
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("udim: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&cli.config_dir)?;
+    crate::telemetry::init(&settings.log);
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => {
+            let db = connect_database(&settings).await?;
+            db.migrate().await?;
+            tracing::info!(engine = db.engine(), "migrations applied");
+            Ok(())
+        }
+        Command::Token { sub, scope } => {
+            let scopes: Vec<String> = scope.iter().flat_map(|s| s.split_whitespace()).map(str::to_owned).collect();
+            let auth = Authenticator::from_settings(&settings)?;
+            println!("{}", auth.mint(&sub, &scopes)?);
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Outbox { all, limit }) => {
+            let db = connect_database(&settings).await?;
+            for entry in db.outbox.list(!all, limit).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::RotateKey) => match &settings.kms {
+            crate::config::KmsSettings::Local { key_file } => {
+                let path = key_file.clone().unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
+                let id = udim_local::keyfile::LocalKeyFile::rotate(&path)?;
+                println!("{id}");
+                Ok(())
+            }
+            _ => anyhow::bail!("`kms.type` is not `local`: rotate keys in the key management service"),
+        },
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let embedded = settings.database.url.is_none();
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, "udim is listening");
+    if embedded {
+        tracing::info!(
+            "embedded default: get a token with `udim token --sub alice --scope udim:upload`, grant consent with \
+             POST http://{addr}/v1/consents, then upload with `curl -T FILE -H 'Authorization: Bearer $TOKEN' \
+             'http://{addr}/v1/packages?data_category=documents&filename=FILE'`"
+        );
+    }
+    app.run_until_stopped(shutdown_signal()).await.context("serve")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,474 @@
+//! Settings, layered with figment: built-in defaults → `config/default.toml` → the profile
+//! file named by `UDIM_PROFILE` (`config/<profile>.toml`) → `UDIM_*` environment variables
+//! (`__` separates nested keys: `UDIM_SERVER__LISTEN` is `server.listen`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// All settings. Every field has a default, so an empty configuration runs the embedded
+/// profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded default keeps all its state (database, objects, keys, secrets).
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+    pub kms: KmsSettings,
+    pub queue: QueueSettings,
+    pub scanner: ScannerSettings,
+    pub auth: AuthSettings,
+    pub upload: UploadSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            storage: StorageSettings::default(),
+            kms: KmsSettings::default(),
+            queue: QueueSettings::default(),
+            scanner: ScannerSettings::default(),
+            auth: AuthSettings::default(),
+            upload: UploadSettings::default(),
+            outbox: OutboxSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// How long shutdown waits for in-flight requests (uploads) to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; unset means `sqlite://<data_dir>/udim.db`. May hold a
+    /// password, so it is a secret.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+    /// Apply pending migrations when `udim serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_secs: 10,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// Object storage provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageSettings {
+    /// Local filesystem; `path` defaults to `<data_dir>/objects`.
+    Filesystem { path: Option<PathBuf> },
+    /// Amazon S3 or an S3-compatible store (feature `aws`).
+    S3 {
+        bucket: String,
+        region: Option<String>,
+        endpoint: Option<String>,
+        #[serde(default)]
+        allow_http: bool,
+    },
+    /// Google Cloud Storage (feature `gcp`).
+    Gcs { bucket: String, base_url: Option<String> },
+    /// Azure Blob Storage (feature `azure`).
+    Azure {
+        account: String,
+        container: String,
+        endpoint: Option<String>,
+        #[serde(default)]
+        use_emulator: bool,
+    },
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self::Filesystem { path: None }
+    }
+}
+
+/// Key management provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KmsSettings {
+    /// A local key file; `key_file` defaults to `<data_dir>/keys/kek.keys`.
+    Local { key_file: Option<PathBuf> },
+    /// AWS KMS (feature `aws`).
+    Aws { key_id: String, endpoint: Option<String> },
+    /// Google Cloud KMS (feature `gcp`).
+    Gcp { key_name: String },
+    /// Azure Key Vault (feature `azure`).
+    Azure { vault_url: String, key_name: String },
+}
+
+impl Default for KmsSettings {
+    fn default() -> Self {
+        Self::Local { key_file: None }
+    }
+}
+
+/// Where outbox events are relayed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum QueueSettings {
+    /// Events stay in the outbox (see `GET /v1/admin/outbox` and `udim admin outbox`).
+    OutboxOnly,
+    /// RabbitMQ with publisher confirms (feature `local`).
+    Rabbitmq(RabbitMqSettings),
+    /// Amazon SQS (feature `aws`).
+    Sqs { queue_url: String },
+    /// Google Pub/Sub (feature `gcp`).
+    Pubsub { topic: String },
+    /// Azure Queue Storage (feature `azure`).
+    AzureQueue { queue_url: String },
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self::OutboxOnly
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitMqSettings {
+    /// `amqp://user:password@host:port/vhost`: a secret, since it holds the password.
+    pub url: SecretString,
+    #[serde(default = "defaults::exchange")]
+    pub exchange: String,
+    #[serde(default = "defaults::queue")]
+    pub queue: String,
+    #[serde(default = "defaults::binding_key")]
+    pub binding_key: String,
+    #[serde(default = "defaults::dead_letter_exchange")]
+    pub dead_letter_exchange: String,
+    #[serde(default = "defaults::dead_letter_queue")]
+    pub dead_letter_queue: String,
+}
+
+mod defaults {
+    pub fn exchange() -> String {
+        "udim.events".into()
+    }
+    pub fn queue() -> String {
+        "udim.package-events".into()
+    }
+    pub fn binding_key() -> String {
+        "package.#".into()
+    }
+    pub fn dead_letter_exchange() -> String {
+        "udim.events.dead-letter".into()
+    }
+    pub fn dead_letter_queue() -> String {
+        "udim.package-events.dead-letter".into()
+    }
+}
+
+/// Malware scanner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScannerSettings {
+    Disabled,
+}
+
+impl Default for ScannerSettings {
+    fn default() -> Self {
+        Self::Disabled
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// HS256 secret. Unset with no `jwks_url`: generated into `<data_dir>/secrets/jwt-hs256`.
+    pub hs256_secret: Option<SecretString>,
+    /// JWKS URL for RS256/ES256 tokens from an identity provider.
+    pub jwks_url: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Lifetime of tokens minted by `udim token`.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "udim-local".into(),
+            audience: "udim".into(),
+            hs256_secret: None,
+            jwks_url: None,
+            leeway_secs: 30,
+            token_ttl_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadSettings {
+    /// Largest accepted upload, in bytes.
+    pub max_bytes: u64,
+    /// Uploads still receiving after this long are treated as abandoned and cleaned up.
+    pub abandon_after_secs: u64,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024 * 1024,
+            abandon_after_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often the relay looks for due events when nothing wakes it.
+    pub poll_interval_ms: u64,
+    pub batch_size: u32,
+    /// First retry delay; doubles per failed attempt up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+            batch_size: 64,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info,udim=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration problem, as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+fn one_line(error: figment::Error) -> ConfigError {
+    let parts: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (from {source})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("`{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError(parts.join("; ").split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` and the environment, as the module docs describe.
+    pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        let defaults = config_dir.join("default.toml");
+        // Optional: the binary must start with no configuration at all (embedded default).
+        if defaults.is_file() {
+            figment = figment.merge(Toml::file_exact(defaults));
+        }
+        if let Ok(profile) = std::env::var("UDIM_PROFILE") {
+            let file = config_dir.join(format!("{profile}.toml"));
+            if !file.is_file() {
+                return Err(ConfigError(format!(
+                    "`UDIM_PROFILE` is `{profile}` but {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("UDIM_").ignore(&["profile", "config_dir"]).split("__"));
+        let settings: Settings = figment.extract().map_err(one_line)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database.url {
+            use secrecy::ExposeSecret;
+            if udim_sql::engine_of(url.expose_secret()).is_none() {
+                return Err(ConfigError::new(
+                    "`database.url` must start with postgres://, postgresql:// or sqlite:",
+                ));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new("`database.max_connections` must be at least 1"));
+        }
+        if self.upload.max_bytes == 0 {
+            return Err(ConfigError::new("`upload.max_bytes` must be at least 1"));
+        }
+        if self.outbox.batch_size == 0 {
+            return Err(ConfigError::new("`outbox.batch_size` must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite under `data_dir`.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => SecretString::from(format!("sqlite://{}", self.data_dir.join("udim.db").display())),
+        }
+    }
+
+    pub fn hs256_secret_file(&self) -> PathBuf {
+        self.data_dir.join("secrets").join("jwt-hs256")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_the_embedded_profile() {
+        Jail::expect_with(|_| {
+            let s = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.data_dir, PathBuf::from("./data"));
+            assert!(matches!(s.queue, QueueSettings::OutboxOnly));
+            assert!(matches!(s.storage, StorageSettings::Filesystem { path: None }));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn profile_file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("default.toml", "[server]\nlisten = \"127.0.0.1:1\"\n")?;
+            jail.create_file(
+                "local.toml",
+                "[server]\nlisten = \"127.0.0.1:2\"\n[queue]\ntype = \"rabbitmq\"\nurl = \"amqp://x\"\n",
+            )?;
+            jail.set_env("UDIM_PROFILE", "local");
+            jail.set_env("UDIM_SERVER__LISTEN", "127.0.0.1:3");
+            jail.set_env("UDIM_DATA_DIR", "/tmp/udim-x");
+            let s = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(s.server.listen.to_string(), "127.0.0.1:3");
+            assert_eq!(s.data_dir, PathBuf::from("/tmp/udim-x"));
+            assert!(matches!(s.queue, QueueSettings::Rabbitmq(_)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_setting_is_one_line_naming_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("UDIM_SERVER__LISTEN", "not-an-address");
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("`server.listen`"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_or_missing_profile_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("default.toml", "[server]\nlisen = \"127.0.0.1:1\"\n")?;
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("lisen"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("UDIM_PROFILE", "nope");
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("UDIM_PROFILE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        Jail::expect_with(|jail| {
+            jail.set_env("UDIM_AUTH__HS256_SECRET", "s3cr3t-value");
+            jail.set_env("UDIM_DATABASE__URL", "postgres://u:hunter2@localhost/db");
+            let s = Settings::load(Path::new(".")).unwrap();
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("s3cr3t-value") && !debug.contains("hunter2"), "{debug}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,235 @@
+//! Consent: grants and withdrawals appended to the ledger, and the current state derived
+//! from the log. Upload admission (and, later, downstream reads) ask [`ConsentState`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
+use udim_ports::{PortError, Result};
+use uuid::Uuid;
+
+use crate::ledger::entry::normalized;
+use crate::ledger::{ConsentEvent, ConsentRecord, leaf_hash};
+
+/// What a grant asks for, already validated.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub purposes: Vec<String>,
+    pub data_categories: Vec<String>,
+    pub recipients: Vec<String>,
+    pub policy_version: String,
+    pub policy_url: Option<String>,
+    pub jurisdiction: String,
+    pub collection_method: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A ledger entry with its decoded record.
+#[derive(Debug, Clone)]
+pub struct RecordedConsent {
+    pub entry: LedgerEntry,
+    pub record: ConsentRecord,
+}
+
+impl TryFrom<LedgerEntry> for RecordedConsent {
+    type Error = PortError;
+
+    fn try_from(entry: LedgerEntry) -> Result<Self> {
+        let record: ConsentRecord = serde_json::from_value(entry.record.clone())
+            .map_err(|e| PortError::generic("consent ledger", e))?;
+        Ok(Self { entry, record })
+    }
+}
+
+/// The state of one user's consents, derived from their entries in index order.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentState {
+    /// Latest record per consent id.
+    latest: BTreeMap<Uuid, RecordedConsent>,
+}
+
+impl ConsentState {
+    /// Folds the log: every record replaces the earlier one of its consent, so a withdrawal
+    /// wins over every grant before it.
+    pub fn from_log(history: &[RecordedConsent]) -> Self {
+        let mut latest = BTreeMap::new();
+        for recorded in history {
+            latest.insert(recorded.record.consent_id, recorded.clone());
+        }
+        Self { latest }
+    }
+
+    /// The newest record that admits `category` now, if any: the consent an upload is
+    /// admitted under.
+    pub fn admitting(&self, category: &str, now: DateTime<Utc>) -> Option<&RecordedConsent> {
+        self.latest
+            .values()
+            .filter(|c| c.record.admits(category, now))
+            .max_by_key(|c| c.entry.index)
+    }
+
+    pub fn latest(&self, consent_id: Uuid) -> Option<&RecordedConsent> {
+        self.latest.get(&consent_id)
+    }
+
+    /// Records whose consent is neither withdrawn nor expired.
+    pub fn active(&self, now: DateTime<Utc>) -> impl Iterator<Item = &RecordedConsent> {
+        self.latest.values().filter(move |c| {
+            c.record.event != ConsentEvent::Withdrawn && c.record.expires_at.is_none_or(|end| end > now)
+        })
+    }
+}
+
+/// Appends consent events for users and answers what they currently allow.
+#[derive(Debug, Clone)]
+pub struct ConsentService {
+    ledger: Arc<dyn ConsentLedger>,
+}
+
+impl ConsentService {
+    pub fn new(ledger: Arc<dyn ConsentLedger>) -> Self {
+        Self { ledger }
+    }
+
+    pub async fn history(&self, user_id: &str) -> Result<Vec<RecordedConsent>> {
+        self.ledger
+            .entries_for_user(user_id)
+            .await?
+            .into_iter()
+            .map(RecordedConsent::try_from)
+            .collect()
+    }
+
+    pub async fn state(&self, user_id: &str) -> Result<ConsentState> {
+        Ok(ConsentState::from_log(&self.history(user_id).await?))
+    }
+
+    async fn append(&self, record: ConsentRecord) -> Result<RecordedConsent> {
+        let mut salt = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| PortError::generic("rng", "random generator failed"))?;
+        let leaf = leaf_hash(&record.canonical_bytes(&salt));
+        let entry = self
+            .ledger
+            .append(NewLedgerEntry {
+                id: record.record_id,
+                user_id: record.subject.clone(),
+                consent_id: record.consent_id,
+                event_type: record.event.as_str().to_owned(),
+                record: serde_json::to_value(&record).map_err(|e| PortError::generic("consent ledger", e))?,
+                salt,
+                leaf_hash: leaf,
+                recorded_at: record.recorded_at,
+            })
+            .await?;
+        Ok(RecordedConsent { entry, record })
+    }
+
+    /// Appends a `given` record: a new consent.
+    pub async fn grant(&self, user_id: &str, grant: Grant) -> Result<RecordedConsent> {
+        let id = Uuid::now_v7();
+        self.append(ConsentRecord {
+            record_id: id,
+            consent_id: id,
+            subject: user_id.to_owned(),
+            event: ConsentEvent::Given,
+            purposes: normalized(grant.purposes),
+            data_categories: normalized(grant.data_categories),
+            recipients: normalized(grant.recipients),
+            policy_version: grant.policy_version,
+            policy_url: grant.policy_url,
+            jurisdiction: grant.jurisdiction,
+            collection_method: grant.collection_method,
+            recorded_at: now_micros(),
+            expires_at: grant.expires_at,
+        })
+        .await
+    }
+
+    /// Appends a `withdrawn` record for the caller's consent `consent_id`. `NotFound` when the
+    /// caller has no such consent; `Conflict` when it is already withdrawn.
+    pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<RecordedConsent> {
+        let state = self.state(user_id).await?;
+        let current = state
+            .latest(consent_id)
+            .ok_or_else(|| PortError::NotFound(format!("consent {consent_id}")))?;
+        if current.record.event == ConsentEvent::Withdrawn {
+            return Err(PortError::Conflict(format!("consent {consent_id} is already withdrawn")));
+        }
+        self.append(ConsentRecord {
+            record_id: Uuid::now_v7(),
+            event: ConsentEvent::Withdrawn,
+            recorded_at: now_micros(),
+            ..current.record.clone()
+        })
+        .await
+    }
+}
+
+/// Now, truncated to the microsecond precision that the canonical encoding and both
+/// databases keep, so a record reads back exactly as it was hashed.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(index: u64, consent: u128, event: ConsentEvent, categories: &[&str]) -> RecordedConsent {
+        let record = ConsentRecord {
+            record_id: Uuid::from_u128(1000 + index as u128),
+            consent_id: Uuid::from_u128(consent),
+            subject: "alice".into(),
+            event,
+            purposes: vec!["training".into()],
+            data_categories: categories.iter().map(|c| c.to_string()).collect(),
+            recipients: vec![],
+            policy_version: "1".into(),
+            policy_url: None,
+            jurisdiction: "EU".into(),
+            collection_method: "api".into(),
+            recorded_at: Utc::now(),
+            expires_at: None,
+        };
+        RecordedConsent {
+            entry: LedgerEntry {
+                index,
+                id: record.record_id,
+                user_id: "alice".into(),
+                consent_id: record.consent_id,
+                event_type: event.as_str().into(),
+                record: serde_json::to_value(&record).unwrap(),
+                salt: [0; 16],
+                leaf_hash: [0; 32],
+                recorded_at: record.recorded_at,
+            },
+            record,
+        }
+    }
+
+    #[test]
+    fn withdrawal_wins_over_the_grant_before_it_but_not_over_other_consents() {
+        let log = vec![
+            recorded(0, 1, ConsentEvent::Given, &["audio"]),
+            recorded(1, 2, ConsentEvent::Given, &["audio", "text"]),
+            recorded(2, 2, ConsentEvent::Withdrawn, &["audio", "text"]),
+        ];
+        let state = ConsentState::from_log(&log);
+        let now = Utc::now();
+        assert_eq!(state.admitting("audio", now).unwrap().record.consent_id, Uuid::from_u128(1));
+        assert!(state.admitting("text", now).is_none());
+        assert_eq!(state.active(now).count(), 1);
+    }
+
+    #[test]
+    fn the_newest_admitting_consent_is_chosen() {
+        let log = vec![
+            recorded(0, 1, ConsentEvent::Given, &["audio"]),
+            recorded(1, 2, ConsentEvent::Given, &["audio"]),
+        ];
+        let state = ConsentState::from_log(&log);
+        assert_eq!(state.admitting("audio", Utc::now()).unwrap().entry.index, 1);
+    }
+}

@@ -1,0 +1,95 @@
+//! The HTTP API (axum). Every route is registered through utoipa so `/openapi.json` always
+//! describes exactly what is served.
+
+mod admin;
+mod consents;
+pub mod extract;
+mod health;
+mod packages;
+pub mod problem;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, Uri};
+use tokio::sync::Notify;
+use udim_ports::metadata::{Outbox, PackageStore};
+use udim_ports::queue::Notifier;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Authenticator;
+use crate::consent::ConsentService;
+use crate::ingest::Ingestor;
+use problem::ApiError;
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub auth: Arc<Authenticator>,
+    pub consents: ConsentService,
+    pub packages: Arc<dyn PackageStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub notifier: Option<Arc<dyn Notifier>>,
+    pub ingest: Arc<Ingestor>,
+    /// Wakes the outbox relay after a commit that wrote an event.
+    pub relay_wake: Arc<Notify>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "UDIM",
+        description = "User Data Ingestion Module: consented, encrypted, verifiable ingestion of personal data.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "consents", description = "Consent grants and withdrawals, appended to the ledger"),
+        (name = "packages", description = "Uploads and their metadata"),
+        (name = "admin", description = "Operator endpoints"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// The router and the OpenAPI document it implements.
+pub fn router(state: AppState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(consents::grant, consents::list))
+        .routes(routes!(consents::withdraw))
+        .routes(routes!(packages::upload, packages::list))
+        .routes(routes!(packages::get))
+        .routes(routes!(admin::outbox))
+        .split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let api = api.clone();
+                async move { axum::Json(api.as_ref().clone()) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no route for {}", uri.path()))
+}

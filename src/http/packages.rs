@@ -1,0 +1,254 @@
+//! `/v1/packages`: streaming upload and the caller's package metadata.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use udim_ports::metadata::{PackageQuery, PackageRecord, PackageStatus};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{Caller, Json, Path, Query};
+use super::problem::{ApiError, Problem};
+use crate::auth::Scope;
+use crate::ingest::{IngestError, UploadRequest};
+use crate::validate;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// The data category; an active consent must cover it.
+    pub data_category: String,
+    /// The original file name (sanitized before it is stored).
+    pub filename: Option<String>,
+    /// Free-form JSON object stored with the package.
+    pub metadata: Option<String>,
+}
+
+/// A package's metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Package {
+    pub id: Uuid,
+    #[schema(value_type = String, example = "stored")]
+    pub status: PackageStatus,
+    pub data_category: String,
+    pub original_name: String,
+    /// The declared `Content-Type`.
+    pub content_type: String,
+    pub size_bytes: Option<u64>,
+    /// Lowercase hex SHA-256 of the plaintext.
+    pub sha256: Option<String>,
+    pub storage_uri: Option<String>,
+    /// The key that wraps this package's data key.
+    pub encryption_key_id: Option<String>,
+    /// The consent ledger entry the upload was admitted under.
+    pub consent_entry_id: Uuid,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PackageRecord> for Package {
+    fn from(p: PackageRecord) -> Self {
+        Self {
+            id: p.id,
+            status: p.status,
+            data_category: p.data_category,
+            original_name: p.original_name,
+            content_type: p.declared_content_type,
+            size_bytes: p.size_bytes,
+            sha256: p.sha256.map(hex::encode),
+            storage_uri: p.storage_uri,
+            encryption_key_id: p.encryption_key_id,
+            consent_entry_id: p.consent_entry_id,
+            metadata: p.metadata,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+fn declared_content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok("application/octet-stream".into());
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid-content-type", "the Content-Type header is not a media type"))?;
+    Ok(text.essence_str().to_owned())
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Upload one file as the raw request body. The body is streamed: hashed, encrypted and
+/// written to object storage as it arrives, never held whole.
+#[utoipa::path(
+    post,
+    path = "/v1/packages",
+    tag = "packages",
+    params(UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file; its Content-Type is the declared type"),
+    responses(
+        (status = 201, body = Package),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem, description = "no active consent covers the data category"),
+        (status = 413, body = Problem),
+        (status = 503, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<UploadParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Package>), ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    validate::data_category(&params.data_category)
+        .map_err(|why| ApiError::bad_request("invalid-data-category", format!("`data_category`: {why}")))?;
+    let content_type = declared_content_type(&headers)?;
+    let metadata = match params.metadata.as_deref() {
+        None => serde_json::Value::Object(Default::default()),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value @ serde_json::Value::Object(_)) => value,
+            _ => return Err(ApiError::bad_request("invalid-metadata", "`metadata` must be a JSON object")),
+        },
+    };
+    if declared_length(&headers).is_some_and(|len| len > state.ingest.max_bytes) {
+        return Err(IngestError::TooLarge { limit: state.ingest.max_bytes }.into());
+    }
+    let consent = state.consents.state(&principal.subject).await?;
+    let admitted = consent.admitting(&params.data_category, Utc::now()).ok_or_else(|| {
+        ApiError::consent_required(format!(
+            "no active consent covers data category `{}`; grant one at POST /v1/consents",
+            params.data_category
+        ))
+    })?;
+    state.packages.ensure_user(&principal.subject).await?;
+    let request = UploadRequest {
+        user_id: principal.subject.clone(),
+        consent_entry_id: admitted.record.record_id,
+        data_category: params.data_category,
+        original_name: validate::file_name(params.filename.as_deref().unwrap_or_default()),
+        content_type,
+        metadata,
+    };
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let record = state.ingest.receive(request, stream).await?;
+    state.relay_wake.notify_one();
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// One of the caller's packages.
+#[utoipa::path(
+    get,
+    path = "/v1/packages/{id}",
+    tag = "packages",
+    params(("id" = Uuid, Path, description = "package id")),
+    responses((status = 200, body = Package), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Json<Package>, ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    let record = state
+        .packages
+        .get_package(&principal.subject, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("package {id} not found")))?;
+    Ok(Json(record.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only packages in this status.
+    pub status: Option<String>,
+    /// Only packages of this data category.
+    pub data_category: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of packages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PackagePage {
+    pub items: Vec<Package>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(p: &Package) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", p.created_at.timestamp_micros(), p.id))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let (micros, id) = std::str::from_utf8(&raw).ok()?.split_once('|')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+}
+
+/// The caller's packages, newest first, optionally filtered.
+#[utoipa::path(
+    get,
+    path = "/v1/packages",
+    tag = "packages",
+    params(ListParams),
+    responses((status = 200, body = PackagePage), (status = 400, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Json<PackagePage>, ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| PackageStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid-query", format!("unknown status `{s}`"))))
+        .transpose()?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("invalid-query", "`limit` must be 1-200"));
+    }
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid-query", "`cursor` is not valid")))
+        .transpose()?;
+    let records = state
+        .packages
+        .list_packages(
+            &principal.subject,
+            &PackageQuery {
+                status,
+                data_category: params.data_category,
+                before,
+                limit: limit + 1,
+            },
+        )
+        .await?;
+    let mut items: Vec<Package> = records.into_iter().map(Package::from).collect();
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(Json(PackagePage { items, next_cursor }))
+}

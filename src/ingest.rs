@@ -1,0 +1,281 @@
+//! The upload pipeline: stream → size cap → SHA-256 → scan → encrypt → object storage →
+//! one transaction (`stored` + outbox event). Memory stays bounded by one envelope segment
+//! plus the storage writer's parts in flight, whatever the upload's size.
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use udim_ports::PortError;
+use udim_ports::kms::{KeyContext, KeyService};
+use udim_ports::metadata::{NewPackage, OutboxMessage, PackageRecord, PackageStore, StoredObject};
+use udim_ports::scanner::{MalwareScanner, Verdict};
+use udim_ports::storage::{BlobStore, BlobWriter};
+use uuid::Uuid;
+
+use crate::consent::{ConsentService, now_micros};
+use crate::envelope::{Binding, Encryptor, EnvelopeError, Header};
+
+/// Event type announced when a package is stored.
+pub const PACKAGE_STORED: &str = "package.stored";
+/// Version of the event payload schema; bumped on any incompatible change.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// Why an upload did not become a stored package. Whatever the reason, nothing of it is
+/// left behind: no object, no row, no event.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the upload was interrupted: {0}")]
+    Interrupted(String),
+    #[error("consent for data category `{0}` was withdrawn during the upload")]
+    ConsentWithdrawn(String),
+    #[error("malware detected: {0}")]
+    Malware(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("encryption failed: {0}")]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// What the uploader told us about the file.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    pub user_id: String,
+    pub consent_entry_id: Uuid,
+    pub data_category: String,
+    pub original_name: String,
+    pub content_type: String,
+    pub metadata: serde_json::Value,
+}
+
+/// The versioned `package.stored` event body.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageStoredEvent<'a> {
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub package_id: Uuid,
+    pub user_id: &'a str,
+    pub data_category: &'a str,
+    pub content_type: &'a str,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub storage_uri: &'a str,
+    pub encryption_key_id: &'a str,
+    pub consent_entry_id: Uuid,
+}
+
+/// Runs uploads through the pipeline.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    pub blobs: Arc<dyn BlobStore>,
+    pub kms: Arc<dyn KeyService>,
+    pub packages: Arc<dyn PackageStore>,
+    pub scanner: Arc<dyn MalwareScanner>,
+    pub consents: ConsentService,
+    pub max_bytes: u64,
+}
+
+/// Storage key of a package's object while it is being written.
+pub fn staging_key(id: Uuid) -> String {
+    format!("staging/{id}")
+}
+
+/// Storage key of a stored package's object.
+pub fn object_key(id: Uuid) -> String {
+    format!("objects/{id}")
+}
+
+struct Written {
+    size: u64,
+    sha256: [u8; 32],
+    key_id: String,
+    wrapped_key: Vec<u8>,
+}
+
+impl Ingestor {
+    /// Receives one upload. On success the package is `stored` and its event is in the
+    /// outbox; on failure everything written for it has been removed.
+    pub async fn receive<S, E>(&self, request: UploadRequest, body: S) -> Result<PackageRecord, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let id = Uuid::now_v7();
+        let staging = staging_key(id);
+        self.packages
+            .create_package(&NewPackage {
+                id,
+                user_id: request.user_id.clone(),
+                consent_entry_id: request.consent_entry_id,
+                data_category: request.data_category.clone(),
+                original_name: request.original_name.clone(),
+                declared_content_type: request.content_type.clone(),
+                staging_key: staging.clone(),
+                metadata: request.metadata.clone(),
+                created_at: now_micros(),
+            })
+            .await?;
+        match self.store(id, &request, body).await {
+            Ok(record) => Ok(record),
+            Err(e) => {
+                self.clean_up(&request.user_id, id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn store<S, E>(&self, id: Uuid, request: &UploadRequest, body: S) -> Result<PackageRecord, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let staging = staging_key(id);
+        let mut writer = self.blobs.create(&staging).await?;
+        let written = match self.write(id, request, body, writer.as_mut()).await {
+            Ok(written) => {
+                writer.finish().await?;
+                written
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(package_id = %id, error = %abort, "aborting the object upload failed");
+                }
+                return Err(e);
+            }
+        };
+        let final_key = object_key(id);
+        self.blobs.rename(&staging, &final_key).await?;
+
+        // A withdrawal that landed while the bytes streamed wins: nothing is stored.
+        let state = self.consents.state(&request.user_id).await?;
+        if state.admitting(&request.data_category, chrono::Utc::now()).is_none() {
+            return Err(IngestError::ConsentWithdrawn(request.data_category.clone()));
+        }
+
+        let stored_at = now_micros();
+        let storage_uri = self.blobs.uri(&final_key);
+        let event_id = Uuid::now_v7();
+        let payload = PackageStoredEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            event_id,
+            event_type: PACKAGE_STORED,
+            occurred_at: stored_at,
+            package_id: id,
+            user_id: &request.user_id,
+            data_category: &request.data_category,
+            content_type: &request.content_type,
+            size_bytes: written.size,
+            sha256: hex::encode(written.sha256),
+            storage_uri: &storage_uri,
+            encryption_key_id: &written.key_id,
+            consent_entry_id: request.consent_entry_id,
+        };
+        let event = OutboxMessage {
+            id: event_id,
+            event_type: PACKAGE_STORED.into(),
+            aggregate_id: id,
+            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
+            created_at: stored_at,
+        };
+        let object = StoredObject {
+            object_key: final_key,
+            storage_uri,
+            size_bytes: written.size,
+            sha256: written.sha256,
+            encryption_key_id: written.key_id,
+            wrapped_key: written.wrapped_key,
+            stored_at,
+        };
+        Ok(self.packages.mark_stored(&request.user_id, id, &object, &event).await?)
+    }
+
+    async fn write<S, E>(
+        &self,
+        id: Uuid,
+        request: &UploadRequest,
+        mut body: S,
+        writer: &mut dyn BlobWriter,
+    ) -> Result<Written, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let ctx = KeyContext {
+            package_id: id,
+            user_id: request.user_id.clone(),
+        };
+        let data_key = self.kms.generate_data_key(&ctx).await?;
+        let header = Header::new(data_key.key_id.clone(), data_key.wrapped.clone());
+        let mut encryptor = Encryptor::new(
+            &data_key.plaintext,
+            &header,
+            Binding {
+                package_id: id,
+                user_id: &request.user_id,
+            },
+        );
+        drop(data_key.plaintext);
+        writer.write(Bytes::from(header.encode())).await?;
+
+        let mut scan = self.scanner.start().await?;
+        let mut sha = digest::Context::new(&digest::SHA256);
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Interrupted(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > self.max_bytes {
+                return Err(IngestError::TooLarge { limit: self.max_bytes });
+            }
+            sha.update(&chunk);
+            scan.feed(&chunk).await?;
+            let sealed = encryptor.push(&chunk)?;
+            if !sealed.is_empty() {
+                writer.write(Bytes::from(sealed)).await?;
+            }
+        }
+        writer.write(Bytes::from(encryptor.finish()?)).await?;
+        match scan.finish().await? {
+            Verdict::Clean | Verdict::NotScanned { .. } => {}
+            Verdict::Infected { signature } => return Err(IngestError::Malware(signature)),
+        }
+        Ok(Written {
+            size,
+            sha256: sha.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"),
+            key_id: data_key.key_id,
+            wrapped_key: data_key.wrapped,
+        })
+    }
+
+    /// Removes every trace of a package that did not become `stored`. Failures are logged:
+    /// the `receiving` row stays, and the sweeper retries from it later.
+    async fn clean_up(&self, user_id: &str, id: Uuid) {
+        for key in [staging_key(id), object_key(id)] {
+            if let Err(e) = self.blobs.delete(&key).await {
+                tracing::warn!(package_id = %id, key, error = %e, "could not delete an object of a failed upload");
+                return;
+            }
+        }
+        if let Err(e) = self.packages.discard(user_id, id).await {
+            tracing::warn!(package_id = %id, error = %e, "could not discard a failed upload");
+        }
+    }
+
+    /// Cleans up uploads abandoned by a crash: rows still `receiving`/`scanning` after
+    /// `abandon_after`, with their staging and final objects. Returns how many went.
+    pub async fn sweep_abandoned(&self, abandon_after: std::time::Duration) -> Result<usize, PortError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(abandon_after).map_err(|e| PortError::generic("sweeper", e))?;
+        let stale = self.packages.stale_uploads(cutoff).await?;
+        let count = stale.len();
+        for package in stale {
+            self.clean_up(&package.user_id, package.id).await;
+        }
+        Ok(count)
+    }
+}

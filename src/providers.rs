@@ -1,0 +1,142 @@
+//! The provider factory: turns settings into port implementations. Each cloud arm exists
+//! only when its Cargo feature is compiled in; otherwise it answers with an error that names
+//! the feature to enable.
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use udim_ports::kms::KeyService;
+use udim_ports::queue::Notifier;
+use udim_ports::scanner::{MalwareScanner, ScanningDisabled};
+use udim_ports::storage::BlobStore;
+
+use crate::config::{KmsSettings, QueueSettings, ScannerSettings, Settings, StorageSettings};
+
+fn not_enabled(setting: &str, feature: &str) -> anyhow::Error {
+    anyhow!("configuration error: `{setting}` needs the `{feature}` feature, which this build does not include (cargo build --features {feature})")
+}
+
+/// A provider whose feature may be compiled in but whose implementation has not landed yet.
+fn not_available(setting: &str, feature: &str, compiled_in: bool) -> anyhow::Error {
+    if compiled_in {
+        anyhow!("configuration error: `{setting}` is not implemented yet in the `{feature}` build")
+    } else {
+        not_enabled(setting, feature)
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "aws")] {
+        fn s3(bucket: &str, region: Option<&String>, endpoint: Option<&String>, allow_http: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+            let config = udim_aws::S3Config {
+                bucket: bucket.to_owned(),
+                region: region.cloned(),
+                endpoint: endpoint.cloned(),
+                allow_http,
+            };
+            Ok(Arc::new(udim_aws::s3_storage(&config)?))
+        }
+    } else {
+        fn s3(_: &str, _: Option<&String>, _: Option<&String>, _: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+            Err(not_enabled("storage.type = \"s3\"", "aws"))
+        }
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "gcp")] {
+        fn gcs(bucket: &str, base_url: Option<&String>) -> anyhow::Result<Arc<dyn BlobStore>> {
+            Ok(Arc::new(udim_gcp::gcs_storage(bucket, base_url.map(String::as_str))?))
+        }
+    } else {
+        fn gcs(_: &str, _: Option<&String>) -> anyhow::Result<Arc<dyn BlobStore>> {
+            Err(not_enabled("storage.type = \"gcs\"", "gcp"))
+        }
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "azure")] {
+        fn azure_blob(account: &str, container: &str, endpoint: Option<&String>, use_emulator: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+            Ok(Arc::new(udim_azure::blob_storage(account, container, endpoint.map(String::as_str), use_emulator)?))
+        }
+    } else {
+        fn azure_blob(_: &str, _: &str, _: Option<&String>, _: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+            Err(not_enabled("storage.type = \"azure\"", "azure"))
+        }
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "local")] {
+        fn rabbitmq(s: &crate::config::RabbitMqSettings) -> anyhow::Result<Arc<dyn Notifier>> {
+            use secrecy::ExposeSecret;
+            Ok(Arc::new(udim_local::rabbitmq::RabbitMqNotifier::new(udim_local::rabbitmq::RabbitMqConfig {
+                url: s.url.expose_secret().to_owned(),
+                exchange: s.exchange.clone(),
+                queue: s.queue.clone(),
+                binding_key: s.binding_key.clone(),
+                dead_letter_exchange: s.dead_letter_exchange.clone(),
+                dead_letter_queue: s.dead_letter_queue.clone(),
+            })))
+        }
+    } else {
+        fn rabbitmq(_: &crate::config::RabbitMqSettings) -> anyhow::Result<Arc<dyn Notifier>> {
+            Err(not_enabled("queue.type = \"rabbitmq\"", "local"))
+        }
+    }
+}
+
+/// Object storage from `storage.*`.
+pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
+    match &settings.storage {
+        StorageSettings::Filesystem { path } => {
+            let root = path.clone().unwrap_or_else(|| settings.data_dir.join("objects"));
+            let store = udim_local::fs::build(&root)
+                .with_context(|| format!("cannot use {} for object storage", root.display()))?;
+            Ok(Arc::new(store))
+        }
+        StorageSettings::S3 { bucket, region, endpoint, allow_http } => {
+            s3(bucket, region.as_ref(), endpoint.as_ref(), *allow_http)
+        }
+        StorageSettings::Gcs { bucket, base_url } => gcs(bucket, base_url.as_ref()),
+        StorageSettings::Azure { account, container, endpoint, use_emulator } => {
+            azure_blob(account, container, endpoint.as_ref(), *use_emulator)
+        }
+    }
+}
+
+/// Key management from `kms.*`.
+pub fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
+    match &settings.kms {
+        KmsSettings::Local { key_file } => {
+            let path = key_file.clone().unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
+            let kms = udim_local::keyfile::LocalKeyFile::open_or_create(&path)
+                .with_context(|| format!("cannot use the key file {}", path.display()))?;
+            Ok(Arc::new(kms))
+        }
+        KmsSettings::Aws { .. } => Err(not_available("kms.type = \"aws\"", "aws", cfg!(feature = "aws"))),
+        KmsSettings::Gcp { .. } => Err(not_available("kms.type = \"gcp\"", "gcp", cfg!(feature = "gcp"))),
+        KmsSettings::Azure { .. } => Err(not_available("kms.type = \"azure\"", "azure", cfg!(feature = "azure"))),
+    }
+}
+
+/// The notifier from `queue.*`; `None` when events stay in the outbox.
+pub fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Notifier>>> {
+    match &settings.queue {
+        QueueSettings::OutboxOnly => Ok(None),
+        QueueSettings::Rabbitmq(s) => rabbitmq(s).map(Some),
+        QueueSettings::Sqs { .. } => Err(not_available("queue.type = \"sqs\"", "aws", cfg!(feature = "aws"))),
+        QueueSettings::Pubsub { .. } => Err(not_available("queue.type = \"pubsub\"", "gcp", cfg!(feature = "gcp"))),
+        QueueSettings::AzureQueue { .. } => {
+            Err(not_available("queue.type = \"azure_queue\"", "azure", cfg!(feature = "azure")))
+        }
+    }
+}
+
+/// The malware scanner from `scanner.*`.
+pub fn scanner(settings: &Settings) -> anyhow::Result<Arc<dyn MalwareScanner>> {
+    match &settings.scanner {
+        ScannerSettings::Disabled => Ok(Arc::new(ScanningDisabled)),
+    }
+}

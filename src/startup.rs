@@ -1,0 +1,161 @@
+//! Building and running the service: database, providers, HTTP server and background tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use udim_ports::storage::BlobStore;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::consent::ConsentService;
+use crate::http::{self, AppState};
+use crate::ingest::Ingestor;
+use crate::providers;
+use crate::relay::Relay;
+
+/// How often abandoned uploads are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Replacements for configured providers, for tests that inject faults.
+#[derive(Default)]
+pub struct Overrides {
+    pub storage: Option<Arc<dyn BlobStore>>,
+}
+
+/// Connects to the configured database.
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<udim_sql::Database> {
+    if settings.database.url.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
+    }
+    let options = udim_sql::DbOptions {
+        url: settings.database_url().expose_secret().to_owned(),
+        max_connections: settings.database.max_connections,
+        acquire_timeout: Duration::from_secs(settings.database.acquire_timeout_secs),
+    };
+    udim_sql::connect(&options).await.context("cannot connect to the database")
+}
+
+/// A built service, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    database: udim_sql::Database,
+    relay: Option<Relay>,
+    grace: Duration,
+    abandon_after: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        let database = connect_database(&settings).await?;
+        if settings.database.migrate_on_start {
+            database.migrate().await.context("cannot apply database migrations")?;
+        }
+        let blobs = match overrides.storage {
+            Some(storage) => storage,
+            None => providers::storage(&settings)?,
+        };
+        let kms = providers::kms(&settings)?;
+        let notifier = providers::notifier(&settings)?;
+        let scanner = providers::scanner(&settings)?;
+        let auth = Arc::new(Authenticator::from_settings(&settings)?);
+        let consents = ConsentService::new(database.ledger.clone());
+        let relay_wake = Arc::new(Notify::new());
+        let ingest = Arc::new(Ingestor {
+            blobs,
+            kms,
+            packages: database.packages.clone(),
+            scanner,
+            consents: consents.clone(),
+            max_bytes: settings.upload.max_bytes,
+        });
+        let relay = notifier.as_ref().map(|notifier| Relay {
+            outbox: database.outbox.clone(),
+            notifier: notifier.clone(),
+            settings: settings.outbox.clone(),
+            wake: relay_wake.clone(),
+        });
+        let state = AppState {
+            auth,
+            consents,
+            packages: database.packages.clone(),
+            outbox: database.outbox.clone(),
+            notifier,
+            ingest,
+            relay_wake,
+        };
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (`server.listen`)", settings.server.listen))?;
+        Ok(Self {
+            listener,
+            state,
+            database,
+            relay,
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// (uploads) finish for up to the grace period, and stops the background tasks.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(relay) = self.relay {
+            tasks.spawn(relay.run(stop.clone()));
+        }
+        tasks.spawn(sweep_loop(self.state.ingest.clone(), self.abandon_after, stop.clone()));
+
+        let router = http::router(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let draining = CancellationToken::new();
+        let drain_signal = draining.clone();
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            drain_signal.cancel();
+        });
+        let grace = self.grace;
+        let served = tokio::select! {
+            result = server => result.context("the HTTP server failed"),
+            () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "in-flight requests outlived the grace period");
+                Ok(())
+            }
+        };
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        self.database.close().await;
+        served
+    }
+}
+
+async fn sweep_loop(ingest: Arc<Ingestor>, abandon_after: Duration, stop: CancellationToken) {
+    loop {
+        match ingest.sweep_abandoned(abandon_after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "cleaned up abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+    }
+}
