@@ -88,7 +88,7 @@ pub fn staging_key(id: Uuid) -> String {
 
 /// Storage key of a stored package's object.
 pub fn object_key(id: Uuid) -> String {
-    format!("objects/{id}")
+    format!("packages/{id}")
 }
 
 struct Written {

@@ -1,0 +1,318 @@
+//! Test harness: spawns the real service on port 0 against a fresh database (a new SQLite
+//! file or a new PostgreSQL database per test), with its own RabbitMQ exchange and queues
+//! when asked, and talks to it over HTTP.
+//!
+//! PostgreSQL and RabbitMQ must be running (`UDIM_TEST_POSTGRES_URL`, `UDIM_TEST_AMQP_URL`
+//! override where); a test that cannot reach them fails, it never skips.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use udim::config::{QueueSettings, RabbitMqSettings, Settings};
+use udim::startup::{Application, Overrides};
+use udim_ports::storage::BlobStore;
+use uuid::Uuid;
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("UDIM_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("UDIM_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database, dropped by [`TestApp::stop`].
+pub async fn create_postgres_database() -> (String, String) {
+    use sqlx::Connection as _;
+    let name = format!("udim_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("PostgreSQL must be running for the tests (UDIM_TEST_POSTGRES_URL)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = postgres_admin_url();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    (name, url)
+}
+
+pub async fn drop_postgres_database(name: &str) {
+    use sqlx::Connection as _;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// RabbitMQ names private to one test.
+#[derive(Debug, Clone)]
+pub struct TestQueue {
+    pub settings: RabbitMqSettings,
+}
+
+impl TestQueue {
+    pub fn new(url: &str) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        Self {
+            settings: RabbitMqSettings {
+                url: url.to_owned().into(),
+                exchange: format!("udim.test.{id}.events"),
+                queue: format!("udim.test.{id}.packages"),
+                binding_key: "package.#".into(),
+                dead_letter_exchange: format!("udim.test.{id}.dlx"),
+                dead_letter_queue: format!("udim.test.{id}.dead"),
+            },
+        }
+    }
+
+    /// Waits up to `timeout` for the next message on the test's queue (acknowledging it).
+    pub async fn next_event(&self, timeout: Duration) -> Option<(lapin::BasicProperties, Value)> {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must be running for the tests (UDIM_TEST_AMQP_URL)");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut channel = conn.create_channel().await.unwrap();
+        while tokio::time::Instant::now() < deadline {
+            // The queue exists only once the service has connected; until then basic_get
+            // fails and closes the channel, so open a new one and try again.
+            match channel
+                .basic_get(self.settings.queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                Ok(Some(message)) => {
+                    let delivery = message.delivery;
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    let body = serde_json::from_slice(&delivery.data).unwrap();
+                    return Some((delivery.properties.clone(), body));
+                }
+                Ok(None) => {}
+                Err(_) => channel = conn.create_channel().await.unwrap(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    pub async fn delete(&self) {
+        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
+        let Ok(channel) = conn.create_channel().await else { return };
+        let s = &self.settings;
+        for queue in [&s.queue, &s.dead_letter_queue] {
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for exchange in [&s.exchange, &s.dead_letter_exchange] {
+            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+}
+
+/// How to build a test app.
+#[derive(Default)]
+pub struct Options {
+    /// Publish to RabbitMQ (through this URL, or the real broker when `None`).
+    pub rabbitmq: bool,
+    pub amqp_url: Option<String>,
+    pub storage: Option<Arc<dyn BlobStore>>,
+    pub max_bytes: Option<u64>,
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    pub queue: Option<TestQueue>,
+    pub db: Db,
+    pg_database: Option<String>,
+    stop: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+    dir: tempfile::TempDir,
+}
+
+pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<String>) {
+    let mut settings = Settings::default();
+    settings.data_dir = dir.to_path_buf();
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.shutdown_grace_secs = 5;
+    settings.outbox.poll_interval_ms = 100;
+    settings.outbox.initial_backoff_ms = 100;
+    settings.outbox.max_backoff_ms = 500;
+    settings.database.max_connections = 5;
+    let mut pg_database = None;
+    if db == Db::Postgres {
+        let (name, url) = create_postgres_database().await;
+        settings.database.url = Some(url.into());
+        pg_database = Some(name);
+    }
+    (settings, pg_database)
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> Self {
+        Self::spawn_with(db, Options::default()).await
+    }
+
+    pub async fn spawn_with(db: Db, options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut settings, pg_database) = settings_for(db, dir.path()).await;
+        let queue = options.rabbitmq.then(|| TestQueue::new(options.amqp_url.as_deref().unwrap_or(&amqp_url())));
+        if let Some(q) = &queue {
+            settings.queue = QueueSettings::Rabbitmq(q.settings.clone());
+        }
+        if let Some(max) = options.max_bytes {
+            settings.upload.max_bytes = max;
+        }
+        let app = Application::build_with(settings.clone(), Overrides { storage: options.storage })
+            .await
+            .expect("the service builds");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let server = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            settings,
+            queue,
+            db,
+            pg_database,
+            stop,
+            server,
+            dir,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn objects_dir(&self) -> PathBuf {
+        self.dir.path().join("objects")
+    }
+
+    /// Every file under the object store's root (staging and stored).
+    pub fn object_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.objects_dir(), &mut out);
+        out
+    }
+
+    pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
+        let auth = udim::auth::Authenticator::from_settings(&self.settings).unwrap();
+        auth.mint(sub, &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    pub fn uploader(&self, sub: &str) -> String {
+        self.token(sub, &["udim:upload"])
+    }
+
+    pub async fn grant(&self, token: &str, categories: &[&str]) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/v1/consents", self.base))
+            .bearer_auth(token)
+            .json(&json!({
+                "purposes": ["model-training"],
+                "data_categories": categories,
+                "policy_version": "2026-01",
+                "jurisdiction": "EU",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "grant failed");
+        response.json().await.unwrap()
+    }
+
+    pub async fn withdraw(&self, token: &str, consent_id: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/consents/{consent_id}/withdraw", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn upload(&self, token: &str, category: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/packages?data_category={category}&filename=test.bin", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The outbox as the admin endpoint shows it (all events, newest first).
+    pub async fn outbox(&self) -> Vec<Value> {
+        let admin = self.token("operator", &["udim:admin"]);
+        let (status, body) = self.get_json(&admin, "/v1/admin/outbox?pending=false").await;
+        assert_eq!(status, 200);
+        body.as_array().unwrap().clone()
+    }
+
+    /// The caller's packages in every status.
+    pub async fn packages(&self, token: &str) -> Vec<Value> {
+        let (status, body) = self.get_json(token, "/v1/packages?limit=200").await;
+        assert_eq!(status, 200);
+        body["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.server.await.unwrap().unwrap();
+        if let Some(q) = &self.queue {
+            q.delete().await;
+        }
+        if let Some(name) = &self.pg_database {
+            drop_postgres_database(name).await;
+        }
+    }
+}
+
+/// Bytes in which every 32-byte window is unique, so "no plaintext run in the ciphertext"
+/// is a meaningful check.
+pub fn distinctive_bytes(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut i: u64 = 0;
+    while out.len() < len {
+        out.extend_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
