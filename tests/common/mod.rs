@@ -208,20 +208,7 @@ impl TestApp {
 
     /// Every file under the object store's root (staging and stored).
     pub fn object_files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.objects_dir(), &mut out);
-        out
+        files_under(&self.objects_dir())
     }
 
     pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
@@ -302,6 +289,24 @@ impl TestApp {
             drop_postgres_database(name).await;
         }
     }
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 /// Bytes in which every 32-byte window is unique, so "no plaintext run in the ciphertext"
