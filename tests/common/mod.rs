@@ -129,6 +129,8 @@ pub struct Options {
     pub amqp_url: Option<String>,
     pub storage: Option<Arc<dyn BlobStore>>,
     pub max_bytes: Option<u64>,
+    /// Any other change to the settings.
+    pub configure: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
 }
 
 pub struct TestApp {
@@ -176,6 +178,9 @@ impl TestApp {
         }
         if let Some(max) = options.max_bytes {
             settings.upload.max_bytes = max;
+        }
+        if let Some(configure) = options.configure {
+            configure(&mut settings);
         }
         let app = Application::build_with(settings.clone(), Overrides { storage: options.storage })
             .await

@@ -1,0 +1,124 @@
+//! Bearer tokens from an identity provider: ES256 and RS256 keys from a JWKS URL (served by
+//! the test over real HTTP), refreshed on an unknown `kid`; `iss`, `aud`, `exp` and `nbf`
+//! enforced; HS256 refused when no secret is configured.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use common::{Db, Options, TestApp};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+fn es256_key(kid: &str) -> SigningKey {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    assert_eq!(point[0], 0x04, "uncompressed point");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    SigningKey {
+        kid: kid.into(),
+        encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+        jwk: json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65]),
+        }),
+    }
+}
+
+fn now() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+fn sign(key: &SigningKey, claims: Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap()
+}
+
+fn claims(sub: &str) -> Value {
+    json!({
+        "sub": sub, "scope": "udim:upload", "iss": "https://idp.test", "aud": "udim",
+        "exp": now() + 300, "nbf": now() - 5, "iat": now(),
+    })
+}
+
+/// A JWKS endpoint whose key set the test can change.
+async fn jwks_server(keys: Arc<Mutex<Vec<Value>>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let keys = keys.lock().unwrap().clone();
+            async move { axum::Json(json!({ "keys": keys })) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}/jwks.json")
+}
+
+async fn status_with(app: &TestApp, token: &str) -> u16 {
+    app.get_json(token, "/v1/consents").await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_provider_tokens_are_verified_against_the_jwks() {
+    let first = es256_key("key-1");
+    let keys = Arc::new(Mutex::new(vec![first.jwk.clone()]));
+    let url = jwks_server(keys.clone()).await;
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.auth.jwks_url = Some(url);
+                s.auth.issuer = "https://idp.test".into();
+                s.auth.leeway_secs = 5;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    assert_eq!(status_with(&app, &sign(&first, claims("alice"))).await, 200);
+
+    let mut expired = claims("alice");
+    expired["exp"] = json!(now() - 60);
+    assert_eq!(status_with(&app, &sign(&first, expired)).await, 401, "expired");
+    let mut early = claims("alice");
+    early["nbf"] = json!(now() + 60);
+    assert_eq!(status_with(&app, &sign(&first, early)).await, 401, "not yet valid");
+    let mut audience = claims("alice");
+    audience["aud"] = json!("someone-else");
+    assert_eq!(status_with(&app, &sign(&first, audience)).await, 401, "wrong audience");
+    let mut issuer = claims("alice");
+    issuer["iss"] = json!("https://evil.test");
+    assert_eq!(status_with(&app, &sign(&first, issuer)).await, 401, "wrong issuer");
+
+    let impostor = es256_key("key-1");
+    assert_eq!(status_with(&app, &sign(&impostor, claims("alice"))).await, 401, "signed by another key");
+
+    let hs256 = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims("alice"), &EncodingKey::from_secret(b"guess")).unwrap();
+    assert_eq!(status_with(&app, &hs256).await, 401, "HS256 without a configured secret");
+    assert!(
+        udim::auth::Authenticator::from_settings(&app.settings).unwrap().mint("alice", &[]).is_err(),
+        "no local minting when tokens come from an identity provider"
+    );
+
+    // Key rotation at the identity provider: an unknown kid triggers a refresh.
+    let second = es256_key("key-2");
+    keys.lock().unwrap().push(second.jwk.clone());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_with(&app, &sign(&second, claims("alice"))).await, 200, "rotated key accepted");
+    app.stop().await;
+}

@@ -1,0 +1,178 @@
+//! The `udim` binary as operators use it: `serve` on the embedded default with no
+//! configuration, `token` minting what that server accepts, `admin outbox`, `migrate`, and
+//! start-up errors as one line naming the key, with secrets never printed.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const UDIM: &str = env!("CARGO_BIN_EXE_udim");
+
+fn udim(data_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(UDIM);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("UDIM_DATA_DIR", data_dir)
+        .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+    cmd
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_until_healthy(base: &str) {
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("udim serve did not become healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_token_upload_and_outbox_work_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Server(
+        udim(dir.path())
+            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_healthy(&base).await;
+
+    let output = udim(dir.path()).args(["token", "--sub", "alice", "--scope", "udim:upload"]).output().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout.trim();
+    assert_eq!(stdout.lines().count(), 1, "only the token is printed");
+    assert_eq!(token.split('.').count(), 3, "a JWT");
+
+    let http = reqwest::Client::new();
+    let consent = http
+        .post(format!("{base}/v1/consents"))
+        .bearer_auth(token)
+        .json(&json!({"purposes": ["model-training"], "data_categories": ["documents"], "policy_version": "1", "jurisdiction": "EU"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), 201);
+    let consent: Value = consent.json().await.unwrap();
+    assert!(consent["id"].is_string());
+
+    let package = http
+        .post(format!("{base}/v1/packages?data_category=documents&filename=notes.txt"))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body("hello world\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(package.status(), 201);
+    let package: Value = package.json().await.unwrap();
+    assert_eq!(package["status"], "stored");
+    assert_eq!(package["size_bytes"], 12);
+    assert_eq!(package["sha256"], "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447");
+
+    let outbox = udim(dir.path()).args(["admin", "outbox"]).output().unwrap();
+    assert!(outbox.status.success());
+    let lines: Vec<Value> = String::from_utf8(outbox.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["payload"]["package_id"], package["id"]);
+
+    // Neither the generated HS256 secret nor the key file's key reaches the logs.
+    drop(server);
+    let secret = std::fs::read_to_string(dir.path().join("secrets/jwt-hs256")).unwrap();
+    let keys = std::fs::read_to_string(dir.path().join("keys/kek.keys")).unwrap();
+    let key_material = keys.split_whitespace().nth(1).unwrap().to_owned();
+    let mut child = udim(dir.path())
+        .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("UDIM_LOG__LEVEL", "trace")
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_healthy(&base).await;
+    let _ = http.get(format!("{base}/v1/packages")).bearer_auth(token).send().await;
+    child.kill().unwrap();
+    let logs = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(!logs.is_empty());
+    assert!(!logs.contains(secret.trim()), "the HS256 secret was logged");
+    assert!(!logs.contains(&key_material), "key material was logged");
+    assert!(!logs.contains(token), "a bearer token was logged");
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_the_key_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = udim(dir.path())
+        .env("UDIM_SERVER__LISTEN", "not-an-address")
+        .env("UDIM_AUTH__HS256_SECRET", "this-secret-must-never-be-printed-anywhere")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    assert!(!stderr.contains("this-secret-must-never"), "{stderr}");
+
+    let output = udim(dir.path())
+        .env("UDIM_DATABASE__URL", "mysql://u:hunter2@db/x")
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(stderr.contains("database.url"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let output = udim(dir.path()).env("UDIM_PROFILE", "nope").arg("serve").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8(output.stderr).unwrap().contains("UDIM_PROFILE"));
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_on_postgres_and_is_idempotent() {
+    let (name, url) = common::create_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = udim(dir.path()).env("UDIM_DATABASE__URL", &url).arg("migrate").output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('users','consent_ledger','packages','outbox')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 4);
+    drop(conn);
+    common::drop_postgres_database(&name).await;
+}

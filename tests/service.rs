@@ -1,0 +1,125 @@
+//! Service-level behaviour: the OpenAPI document, health and readiness, problem responses
+//! for unknown routes, and the append-only ledger storage on both databases.
+
+mod common;
+
+use common::{Db, TestApp};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_endpoint() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base)).await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/consents", "post"),
+        ("/v1/consents", "get"),
+        ("/v1/consents/{id}/withdraw", "post"),
+        ("/v1/packages", "post"),
+        ("/v1/packages", "get"),
+        ("/v1/packages/{id}", "get"),
+        ("/v1/admin/outbox", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_unknown_routes() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let health = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: Value = reqwest::get(format!("{}/readyz", app.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["database"], "ok");
+    assert_eq!(ready["queue"], "not-configured");
+
+    let missing = reqwest::get(format!("{}/v2/nothing", app.base)).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    let wrong_method = app.http.put(format!("{}/v1/packages", app.base)).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let problem: Value = wrong_method.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:method-not-allowed");
+
+    let alice = app.uploader("alice");
+    let bad_json = app
+        .http
+        .post(format!("{}/v1/consents", app.base))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{\"purposes\": 3}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_json.status(), 400);
+    let problem: Value = bad_json.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:invalid-body");
+    let not_json = app.http.post(format!("{}/v1/consents", app.base)).bearer_auth(&alice).body("x").send().await.unwrap();
+    assert_eq!(not_json.status(), 415);
+    let empty = app
+        .http
+        .post(format!("{}/v1/consents", app.base))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"purposes": [], "data_categories": ["x"], "policy_version": "1", "jurisdiction": "EU"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    app.stop().await;
+}
+
+/// Every statement that would change or remove ledger rows, and whether the engine has it.
+async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["text"]).await;
+    let url = {
+        use secrecy::ExposeSecret;
+        app.settings.database_url().expose_secret().to_owned()
+    };
+    let attacks = [
+        "UPDATE consent_ledger SET event_type = 'withdrawn'",
+        "DELETE FROM consent_ledger",
+        "UPDATE ledger_head SET size = 0",
+        "DELETE FROM ledger_head",
+    ];
+    match db {
+        Db::Postgres => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            for sql in attacks.iter().chain(&["TRUNCATE consent_ledger", "TRUNCATE ledger_head"]) {
+                let err = sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(&mut conn).await.unwrap_err();
+                assert!(err.to_string().contains("udim:"), "{sql}: {err}");
+            }
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger").fetch_one(&mut conn).await.unwrap();
+            assert_eq!(count, 1);
+        }
+        Db::Sqlite => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for sql in attacks {
+                let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+                assert!(err.to_string().contains("udim:"), "{sql}: {err}");
+            }
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger").fetch_one(&mut conn).await.unwrap();
+            assert_eq!(count, 1);
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_append_only_on_postgres() {
+    ledger_rows_cannot_be_changed_or_deleted(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_append_only_on_sqlite() {
+    ledger_rows_cannot_be_changed_or_deleted(Db::Sqlite).await;
+}
