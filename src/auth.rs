@@ -231,11 +231,17 @@ impl Authenticator {
         let (alg, key) = match header.alg {
             Algorithm::HS256 => {
                 let secret = self.hs256.as_ref().ok_or(AuthError::UnknownKey)?;
-                (Algorithm::HS256, DecodingKey::from_secret(secret.expose_secret().as_bytes()))
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                )
             }
             Algorithm::RS256 | Algorithm::ES256 => {
                 let jwks = self.jwks.as_ref().ok_or(AuthError::UnknownKey)?;
-                let kid = header.kid.as_deref().ok_or_else(|| AuthError::Invalid("no `kid`".into()))?;
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| AuthError::Invalid("no `kid`".into()))?;
                 let (alg, key) = jwks.key(kid).await?;
                 if alg != header.alg {
                     return Err(AuthError::Invalid("algorithm does not match the key".into()));

@@ -16,8 +16,9 @@ struct Cli {
     /// Directory holding default.toml and the profile files.
     #[arg(long, env = "UDIM_CONFIG_DIR", default_value = "config", global = true)]
     config_dir: PathBuf,
+    /// Defaults to `serve`, so a bare `cargo run` starts the service.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +70,7 @@ pub async fn run() -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(&cli.config_dir)?;
     crate::telemetry::init(&settings.log);
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let db = connect_database(&settings).await?;
@@ -78,7 +79,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { sub, scope } => {
-            let scopes: Vec<String> = scope.iter().flat_map(|s| s.split_whitespace()).map(str::to_owned).collect();
+            let scopes: Vec<String> = scope
+                .iter()
+                .flat_map(|s| s.split_whitespace())
+                .map(str::to_owned)
+                .collect();
             let auth = Authenticator::from_settings(&settings)?;
             println!("{}", auth.mint(&sub, &scopes)?);
             Ok(())
@@ -92,7 +97,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(AdminCommand::RotateKey) => match &settings.kms {
             crate::config::KmsSettings::Local { key_file } => {
-                let path = key_file.clone().unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
+                let path = key_file
+                    .clone()
+                    .unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
                 let id = udim_local::keyfile::LocalKeyFile::rotate(&path)?;
                 println!("{id}");
                 Ok(())

@@ -140,10 +140,11 @@ impl Default for KmsSettings {
 }
 
 /// Where outbox events are relayed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum QueueSettings {
     /// Events stay in the outbox (see `GET /v1/admin/outbox` and `udim admin outbox`).
+    #[default]
     OutboxOnly,
     /// RabbitMQ with publisher confirms (feature `local`).
     Rabbitmq(RabbitMqSettings),
@@ -153,12 +154,6 @@ pub enum QueueSettings {
     Pubsub { topic: String },
     /// Azure Queue Storage (feature `azure`).
     AzureQueue { queue_url: String },
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        Self::OutboxOnly
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,16 +192,11 @@ mod defaults {
 }
 
 /// Malware scanner.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScannerSettings {
+    #[default]
     Disabled,
-}
-
-impl Default for ScannerSettings {
-    fn default() -> Self {
-        Self::Disabled
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -398,6 +388,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail fixes its closures' error type")]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -36,8 +36,8 @@ impl TryFrom<LedgerEntry> for RecordedConsent {
     type Error = PortError;
 
     fn try_from(entry: LedgerEntry) -> Result<Self> {
-        let record: ConsentRecord = serde_json::from_value(entry.record.clone())
-            .map_err(|e| PortError::generic("consent ledger", e))?;
+        let record: ConsentRecord =
+            serde_json::from_value(entry.record.clone()).map_err(|e| PortError::generic("consent ledger", e))?;
         Ok(Self { entry, record })
     }
 }
@@ -154,7 +154,9 @@ impl ConsentService {
             .latest(consent_id)
             .ok_or_else(|| PortError::NotFound(format!("consent {consent_id}")))?;
         if current.record.event == ConsentEvent::Withdrawn {
-            return Err(PortError::Conflict(format!("consent {consent_id} is already withdrawn")));
+            return Err(PortError::Conflict(format!(
+                "consent {consent_id} is already withdrawn"
+            )));
         }
         self.append(ConsentRecord {
             record_id: Uuid::now_v7(),
@@ -218,7 +220,10 @@ mod tests {
         ];
         let state = ConsentState::from_log(&log);
         let now = Utc::now();
-        assert_eq!(state.admitting("audio", now).unwrap().record.consent_id, Uuid::from_u128(1));
+        assert_eq!(
+            state.admitting("audio", now).unwrap().record.consent_id,
+            Uuid::from_u128(1)
+        );
         assert!(state.admitting("text", now).is_none());
         assert_eq!(state.active(now).count(), 1);
     }

@@ -93,7 +93,11 @@ impl Header {
     /// `Ok(Some((header, n)))` means the header took the first `n` bytes.
     pub fn decode(bytes: &[u8]) -> Result<Option<(Header, usize)>, EnvelopeError> {
         if bytes.len() < MAGIC.len() {
-            return if MAGIC.starts_with(bytes) { Ok(None) } else { Err(EnvelopeError::BadMagic) };
+            return if MAGIC.starts_with(bytes) {
+                Ok(None)
+            } else {
+                Err(EnvelopeError::BadMagic)
+            };
         }
         if &bytes[..4] != MAGIC {
             return Err(EnvelopeError::BadMagic);
@@ -111,10 +115,14 @@ impl Header {
         }
         let nonce_prefix: [u8; NONCE_PREFIX_LEN] = bytes[10..17].try_into().expect("7 bytes");
         let mut at = FIXED_HEADER_LEN;
-        let Some((key_id, next)) = length_prefixed(bytes, at) else { return Ok(None) };
+        let Some((key_id, next)) = length_prefixed(bytes, at) else {
+            return Ok(None);
+        };
         let key_id = String::from_utf8(key_id.to_vec()).map_err(|_| EnvelopeError::BadHeader("key id is not UTF-8"))?;
         at = next;
-        let Some((wrapped_key, next)) = length_prefixed(bytes, at) else { return Ok(None) };
+        let Some((wrapped_key, next)) = length_prefixed(bytes, at) else {
+            return Ok(None);
+        };
         let header = Header {
             segment_size,
             nonce_prefix,
@@ -389,8 +397,14 @@ mod tests {
     #[test]
     fn another_package_or_user_cannot_open_it() {
         let body = encrypt(b"hello world, this is more than one segment", 4);
-        let other_package = Binding { package_id: Uuid::from_u128(2), user_id: "alice" };
-        let other_user = Binding { package_id: Uuid::from_u128(1), user_id: "mallory" };
+        let other_package = Binding {
+            package_id: Uuid::from_u128(2),
+            user_id: "alice",
+        };
+        let other_user = Binding {
+            package_id: Uuid::from_u128(1),
+            user_id: "mallory",
+        };
         assert!(decrypt_with(&body, 4, other_package).is_err());
         assert!(decrypt_with(&body, 4, other_user).is_err());
     }

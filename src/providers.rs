@@ -13,7 +13,9 @@ use udim_ports::storage::BlobStore;
 use crate::config::{KmsSettings, QueueSettings, ScannerSettings, Settings, StorageSettings};
 
 fn not_enabled(setting: &str, feature: &str) -> anyhow::Error {
-    anyhow!("configuration error: `{setting}` needs the `{feature}` feature, which this build does not include (cargo build --features {feature})")
+    anyhow!(
+        "configuration error: `{setting}` needs the `{feature}` feature, which this build does not include (cargo build --features {feature})"
+    )
 }
 
 /// A provider whose feature may be compiled in but whose implementation has not landed yet.
@@ -96,13 +98,19 @@ pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
                 .with_context(|| format!("cannot use {} for object storage", root.display()))?;
             Ok(Arc::new(store))
         }
-        StorageSettings::S3 { bucket, region, endpoint, allow_http } => {
-            s3(bucket, region.as_ref(), endpoint.as_ref(), *allow_http)
-        }
+        StorageSettings::S3 {
+            bucket,
+            region,
+            endpoint,
+            allow_http,
+        } => s3(bucket, region.as_ref(), endpoint.as_ref(), *allow_http),
         StorageSettings::Gcs { bucket, base_url } => gcs(bucket, base_url.as_ref()),
-        StorageSettings::Azure { account, container, endpoint, use_emulator } => {
-            azure_blob(account, container, endpoint.as_ref(), *use_emulator)
-        }
+        StorageSettings::Azure {
+            account,
+            container,
+            endpoint,
+            use_emulator,
+        } => azure_blob(account, container, endpoint.as_ref(), *use_emulator),
     }
 }
 
@@ -110,7 +118,9 @@ pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
 pub fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
     match &settings.kms {
         KmsSettings::Local { key_file } => {
-            let path = key_file.clone().unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
+            let path = key_file
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
             let kms = udim_local::keyfile::LocalKeyFile::open_or_create(&path)
                 .with_context(|| format!("cannot use the key file {}", path.display()))?;
             Ok(Arc::new(kms))
@@ -128,9 +138,11 @@ pub fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Notifier>>
         QueueSettings::Rabbitmq(s) => rabbitmq(s).map(Some),
         QueueSettings::Sqs { .. } => Err(not_available("queue.type = \"sqs\"", "aws", cfg!(feature = "aws"))),
         QueueSettings::Pubsub { .. } => Err(not_available("queue.type = \"pubsub\"", "gcp", cfg!(feature = "gcp"))),
-        QueueSettings::AzureQueue { .. } => {
-            Err(not_available("queue.type = \"azure_queue\"", "azure", cfg!(feature = "azure")))
-        }
+        QueueSettings::AzureQueue { .. } => Err(not_available(
+            "queue.type = \"azure_queue\"",
+            "azure",
+            cfg!(feature = "azure"),
+        )),
     }
 }
 

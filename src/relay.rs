@@ -29,7 +29,10 @@ pub struct Relay {
 /// random jitter so that many failed rows do not retry in lockstep.
 pub fn backoff(settings: &OutboxSettings, attempts: u32) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
-    let base = settings.initial_backoff_ms.saturating_mul(1u64 << exp).min(settings.max_backoff_ms);
+    let base = settings
+        .initial_backoff_ms
+        .saturating_mul(1u64 << exp)
+        .min(settings.max_backoff_ms);
     let mut r = [0u8; 2];
     let jitter = match aws_lc_rs::rand::fill(&mut r) {
         Ok(()) => base * u64::from(u16::from_be_bytes(r) % 200) / 1000,
@@ -56,7 +59,10 @@ impl Relay {
             if failed {
                 // The broker just failed; give the rest of the batch back untried.
                 let retry_at = Utc::now() + chrono::Duration::from_std(backoff(&self.settings, 1)).unwrap_or_default();
-                let _ = self.outbox.mark_failed(message.id, "not attempted: broker failing", retry_at).await;
+                let _ = self
+                    .outbox
+                    .mark_failed(message.id, "not attempted: broker failing", retry_at)
+                    .await;
                 continue;
             }
             match self.notifier.publish(message).await {

@@ -40,7 +40,9 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<udim_sql::D
         max_connections: settings.database.max_connections,
         acquire_timeout: Duration::from_secs(settings.database.acquire_timeout_secs),
     };
-    udim_sql::connect(&options).await.context("cannot connect to the database")
+    udim_sql::connect(&options)
+        .await
+        .context("cannot connect to the database")
 }
 
 /// A built service, bound to its port, not yet serving.

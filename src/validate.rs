@@ -2,7 +2,10 @@
 
 /// A data category: 1–64 characters of `a-z 0-9 . _ -`, starting with a letter or digit.
 pub fn data_category(s: &str) -> Result<(), &'static str> {
-    let ok_start = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_start = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let ok_chars = s
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
@@ -33,7 +36,11 @@ pub fn file_name(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
     let cleaned = cleaned.trim();
-    let cleaned = if cleaned.is_empty() || cleaned == "." || cleaned == ".." { "upload" } else { cleaned };
+    let cleaned = if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
+        "upload"
+    } else {
+        cleaned
+    };
     let mut end = cleaned.len().min(255);
     while !cleaned.is_char_boundary(end) {
         end -= 1;

@@ -76,7 +76,10 @@ async fn consent_then_upload_stores_the_package_and_announces_it_on_rabbitmq(db:
     assert_eq!(fetched["sha256"], sha);
 
     let queue = app.queue.as_ref().unwrap();
-    let (properties, event) = queue.next_event(Duration::from_secs(15)).await.expect("the event reaches RabbitMQ");
+    let (properties, event) = queue
+        .next_event(Duration::from_secs(15))
+        .await
+        .expect("the event reaches RabbitMQ");
     assert_eq!(event["event_type"], "package.stored");
     assert_eq!(event["schema_version"], 1);
     assert_eq!(event["package_id"], id);
@@ -116,7 +119,8 @@ async fn upload_without_consent_is_403_and_leaves_nothing(db: Db) {
     let response = app.upload(&bob, "audio", vec![1u8; 10_000]).await;
     assert_eq!(response.status(), 403);
     assert_eq!(
-        response.headers()["content-type"], "application/problem+json",
+        response.headers()["content-type"],
+        "application/problem+json",
         "errors are RFC 9457 problems"
     );
     let problem: Value = response.json().await.unwrap();
@@ -163,7 +167,9 @@ async fn another_users_token_gets_404_on_the_package(db: Db) {
     assert_eq!(status, 404);
     assert_eq!(problem["type"], "urn:udim:problem:not-found");
     assert!(app.packages(&mallory).await.is_empty(), "mallory lists nothing");
-    let withdrawn = app.withdraw(&mallory, package["consent_entry_id"].as_str().unwrap()).await;
+    let withdrawn = app
+        .withdraw(&mallory, package["consent_entry_id"].as_str().unwrap())
+        .await;
     assert_eq!(withdrawn.status(), 404, "nor can mallory withdraw alice's consent");
     let (status, _) = app.get_json(&alice, &format!("/v1/packages/{id}")).await;
     assert_eq!(status, 200);
@@ -190,7 +196,10 @@ async fn a_failing_object_write_leaves_no_stored_row(db: Db) {
     assert!(response.status().is_server_error(), "got {}", response.status());
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["status"], 500);
-    assert!(app.packages(&dave).await.is_empty(), "no package row, stored or otherwise");
+    assert!(
+        app.packages(&dave).await.is_empty(),
+        "no package row, stored or otherwise"
+    );
     assert!(app.outbox().await.is_empty(), "no event");
     let leftovers = common::files_under(&dir.path().join("objects"));
     assert!(leftovers.is_empty(), "no object or part left: {leftovers:?}");
@@ -293,10 +302,16 @@ async fn the_ledger_assigns_gap_free_indices_with_rfc_9162_leaf_hashes(db: Db) {
     let grants = futures::future::join_all(tokens.iter().map(|t| app.grant(t, &["text"]))).await;
     let mut indices: Vec<u64> = grants.iter().map(|g| g["index"].as_u64().unwrap()).collect();
     indices.sort();
-    assert_eq!(indices, (0..8).collect::<Vec<u64>>(), "concurrent appends get 0..n with no gap");
+    assert_eq!(
+        indices,
+        (0..8).collect::<Vec<u64>>(),
+        "concurrent appends get 0..n with no gap"
+    );
     for g in &grants {
         use base64::Engine as _;
-        let leaf = base64::engine::general_purpose::STANDARD.decode(g["leaf_hash"].as_str().unwrap()).unwrap();
+        let leaf = base64::engine::general_purpose::STANDARD
+            .decode(g["leaf_hash"].as_str().unwrap())
+            .unwrap();
         assert_eq!(leaf.len(), 32);
     }
     app.stop().await;

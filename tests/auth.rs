@@ -106,12 +106,28 @@ async fn identity_provider_tokens_are_verified_against_the_jwks() {
     assert_eq!(status_with(&app, &sign(&first, issuer)).await, 401, "wrong issuer");
 
     let impostor = es256_key("key-1");
-    assert_eq!(status_with(&app, &sign(&impostor, claims("alice"))).await, 401, "signed by another key");
+    assert_eq!(
+        status_with(&app, &sign(&impostor, claims("alice"))).await,
+        401,
+        "signed by another key"
+    );
 
-    let hs256 = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims("alice"), &EncodingKey::from_secret(b"guess")).unwrap();
-    assert_eq!(status_with(&app, &hs256).await, 401, "HS256 without a configured secret");
+    let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice"),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    assert_eq!(
+        status_with(&app, &hs256).await,
+        401,
+        "HS256 without a configured secret"
+    );
     assert!(
-        udim::auth::Authenticator::from_settings(&app.settings).unwrap().mint("alice", &[]).is_err(),
+        udim::auth::Authenticator::from_settings(&app.settings)
+            .unwrap()
+            .mint("alice", &[])
+            .is_err(),
         "no local minting when tokens come from an identity provider"
     );
 
@@ -119,6 +135,10 @@ async fn identity_provider_tokens_are_verified_against_the_jwks() {
     let second = es256_key("key-2");
     keys.lock().unwrap().push(second.jwk.clone());
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(status_with(&app, &sign(&second, claims("alice"))).await, 200, "rotated key accepted");
+    assert_eq!(
+        status_with(&app, &sign(&second, claims("alice"))).await,
+        200,
+        "rotated key accepted"
+    );
     app.stop().await;
 }

@@ -30,12 +30,19 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_until_healthy(base: &str) {
     for _ in 0..100 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status() == 200) {
+        if reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -59,7 +66,10 @@ async fn serve_token_upload_and_outbox_work_with_no_configuration() {
     );
     wait_until_healthy(&base).await;
 
-    let output = udim(dir.path()).args(["token", "--sub", "alice", "--scope", "udim:upload"]).output().unwrap();
+    let output = udim(dir.path())
+        .args(["token", "--sub", "alice", "--scope", "udim:upload"])
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let token = stdout.trim();
@@ -90,7 +100,10 @@ async fn serve_token_upload_and_outbox_work_with_no_configuration() {
     let package: Value = package.json().await.unwrap();
     assert_eq!(package["status"], "stored");
     assert_eq!(package["size_bytes"], 12);
-    assert_eq!(package["sha256"], "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447");
+    assert_eq!(
+        package["sha256"],
+        "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447"
+    );
 
     let outbox = udim(dir.path()).args(["admin", "outbox"]).output().unwrap();
     assert!(outbox.status.success());
@@ -151,7 +164,11 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_the_key_and_no_secret() {
     assert!(stderr.contains("database.url"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 
-    let output = udim(dir.path()).env("UDIM_PROFILE", "nope").arg("serve").output().unwrap();
+    let output = udim(dir.path())
+        .env("UDIM_PROFILE", "nope")
+        .arg("serve")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8(output.stderr).unwrap().contains("UDIM_PROFILE"));
 }
@@ -161,7 +178,11 @@ async fn migrate_creates_the_schema_on_postgres_and_is_idempotent() {
     let (name, url) = common::create_postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let output = udim(dir.path()).env("UDIM_DATABASE__URL", &url).arg("migrate").output().unwrap();
+        let output = udim(dir.path())
+            .env("UDIM_DATABASE__URL", &url)
+            .arg("migrate")
+            .output()
+            .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
     use sqlx::Connection as _;

@@ -32,7 +32,11 @@ async fn forward(listener: TcpListener, upstream: String, stop: CancellationToke
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rabbit_host() -> String {
@@ -54,7 +58,10 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
     .await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["documents"]).await;
-    assert_eq!(app.upload(&alice, "documents", "survives an outage").await.status(), 201);
+    assert_eq!(
+        app.upload(&alice, "documents", "survives an outage").await.status(),
+        201
+    );
 
     // Nothing listens on the port: publishing fails and the relay records the attempts.
     let mut failed_attempts = 0;
@@ -90,7 +97,10 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(sent, "the outbox row is marked sent");
-    assert!(queue.next_event(Duration::from_millis(500)).await.is_none(), "and delivered once");
+    assert!(
+        queue.next_event(Duration::from_millis(500)).await.is_none(),
+        "and delivered once"
+    );
     app.stop().await;
     stop.cancel();
 }

@@ -9,7 +9,12 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_endpoint() {
     let app = TestApp::spawn(Db::Sqlite).await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base)).await.unwrap().json().await.unwrap();
+    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
@@ -23,7 +28,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/v1/packages/{id}", "get"),
         ("/v1/admin/outbox", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is documented"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
@@ -35,7 +43,12 @@ async fn health_readiness_and_unknown_routes() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let health = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = reqwest::get(format!("{}/readyz", app.base)).await.unwrap().json().await.unwrap();
+    let ready: Value = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["database"], "ok");
     assert_eq!(ready["queue"], "not-configured");
 
@@ -60,13 +73,22 @@ async fn health_readiness_and_unknown_routes() {
     assert_eq!(bad_json.status(), 400);
     let problem: Value = bad_json.json().await.unwrap();
     assert_eq!(problem["type"], "urn:udim:problem:invalid-body");
-    let not_json = app.http.post(format!("{}/v1/consents", app.base)).bearer_auth(&alice).body("x").send().await.unwrap();
+    let not_json = app
+        .http
+        .post(format!("{}/v1/consents", app.base))
+        .bearer_auth(&alice)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_json.status(), 415);
     let empty = app
         .http
         .post(format!("{}/v1/consents", app.base))
         .bearer_auth(&alice)
-        .json(&serde_json::json!({"purposes": [], "data_categories": ["x"], "policy_version": "1", "jurisdiction": "EU"}))
+        .json(
+            &serde_json::json!({"purposes": [], "data_categories": ["x"], "policy_version": "1", "jurisdiction": "EU"}),
+        )
         .send()
         .await
         .unwrap();
@@ -93,11 +115,20 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
         Db::Postgres => {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            for sql in attacks.iter().chain(&["TRUNCATE consent_ledger", "TRUNCATE ledger_head"]) {
-                let err = sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(&mut conn).await.unwrap_err();
+            for sql in attacks
+                .iter()
+                .chain(&["TRUNCATE consent_ledger", "TRUNCATE ledger_head"])
+            {
+                let err = sqlx::query(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_err();
                 assert!(err.to_string().contains("udim:"), "{sql}: {err}");
             }
-            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger").fetch_one(&mut conn).await.unwrap();
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
             assert_eq!(count, 1);
         }
         Db::Sqlite => {
@@ -107,7 +138,10 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
                 let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
                 assert!(err.to_string().contains("udim:"), "{sql}: {err}");
             }
-            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger").fetch_one(&mut conn).await.unwrap();
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
             assert_eq!(count, 1);
         }
     }

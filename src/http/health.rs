@@ -54,7 +54,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     };
     // A queue outage delays events but loses none, so only the database decides readiness.
     let ready = database == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(Readiness {

@@ -123,11 +123,19 @@ pub async fn upload(
         None => serde_json::Value::Object(Default::default()),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(value @ serde_json::Value::Object(_)) => value,
-            _ => return Err(ApiError::bad_request("invalid-metadata", "`metadata` must be a JSON object")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid-metadata",
+                    "`metadata` must be a JSON object",
+                ));
+            }
         },
     };
     if declared_length(&headers).is_some_and(|len| len > state.ingest.max_bytes) {
-        return Err(IngestError::TooLarge { limit: state.ingest.max_bytes }.into());
+        return Err(IngestError::TooLarge {
+            limit: state.ingest.max_bytes,
+        }
+        .into());
     }
     let consent = state.consents.state(&principal.subject).await?;
     let admitted = consent.admitting(&params.data_category, Utc::now()).ok_or_else(|| {
@@ -160,7 +168,11 @@ pub async fn upload(
     responses((status = 200, body = Package), (status = 404, body = Problem)),
     security(("bearer" = []))
 )]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Json<Package>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Package>, ApiError> {
     let principal = caller.require(Scope::Upload)?;
     let record = state
         .packages
@@ -220,7 +232,10 @@ pub async fn list(
     let status = params
         .status
         .as_deref()
-        .map(|s| PackageStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid-query", format!("unknown status `{s}`"))))
+        .map(|s| {
+            PackageStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request("invalid-query", format!("unknown status `{s}`")))
+        })
         .transpose()?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {

@@ -105,7 +105,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -141,7 +144,12 @@ impl From<AuthError> for ApiError {
                 "Service unavailable",
                 e.to_string(),
             ),
-            _ => Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Unauthenticated", e.to_string()),
+            _ => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Unauthenticated",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -149,9 +157,12 @@ impl From<AuthError> for ApiError {
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
-            IngestError::TooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", e.to_string())
-            }
+            IngestError::TooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+                e.to_string(),
+            ),
             IngestError::Interrupted(_) => Self::bad_request("upload-interrupted", e.to_string()),
             IngestError::ConsentWithdrawn(_) => Self::consent_required(e.to_string()),
             IngestError::Malware(_) => Self::new(

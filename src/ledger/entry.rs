@@ -172,17 +172,50 @@ mod tests {
         assert_eq!(bytes, base.canonical_bytes(&salt));
         assert_ne!(bytes, base.canonical_bytes(&[6u8; 16]));
         let variants: Vec<ConsentRecord> = vec![
-            ConsentRecord { subject: "bob".into(), ..record() },
-            ConsentRecord { event: ConsentEvent::Withdrawn, ..record() },
-            ConsentRecord { purposes: vec![], ..record() },
-            ConsentRecord { data_categories: vec!["audio".into()], ..record() },
-            ConsentRecord { recipients: vec!["x".into()], ..record() },
-            ConsentRecord { policy_version: "2026-02".into(), ..record() },
-            ConsentRecord { policy_url: Some(String::new()), ..record() },
-            ConsentRecord { jurisdiction: "US".into(), ..record() },
-            ConsentRecord { collection_method: "web".into(), ..record() },
-            ConsentRecord { recorded_at: base.recorded_at + chrono::Duration::microseconds(1), ..record() },
-            ConsentRecord { expires_at: Some(base.recorded_at), ..record() },
+            ConsentRecord {
+                subject: "bob".into(),
+                ..record()
+            },
+            ConsentRecord {
+                event: ConsentEvent::Withdrawn,
+                ..record()
+            },
+            ConsentRecord {
+                purposes: vec![],
+                ..record()
+            },
+            ConsentRecord {
+                data_categories: vec!["audio".into()],
+                ..record()
+            },
+            ConsentRecord {
+                recipients: vec!["x".into()],
+                ..record()
+            },
+            ConsentRecord {
+                policy_version: "2026-02".into(),
+                ..record()
+            },
+            ConsentRecord {
+                policy_url: Some(String::new()),
+                ..record()
+            },
+            ConsentRecord {
+                jurisdiction: "US".into(),
+                ..record()
+            },
+            ConsentRecord {
+                collection_method: "web".into(),
+                ..record()
+            },
+            ConsentRecord {
+                recorded_at: base.recorded_at + chrono::Duration::microseconds(1),
+                ..record()
+            },
+            ConsentRecord {
+                expires_at: Some(base.recorded_at),
+                ..record()
+            },
         ];
         for v in variants {
             assert_ne!(v.canonical_bytes(&salt), bytes, "{v:?}");
@@ -191,8 +224,14 @@ mod tests {
 
     #[test]
     fn length_prefixes_keep_field_boundaries_unambiguous() {
-        let a = ConsentRecord { purposes: vec!["ab".into(), "c".into()], ..record() };
-        let b = ConsentRecord { purposes: vec!["a".into(), "bc".into()], ..record() };
+        let a = ConsentRecord {
+            purposes: vec!["ab".into(), "c".into()],
+            ..record()
+        };
+        let b = ConsentRecord {
+            purposes: vec!["a".into(), "bc".into()],
+            ..record()
+        };
         assert_ne!(a.canonical_bytes(&[0; 16]), b.canonical_bytes(&[0; 16]));
     }
 
@@ -201,9 +240,15 @@ mod tests {
         let now = record().recorded_at;
         assert!(record().admits("audio", now));
         assert!(!record().admits("video", now));
-        let withdrawn = ConsentRecord { event: ConsentEvent::Withdrawn, ..record() };
+        let withdrawn = ConsentRecord {
+            event: ConsentEvent::Withdrawn,
+            ..record()
+        };
         assert!(!withdrawn.admits("audio", now));
-        let expired = ConsentRecord { expires_at: Some(now), ..record() };
+        let expired = ConsentRecord {
+            expires_at: Some(now),
+            ..record()
+        };
         assert!(!expired.admits("audio", now));
     }
 }

@@ -53,9 +53,11 @@ pub async fn create_postgres_database() -> (String, String) {
 pub async fn drop_postgres_database(name: &str) {
     use sqlx::Connection as _;
     if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }
 
@@ -109,17 +111,28 @@ impl TestQueue {
     }
 
     pub async fn delete(&self) {
-        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else { return };
-        let Ok(channel) = conn.create_channel().await else { return };
+        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
         let s = &self.settings;
         for queue in [&s.queue, &s.dead_letter_queue] {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for exchange in [&s.exchange, &s.dead_letter_exchange] {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
 }
+
+/// A change to the settings a test makes before the app is built.
+pub type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
 
 /// How to build a test app.
 #[derive(Default)]
@@ -130,7 +143,7 @@ pub struct Options {
     pub storage: Option<Arc<dyn BlobStore>>,
     pub max_bytes: Option<u64>,
     /// Any other change to the settings.
-    pub configure: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
+    pub configure: Option<Configure>,
 }
 
 pub struct TestApp {
@@ -147,8 +160,10 @@ pub struct TestApp {
 }
 
 pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<String>) {
-    let mut settings = Settings::default();
-    settings.data_dir = dir.to_path_buf();
+    let mut settings = Settings {
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
+    };
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.server.shutdown_grace_secs = 5;
     settings.outbox.poll_interval_ms = 100;
@@ -172,7 +187,9 @@ impl TestApp {
     pub async fn spawn_with(db: Db, options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (mut settings, pg_database) = settings_for(db, dir.path()).await;
-        let queue = options.rabbitmq.then(|| TestQueue::new(options.amqp_url.as_deref().unwrap_or(&amqp_url())));
+        let queue = options
+            .rabbitmq
+            .then(|| TestQueue::new(options.amqp_url.as_deref().unwrap_or(&amqp_url())));
         if let Some(q) = &queue {
             settings.queue = QueueSettings::Rabbitmq(q.settings.clone());
         }
@@ -182,9 +199,14 @@ impl TestApp {
         if let Some(configure) = options.configure {
             configure(&mut settings);
         }
-        let app = Application::build_with(settings.clone(), Overrides { storage: options.storage })
-            .await
-            .expect("the service builds");
+        let app = Application::build_with(
+            settings.clone(),
+            Overrides {
+                storage: options.storage,
+            },
+        )
+        .await
+        .expect("the service builds");
         let addr = app.local_addr();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -218,7 +240,8 @@ impl TestApp {
 
     pub fn token(&self, sub: &str, scopes: &[&str]) -> String {
         let auth = udim::auth::Authenticator::from_settings(&self.settings).unwrap();
-        auth.mint(sub, &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        auth.mint(sub, &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
     }
 
     pub fn uploader(&self, sub: &str) -> String {
@@ -254,7 +277,10 @@ impl TestApp {
 
     pub async fn upload(&self, token: &str, category: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.http
-            .post(format!("{}/v1/packages?data_category={category}&filename=test.bin", self.base))
+            .post(format!(
+                "{}/v1/packages?data_category={category}&filename=test.bin",
+                self.base
+            ))
             .bearer_auth(token)
             .header("content-type", "application/octet-stream")
             .body(body)
@@ -264,7 +290,13 @@ impl TestApp {
     }
 
     pub async fn get_json(&self, token: &str, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

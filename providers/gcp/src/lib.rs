@@ -17,5 +17,10 @@ pub fn gcs_storage(bucket: &str, base_url: Option<&str>) -> Result<ObjectStoreBl
             .with_client_options(object_store::ClientOptions::new().with_allow_http(url.starts_with("http://")));
     }
     let store = builder.build().map_err(|e| PortError::generic("gcs", e))?;
-    Ok(ObjectStoreBlobs::new(Arc::new(store), "gcs", format!("gs://{bucket}"), GCS_PART_SIZE))
+    Ok(ObjectStoreBlobs::new(
+        Arc::new(store),
+        "gcs",
+        format!("gs://{bucket}"),
+        GCS_PART_SIZE,
+    ))
 }

@@ -13,9 +13,7 @@ const LOCAL_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Builds filesystem object storage rooted at `root`, creating the directory if needed.
 pub fn build(root: &Path) -> Result<ObjectStoreBlobs> {
     std::fs::create_dir_all(root).map_err(|e| PortError::generic("filesystem", e))?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| PortError::generic("filesystem", e))?;
+    let root = root.canonicalize().map_err(|e| PortError::generic("filesystem", e))?;
     let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
         .map_err(|e| PortError::generic("filesystem", e))?;
     Ok(ObjectStoreBlobs::new(

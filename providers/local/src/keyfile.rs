@@ -65,8 +65,7 @@ impl LocalKeyFile {
     pub fn open_or_create(path: &Path) -> Result<Self> {
         let text = crate::secret_file::load_or_create(path, || key_line(&random_key()).into_bytes())
             .map_err(|e| PortError::generic(PROVIDER, e))?;
-        let text = String::from_utf8(text)
-            .map_err(|_| invalid(path, "the key file is not UTF-8"))?;
+        let text = String::from_utf8(text).map_err(|_| invalid(path, "the key file is not UTF-8"))?;
         let keys = parse_keys(path, &text)?;
         Ok(Self {
             path: path.to_owned(),
@@ -156,12 +155,7 @@ impl KeyService for LocalKeyFile {
         })
     }
 
-    async fn unwrap_data_key(
-        &self,
-        key_id: &str,
-        wrapped: &[u8],
-        ctx: &KeyContext,
-    ) -> Result<PlainKey> {
+    async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext) -> Result<PlainKey> {
         let kek = self
             .keys
             .iter()
@@ -174,8 +168,7 @@ impl KeyService for LocalKeyFile {
             return Err(PortError::Integrity("unknown wrapped key format".into()));
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| PortError::Integrity("bad nonce".into()))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| PortError::Integrity("bad nonce".into()))?;
         let mut buf = sealed.to_vec();
         let opened = kek
             .key

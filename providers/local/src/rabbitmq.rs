@@ -63,7 +63,9 @@ pub struct RabbitMqNotifier {
 
 impl std::fmt::Debug for RabbitMqNotifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RabbitMqNotifier").field("config", &self.config).finish()
+        f.debug_struct("RabbitMqNotifier")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -92,9 +94,17 @@ impl RabbitMqNotifier {
 
     async fn connect(&self) -> Result<Link> {
         let c = &self.config;
-        let connection = within("connecting", Connection::connect(&c.url, ConnectionProperties::default())).await?;
+        let connection = within(
+            "connecting",
+            Connection::connect(&c.url, ConnectionProperties::default()),
+        )
+        .await?;
         let channel = within("opening a channel", connection.create_channel()).await?;
-        within("enabling confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        within(
+            "enabling confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -165,8 +175,14 @@ impl RabbitMqNotifier {
     async fn publish_on(&self, channel: &Channel, message: &OutboxMessage) -> Result<()> {
         let body = serde_json::to_vec(&message.payload).map_err(|e| PortError::generic(PROVIDER, e))?;
         let mut headers = FieldTable::default();
-        headers.insert(short("event_type")?, AMQPValue::LongString(message.event_type.as_str().into()));
-        headers.insert(short("aggregate_id")?, AMQPValue::LongString(message.aggregate_id.to_string().into()));
+        headers.insert(
+            short("event_type")?,
+            AMQPValue::LongString(message.event_type.as_str().into()),
+        );
+        headers.insert(
+            short("aggregate_id")?,
+            AMQPValue::LongString(message.aggregate_id.to_string().into()),
+        );
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(short("application/json")?)
@@ -193,9 +209,15 @@ impl RabbitMqNotifier {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PortError::generic(
                 PROVIDER,
-                format!("event {} was unroutable (no queue bound for `{}`)", message.id, message.event_type),
+                format!(
+                    "event {} was unroutable (no queue bound for `{}`)",
+                    message.id, message.event_type
+                ),
             )),
-            Confirmation::Nack(_) => Err(PortError::unavailable(PROVIDER, "the broker refused the message (nack)")),
+            Confirmation::Nack(_) => Err(PortError::unavailable(
+                PROVIDER,
+                "the broker refused the message (nack)",
+            )),
             Confirmation::NotRequested => Err(PortError::generic(PROVIDER, "publisher confirms are not enabled")),
         }
     }
@@ -218,7 +240,8 @@ impl RabbitMqNotifier {
 #[async_trait]
 impl Notifier for RabbitMqNotifier {
     async fn publish(&self, message: &OutboxMessage) -> Result<()> {
-        self.with_channel(async |channel| self.publish_on(channel, message).await).await
+        self.with_channel(async |channel| self.publish_on(channel, message).await)
+            .await
     }
 
     async fn ping(&self) -> Result<()> {

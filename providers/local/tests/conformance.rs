@@ -19,13 +19,19 @@ async fn local_key_file_conforms_and_keeps_old_keys_after_rotation() {
     conformance::key_service(&kms).await;
 
     use udim_ports::kms::{KeyContext, KeyService};
-    let ctx = KeyContext { package_id: uuid::Uuid::new_v4(), user_id: "alice".into() };
+    let ctx = KeyContext {
+        package_id: uuid::Uuid::new_v4(),
+        user_id: "alice".into(),
+    };
     let before = kms.generate_data_key(&ctx).await.unwrap();
     let new_id = LocalKeyFile::rotate(&path).unwrap();
     let rotated = LocalKeyFile::open_or_create(&path).unwrap();
     assert_eq!(rotated.current_key_id(), new_id);
     assert_ne!(new_id, before.key_id);
-    let unwrapped = rotated.unwrap_data_key(&before.key_id, &before.wrapped, &ctx).await.unwrap();
+    let unwrapped = rotated
+        .unwrap_data_key(&before.key_id, &before.wrapped, &ctx)
+        .await
+        .unwrap();
     assert_eq!(unwrapped.as_bytes(), before.plaintext.as_bytes());
     conformance::key_service(&rotated).await;
 }
@@ -43,7 +49,7 @@ fn the_key_file_is_owner_only() {
 mod rabbitmq {
     use std::time::Duration;
 
-    use lapin::options::{BasicGetOptions, BasicRejectOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+    use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
     use lapin::{Connection, ConnectionProperties};
     use udim_local::rabbitmq::{RabbitMqConfig, RabbitMqNotifier};
     use udim_ports::conformance;
@@ -66,7 +72,11 @@ mod rabbitmq {
 
     async fn get(channel: &lapin::Channel, queue: &str) -> Option<lapin::message::Delivery> {
         for _ in 0..50 {
-            if let Some(m) = channel.basic_get(queue.into(), BasicGetOptions::default()).await.unwrap() {
+            if let Some(m) = channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
                 return Some(m.delivery);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -76,10 +86,14 @@ mod rabbitmq {
 
     async fn clean_up(channel: &lapin::Channel, c: &RabbitMqConfig) {
         for q in [&c.queue, &c.dead_letter_queue] {
-            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for e in [&c.exchange, &c.dead_letter_exchange] {
-            let _ = channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
 
@@ -96,11 +110,17 @@ mod rabbitmq {
             let props = d.properties.clone();
             assert_eq!(props.delivery_mode(), &Some(2), "messages are persistent");
             d.reject(BasicRejectOptions { requeue: false }).await.unwrap();
-            Some((props.message_id().as_ref()?.to_string(), serde_json::from_slice(&d.data).ok()?))
+            Some((
+                props.message_id().as_ref()?.to_string(),
+                serde_json::from_slice(&d.data).ok()?,
+            ))
         })
         .await;
         let dead = get(&channel, &c.dead_letter_queue).await;
-        assert!(dead.is_some(), "a message rejected without requeue ends in the dead-letter queue");
+        assert!(
+            dead.is_some(),
+            "a message rejected without requeue ends in the dead-letter queue"
+        );
         clean_up(&channel, &c).await;
     }
 
@@ -116,7 +136,9 @@ mod rabbitmq {
             payload: serde_json::json!({}),
             created_at: chrono::Utc::now(),
         };
-        let err = udim_ports::queue::Notifier::publish(&notifier, &message).await.unwrap_err();
+        let err = udim_ports::queue::Notifier::publish(&notifier, &message)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
     }
 }

@@ -28,16 +28,29 @@ pub async fn blob_store(store: &dyn BlobStore, object_size: usize) {
     for piece in data.chunks(1024 * 1024 + 7) {
         writer.write(Bytes::copy_from_slice(piece)).await.expect("write");
     }
-    assert!(!store.exists(&key).await.unwrap(), "an unfinished object must not be visible");
-    assert_eq!(writer.finish().await.expect("finish"), data.len() as u64, "finish reports the size");
+    assert!(
+        !store.exists(&key).await.unwrap(),
+        "an unfinished object must not be visible"
+    );
+    assert_eq!(
+        writer.finish().await.expect("finish"),
+        data.len() as u64,
+        "finish reports the size"
+    );
     assert!(store.exists(&key).await.unwrap(), "a finished object is visible");
-    assert!(read_all(store, &key).await == data, "the object reads back byte for byte");
+    assert!(
+        read_all(store, &key).await == data,
+        "the object reads back byte for byte"
+    );
 
     let aborted = format!("{prefix}/aborted");
     let mut writer = store.create(&aborted).await.expect("create");
     writer.write(Bytes::from(vec![1u8; 1024])).await.expect("write");
     writer.abort().await.expect("abort");
-    assert!(!store.exists(&aborted).await.unwrap(), "an aborted object must not exist");
+    assert!(
+        !store.exists(&aborted).await.unwrap(),
+        "an aborted object must not exist"
+    );
 
     let moved = format!("{prefix}/moved");
     store.rename(&key, &moved).await.expect("rename");
@@ -46,7 +59,10 @@ pub async fn blob_store(store: &dyn BlobStore, object_size: usize) {
 
     store.delete(&moved).await.expect("delete");
     store.delete(&moved).await.expect("deleting a missing object succeeds");
-    assert!(matches!(store.get(&moved).await, Err(PortError::NotFound(_))), "get of a missing key is NotFound");
+    assert!(
+        matches!(store.get(&moved).await, Err(PortError::NotFound(_))),
+        "get of a missing key is NotFound"
+    );
     assert!(store.uri(&moved).ends_with(&moved), "the URI names the key");
 }
 
@@ -58,11 +74,23 @@ pub async fn key_service(kms: &dyn KeyService) {
     };
     let a = kms.generate_data_key(&ctx).await.expect("generate");
     let b = kms.generate_data_key(&ctx).await.expect("generate");
-    assert_ne!(a.plaintext.as_bytes(), b.plaintext.as_bytes(), "data keys must be fresh");
-    assert_eq!(a.key_id, kms.current_key_id(), "new keys are wrapped under the current key");
+    assert_ne!(
+        a.plaintext.as_bytes(),
+        b.plaintext.as_bytes(),
+        "data keys must be fresh"
+    );
+    assert_eq!(
+        a.key_id,
+        kms.current_key_id(),
+        "new keys are wrapped under the current key"
+    );
 
     let unwrapped = kms.unwrap_data_key(&a.key_id, &a.wrapped, &ctx).await.expect("unwrap");
-    assert_eq!(unwrapped.as_bytes(), a.plaintext.as_bytes(), "unwrap returns the data key");
+    assert_eq!(
+        unwrapped.as_bytes(),
+        a.plaintext.as_bytes(),
+        "unwrap returns the data key"
+    );
 
     let other_package = KeyContext {
         package_id: Uuid::new_v4(),
@@ -74,7 +102,10 @@ pub async fn key_service(kms: &dyn KeyService) {
     };
     for wrong in [other_package, other_user] {
         assert!(
-            matches!(kms.unwrap_data_key(&a.key_id, &a.wrapped, &wrong).await, Err(PortError::Integrity(_))),
+            matches!(
+                kms.unwrap_data_key(&a.key_id, &a.wrapped, &wrong).await,
+                Err(PortError::Integrity(_))
+            ),
             "a different context must not unwrap"
         );
     }
@@ -82,7 +113,10 @@ pub async fn key_service(kms: &dyn KeyService) {
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
     assert!(
-        matches!(kms.unwrap_data_key(&a.key_id, &tampered, &ctx).await, Err(PortError::Integrity(_))),
+        matches!(
+            kms.unwrap_data_key(&a.key_id, &tampered, &ctx).await,
+            Err(PortError::Integrity(_))
+        ),
         "a modified wrapped key must not unwrap"
     );
     assert!(

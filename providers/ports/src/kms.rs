@@ -76,8 +76,7 @@ pub struct DataKey {
 #[async_trait]
 pub trait KeyService: Send + Sync + std::fmt::Debug {
     async fn generate_data_key(&self, ctx: &KeyContext) -> Result<DataKey>;
-    async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext)
-    -> Result<PlainKey>;
+    async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext) -> Result<PlainKey>;
     /// The id new data keys are wrapped under.
     fn current_key_id(&self) -> &str;
 }

@@ -152,8 +152,7 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     ) -> Result<PackageRecord>;
     async fn discard(&self, user_id: &str, id: Uuid) -> Result<()>;
     async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>>;
-    async fn list_packages(&self, user_id: &str, query: &PackageQuery)
-    -> Result<Vec<PackageRecord>>;
+    async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:
     /// uploads abandoned by a crash, to be cleaned up.
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>>;
@@ -170,15 +169,9 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
 /// - `mark_sent` and `mark_failed` end the lease; `mark_failed` schedules the next attempt.
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        lease: std::time::Duration,
-        limit: u32,
-    ) -> Result<Vec<OutboxEntry>>;
+    async fn claim_due(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> Result<Vec<OutboxEntry>>;
     async fn mark_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<()>;
-    async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>)
-    -> Result<()>;
+    async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()>;
     /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
 }

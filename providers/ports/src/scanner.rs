@@ -8,10 +8,14 @@ use crate::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Clean,
-    Infected { signature: String },
+    Infected {
+        signature: String,
+    },
     /// The stream was not scanned (scanning disabled, or over the scanner's limit under a
     /// policy that admits such files); the reason is recorded with the package.
-    NotScanned { reason: String },
+    NotScanned {
+        reason: String,
+    },
 }
 
 /// One scan in progress.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use object_store::path::Path;
 use object_store::WriteMultipart;
+use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::{PortError, Result};
@@ -95,9 +95,7 @@ fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Er
         E::NotFound { .. } => PortError::NotFound(key.to_owned()),
         E::AlreadyExists { .. } => PortError::AlreadyExists(key.to_owned()),
         E::Precondition { .. } | E::NotModified { .. } => PortError::Conflict(key.to_owned()),
-        E::NotSupported { .. } | E::NotImplemented { .. } => {
-            PortError::Unsupported(format!("{provider}: {e}"))
-        }
+        E::NotSupported { .. } | E::NotImplemented { .. } => PortError::Unsupported(format!("{provider}: {e}")),
         other => PortError::generic(provider, other),
     }
 }
@@ -144,11 +142,7 @@ impl BlobWriter for MultipartWriter {
 impl BlobStore for ObjectStoreBlobs {
     async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>> {
         let path = self.path(key)?;
-        let upload = self
-            .store
-            .put_multipart(&path)
-            .await
-            .map_err(|e| self.map(key, e))?;
+        let upload = self.store.put_multipart(&path).await.map_err(|e| self.map(key, e))?;
         Ok(Box::new(MultipartWriter {
             inner: WriteMultipart::new_with_chunk_size(upload, self.part_size),
             provider: self.provider,

@@ -11,8 +11,8 @@ use sqlx::Row as _;
 use sqlx::types::Json;
 use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
 use udim_ports::metadata::{
-    NewPackage, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRecord, PackageStatus,
-    PackageStore, StoredObject,
+    NewPackage, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRecord, PackageStatus, PackageStore,
+    StoredObject,
 };
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
@@ -61,9 +61,7 @@ fn db_err(e: sqlx::Error) -> PortError {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
             PortError::unavailable("database", e)
         }
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            PortError::AlreadyExists(db.message().to_owned())
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => PortError::AlreadyExists(db.message().to_owned()),
         _ => PortError::generic("database", e),
     }
 }
@@ -260,14 +258,18 @@ macro_rules! sql_store {
             }
 
             async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>> {
-                sqlx::query(concat!("SELECT ", package_columns!(), " FROM packages WHERE id = $1 AND user_id = $2"))
-                    .bind(id)
-                    .bind(user_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_err)?
-                    .map(|row| Self::package_from_row(&row))
-                    .transpose()
+                sqlx::query(concat!(
+                    "SELECT ",
+                    package_columns!(),
+                    " FROM packages WHERE id = $1 AND user_id = $2"
+                ))
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+                .map(|row| Self::package_from_row(&row))
+                .transpose()
             }
 
             async fn list_packages(&self, user_id: &str, q: &PackageQuery) -> Result<Vec<PackageRecord>> {
@@ -320,19 +322,17 @@ macro_rules! sql_store {
             }
 
             async fn ping(&self) -> Result<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
                 Ok(())
             }
         }
 
         #[async_trait]
         impl Outbox for $name {
-            async fn claim_due(
-                &self,
-                now: DateTime<Utc>,
-                lease: Duration,
-                limit: u32,
-            ) -> Result<Vec<OutboxEntry>> {
+            async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<OutboxEntry>> {
                 let rows = sqlx::query($sql.claim_outbox)
                     .bind(now)
                     .bind(now + chrono_lease(lease)?)
@@ -426,14 +426,18 @@ macro_rules! sql_store {
             }
 
             async fn entries_for_user(&self, user_id: &str) -> Result<Vec<LedgerEntry>> {
-                sqlx::query(concat!("SELECT ", ledger_columns!(), " FROM consent_ledger WHERE user_id = $1 ORDER BY idx"))
-                    .bind(user_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?
-                    .iter()
-                    .map(Self::ledger_from_row)
-                    .collect()
+                sqlx::query(concat!(
+                    "SELECT ",
+                    ledger_columns!(),
+                    " FROM consent_ledger WHERE user_id = $1 ORDER BY idx"
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(Self::ledger_from_row)
+                .collect()
             }
 
             async fn size(&self) -> Result<u64> {
