@@ -39,6 +39,37 @@ enum Command {
     /// Operator tasks.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The verifiable consent ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Print the log's verifier key (`name+keyid+base64(0x01 || public key)`).
+    Key,
+    /// Print the latest signed checkpoint.
+    Checkpoint,
+    /// Print the record proof (JSON) of the entry at INDEX, against the latest checkpoint.
+    Proof {
+        #[arg(long)]
+        index: u64,
+    },
+    /// Audit the whole stored log; exits non-zero naming the first bad index.
+    Verify,
+    /// Verify a record proof (JSON file, `-` for stdin) offline against a verifier key.
+    VerifyProof {
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+        proof: PathBuf,
+    },
+    /// Verify a consistency proof (JSON file with both checkpoints) offline.
+    VerifyConsistency {
+        #[arg(long)]
+        key: String,
+        proof: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +99,16 @@ pub async fn run() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
+    // Offline verification needs no settings, database or key files.
+    match &cli.command {
+        Some(Command::Ledger(LedgerCommand::VerifyProof { key, proof })) => {
+            return crate::ledger::cli::verify_proof(key, proof);
+        }
+        Some(Command::Ledger(LedgerCommand::VerifyConsistency { key, proof })) => {
+            return crate::ledger::cli::verify_consistency(key, proof);
+        }
+        _ => {}
+    }
     let settings = Settings::load(&cli.config_dir)?;
     crate::telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
@@ -95,6 +136,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ledger(command) => ledger(settings, command).await,
         Command::Admin(AdminCommand::RotateKey) => match &settings.kms {
             crate::config::KmsSettings::Local { key_file } => {
                 let path = key_file
@@ -107,6 +149,49 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             _ => anyhow::bail!("`kms.type` is not `local`: rotate keys in the key management service"),
         },
     }
+}
+
+async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()> {
+    use crate::ledger::signer::LedgerSigner;
+    let signer = LedgerSigner::load(
+        &settings.ledger.origin,
+        settings.ledger.signing_key.as_ref(),
+        &settings.ledger_key_file(),
+    )?;
+    if let LedgerCommand::Key = command {
+        println!("{}", signer.verifier());
+        return Ok(());
+    }
+    let db = connect_database(&settings).await?;
+    let ledger = db.ledger.as_ref();
+    match command {
+        LedgerCommand::Checkpoint => {
+            let checkpoint = ledger.latest_checkpoint().await?.context("the ledger is empty")?;
+            print!("{}", checkpoint.note);
+        }
+        LedgerCommand::Proof { index } => {
+            let checkpoint = ledger.latest_checkpoint().await?.context("the ledger is empty")?;
+            let rows = ledger.audit_rows(index, 1).await?;
+            let row = rows
+                .first()
+                .filter(|r| r.index == index)
+                .context("no entry at that index")?;
+            let proof = crate::ledger::proofs::inclusion(ledger, &[index], checkpoint.size).await?;
+            let proof = udim_ledger::proof::RecordProof::new(index, &row.leaf_hash, &proof[0], checkpoint.note);
+            println!("{}", serde_json::to_string_pretty(&proof)?);
+        }
+        LedgerCommand::Verify => {
+            let report = crate::ledger::audit::audit(ledger, signer.verifier()).await?;
+            println!(
+                "ledger sound: {} entries ({} redacted), {} checkpoints verified",
+                report.entries, report.redacted, report.checkpoints
+            );
+        }
+        LedgerCommand::Key | LedgerCommand::VerifyProof { .. } | LedgerCommand::VerifyConsistency { .. } => {
+            unreachable!("handled before any settings are loaded")
+        }
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

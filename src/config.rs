@@ -26,6 +26,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub upload: UploadSettings,
     pub outbox: OutboxSettings,
+    pub ledger: LedgerSettings,
     pub log: LogSettings,
 }
 
@@ -42,6 +43,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             upload: UploadSettings::default(),
             outbox: OutboxSettings::default(),
+            ledger: LedgerSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -271,6 +273,28 @@ impl Default for OutboxSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// The log's name: the checkpoint origin line and the signing key's name.
+    pub origin: String,
+    /// The Ed25519 checkpoint signing key, `PRIVATE+KEY+<origin>+<id>+<base64>`. Unset: one is
+    /// generated into `<data_dir>/secrets/ledger-signing-key` on first start.
+    pub signing_key: Option<SecretString>,
+    /// Most entries appended (and signed) in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            origin: "udim.local/consent-ledger".into(),
+            signing_key: None,
+            max_batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` or `json`.
     pub format: LogFormat,
@@ -368,6 +392,9 @@ impl Settings {
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::new("`upload.max_bytes` must be at least 1"));
         }
+        if self.ledger.max_batch == 0 || self.ledger.max_batch > 4096 {
+            return Err(ConfigError::new("`ledger.max_batch` must be 1-4096"));
+        }
         if self.outbox.batch_size == 0 {
             return Err(ConfigError::new("`outbox.batch_size` must be at least 1"));
         }
@@ -380,6 +407,10 @@ impl Settings {
             Some(url) => url.clone(),
             None => SecretString::from(format!("sqlite://{}", self.data_dir.join("udim.db").display())),
         }
+    }
+
+    pub fn ledger_key_file(&self) -> PathBuf {
+        self.data_dir.join("secrets").join("ledger-signing-key")
     }
 
     pub fn hs256_secret_file(&self) -> PathBuf {

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use udim_ledger::entry::normalized;
+use udim_ledger::proof::RecordProof;
 use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
 
-use crate::ledger::entry::normalized;
-use crate::ledger::{ConsentEvent, ConsentRecord, leaf_hash};
+use crate::ledger::sequencer::Sequencer;
+use crate::ledger::{ConsentEvent, ConsentRecord};
 
 /// What a grant asks for, already validated.
 #[derive(Debug, Clone)]
@@ -30,6 +32,13 @@ pub struct Grant {
 pub struct RecordedConsent {
     pub entry: LedgerEntry,
     pub record: ConsentRecord,
+}
+
+/// A freshly appended entry and the proof that the log committed to it.
+#[derive(Debug, Clone)]
+pub struct AppendedConsent {
+    pub recorded: RecordedConsent,
+    pub proof: RecordProof,
 }
 
 impl TryFrom<LedgerEntry> for RecordedConsent {
@@ -85,11 +94,16 @@ impl ConsentState {
 #[derive(Debug, Clone)]
 pub struct ConsentService {
     ledger: Arc<dyn ConsentLedger>,
+    sequencer: Sequencer,
 }
 
 impl ConsentService {
-    pub fn new(ledger: Arc<dyn ConsentLedger>) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Arc<dyn ConsentLedger>, sequencer: Sequencer) -> Self {
+        Self { ledger, sequencer }
+    }
+
+    pub fn ledger(&self) -> &dyn ConsentLedger {
+        self.ledger.as_ref()
     }
 
     pub async fn history(&self, user_id: &str) -> Result<Vec<RecordedConsent>> {
@@ -105,12 +119,12 @@ impl ConsentService {
         Ok(ConsentState::from_log(&self.history(user_id).await?))
     }
 
-    async fn append(&self, record: ConsentRecord) -> Result<RecordedConsent> {
+    async fn append(&self, record: ConsentRecord) -> Result<AppendedConsent> {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| PortError::generic("rng", "random generator failed"))?;
-        let leaf = leaf_hash(&record.canonical_bytes(&salt));
-        let entry = self
-            .ledger
+        let leaf = record.leaf_hash(&salt);
+        let appended = self
+            .sequencer
             .append(NewLedgerEntry {
                 id: record.record_id,
                 user_id: record.subject.clone(),
@@ -122,11 +136,18 @@ impl ConsentService {
                 recorded_at: record.recorded_at,
             })
             .await?;
-        Ok(RecordedConsent { entry, record })
+        let proof = RecordProof::new(appended.entry.index, &leaf, &appended.proof, appended.checkpoint.note);
+        Ok(AppendedConsent {
+            recorded: RecordedConsent {
+                entry: appended.entry,
+                record,
+            },
+            proof,
+        })
     }
 
     /// Appends a `given` record: a new consent.
-    pub async fn grant(&self, user_id: &str, grant: Grant) -> Result<RecordedConsent> {
+    pub async fn grant(&self, user_id: &str, grant: Grant) -> Result<AppendedConsent> {
         let id = Uuid::now_v7();
         self.append(ConsentRecord {
             record_id: id,
@@ -148,7 +169,7 @@ impl ConsentService {
 
     /// Appends a `withdrawn` record for the caller's consent `consent_id`. `NotFound` when the
     /// caller has no such consent; `Conflict` when it is already withdrawn.
-    pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<RecordedConsent> {
+    pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<AppendedConsent> {
         let state = self.state(user_id).await?;
         let current = state
             .latest(consent_id)

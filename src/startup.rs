@@ -17,6 +17,8 @@ use crate::config::Settings;
 use crate::consent::ConsentService;
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
+use crate::ledger::sequencer::Sequencer;
+use crate::ledger::signer::LedgerSigner;
 use crate::providers;
 use crate::relay::Relay;
 
@@ -73,7 +75,17 @@ impl Application {
         let notifier = providers::notifier(&settings)?;
         let scanner = providers::scanner(&settings)?;
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
-        let consents = ConsentService::new(database.ledger.clone());
+        let ledger_signer = Arc::new(LedgerSigner::load(
+            &settings.ledger.origin,
+            settings.ledger.signing_key.as_ref(),
+            &settings.ledger_key_file(),
+        )?);
+        let sequencer = Sequencer::start(
+            database.ledger.clone(),
+            ledger_signer.clone(),
+            settings.ledger.max_batch,
+        );
+        let consents = ConsentService::new(database.ledger.clone(), sequencer);
         let relay_wake = Arc::new(Notify::new());
         let ingest = Arc::new(Ingestor {
             blobs,
@@ -92,6 +104,7 @@ impl Application {
         let state = AppState {
             auth,
             consents,
+            ledger_signer,
             packages: database.packages.clone(),
             outbox: database.outbox.clone(),
             notifier,

@@ -106,8 +106,14 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
         app.settings.database_url().expose_secret().to_owned()
     };
     let attacks = [
-        "UPDATE consent_ledger SET event_type = 'withdrawn'",
+        "UPDATE consent_ledger SET leaf_hash = leaf_hash",
         "DELETE FROM consent_ledger",
+        "UPDATE consent_records SET event_type = 'withdrawn'",
+        "DELETE FROM consent_records",
+        "UPDATE ledger_nodes SET hash = hash",
+        "DELETE FROM ledger_nodes",
+        "UPDATE ledger_checkpoints SET note = ''",
+        "DELETE FROM ledger_checkpoints",
         "UPDATE ledger_head SET size = 0",
         "DELETE FROM ledger_head",
     ];
@@ -115,10 +121,14 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
         Db::Postgres => {
             use sqlx::Connection as _;
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            for sql in attacks
-                .iter()
-                .chain(&["TRUNCATE consent_ledger", "TRUNCATE ledger_head"])
-            {
+            let truncates = [
+                "TRUNCATE consent_ledger CASCADE",
+                "TRUNCATE consent_records",
+                "TRUNCATE ledger_nodes",
+                "TRUNCATE ledger_checkpoints",
+                "TRUNCATE ledger_head",
+            ];
+            for sql in attacks.iter().chain(&truncates) {
                 let err = sqlx::query(sqlx::AssertSqlSafe(*sql))
                     .execute(&mut conn)
                     .await

@@ -15,9 +15,9 @@ BEGIN
 END
 $$;
 
--- The sequencer: one row whose update serializes appends and hands out gap-free indices
--- (the index is taken in the same transaction that inserts the entry, so a rollback
--- returns it).
+-- The sequencer: one row whose row lock serializes appends across processes and whose size
+-- hands out gap-free indices (taken in the same transaction that inserts the entries, so a
+-- rollback returns them).
 CREATE TABLE ledger_head (
     singleton   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
     size        BIGINT NOT NULL CHECK (size >= 0)
@@ -40,21 +40,80 @@ CREATE TRIGGER ledger_head_kept BEFORE DELETE ON ledger_head
 CREATE TRIGGER ledger_head_not_truncated BEFORE TRUNCATE ON ledger_head
     FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
 
+-- The log proper: one leaf per index. Only commitments live here, so it never needs to
+-- change for erasure.
 CREATE TABLE consent_ledger (
     idx          BIGINT PRIMARY KEY CHECK (idx >= 0),
     id           UUID NOT NULL UNIQUE,
+    leaf_hash    BYTEA NOT NULL CHECK (length(leaf_hash) = 32),
+    recorded_at  TIMESTAMPTZ NOT NULL
+);
+
+-- Entry bodies. Erasure may delete a body, but only one whose redaction is on record.
+CREATE TABLE consent_records (
+    id           UUID PRIMARY KEY REFERENCES consent_ledger (id),
+    idx          BIGINT NOT NULL UNIQUE,
     user_id      TEXT NOT NULL,
     consent_id   UUID NOT NULL,
     event_type   TEXT NOT NULL CHECK (event_type IN ('given', 'updated', 'withdrawn')),
     record       JSONB NOT NULL,
-    salt         BYTEA NOT NULL CHECK (length(salt) = 16),
-    leaf_hash    BYTEA NOT NULL CHECK (length(leaf_hash) = 32),
-    recorded_at  TIMESTAMPTZ NOT NULL
+    salt         BYTEA NOT NULL CHECK (length(salt) = 16)
 );
-CREATE INDEX consent_ledger_by_user ON consent_ledger (user_id, idx);
+CREATE INDEX consent_records_by_user ON consent_records (user_id, idx);
+
+CREATE TABLE ledger_redactions (
+    entry_id     UUID PRIMARY KEY REFERENCES consent_ledger (id),
+    redacted_at  TIMESTAMPTZ NOT NULL
+);
+
+CREATE FUNCTION udim_refuse_unredacted_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM ledger_redactions WHERE entry_id = OLD.id) THEN
+        RAISE EXCEPTION 'udim: DELETE on consent_records is refused unless the entry is redacted'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+-- Every complete aligned subtree of the Merkle tree, level 0 being the leaves: proofs for any
+-- entry need O(log n) of these.
+CREATE TABLE ledger_nodes (
+    level  SMALLINT NOT NULL CHECK (level >= 0 AND level < 64),
+    idx    BIGINT NOT NULL CHECK (idx >= 0),
+    hash   BYTEA NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
+);
+
+-- Every signed checkpoint, one per appended batch.
+CREATE TABLE ledger_checkpoints (
+    size        BIGINT PRIMARY KEY CHECK (size > 0),
+    root        BYTEA NOT NULL CHECK (length(root) = 32),
+    note        TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL
+);
+
 CREATE TRIGGER consent_ledger_append_only BEFORE UPDATE OR DELETE ON consent_ledger
     FOR EACH ROW EXECUTE FUNCTION udim_refuse_change();
 CREATE TRIGGER consent_ledger_not_truncated BEFORE TRUNCATE ON consent_ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER consent_records_not_updated BEFORE UPDATE ON consent_records
+    FOR EACH ROW EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER consent_records_deleted_only_when_redacted BEFORE DELETE ON consent_records
+    FOR EACH ROW EXECUTE FUNCTION udim_refuse_unredacted_delete();
+CREATE TRIGGER consent_records_not_truncated BEFORE TRUNCATE ON consent_records
+    FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_redactions_append_only BEFORE UPDATE OR DELETE ON ledger_redactions
+    FOR EACH ROW EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_redactions_not_truncated BEFORE TRUNCATE ON ledger_redactions
+    FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_nodes_append_only BEFORE UPDATE OR DELETE ON ledger_nodes
+    FOR EACH ROW EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_nodes_not_truncated BEFORE TRUNCATE ON ledger_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE ON ledger_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION udim_refuse_change();
+CREATE TRIGGER ledger_checkpoints_not_truncated BEFORE TRUNCATE ON ledger_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION udim_refuse_change();
 
 CREATE TABLE packages (
@@ -99,3 +158,21 @@ CREATE TABLE outbox (
     sent_at          TIMESTAMPTZ
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE sent_at IS NULL;
+
+-- The role the service should run as (GRANT udim_service TO <login role>): it may read and
+-- append to the ledger but holds no UPDATE, DELETE or TRUNCATE on it, so the triggers above
+-- are a second wall, not the only one. Creating a role needs CREATEROLE; where the migrating
+-- user lacks it, the DBA creates the role and these grants by hand.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'udim_service') THEN
+        CREATE ROLE udim_service NOLOGIN;
+    END IF;
+    GRANT SELECT, INSERT ON consent_ledger, ledger_nodes, ledger_checkpoints, ledger_redactions TO udim_service;
+    GRANT SELECT, INSERT, DELETE ON consent_records TO udim_service;
+    GRANT SELECT, UPDATE ON ledger_head TO udim_service;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON users, packages, outbox TO udim_service;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'udim: no privilege to create role udim_service; create it and its grants by hand';
+END
+$$;

@@ -6,13 +6,12 @@ CREATE TABLE users (
     created_at  TEXT NOT NULL
 );
 
--- The sequencer row; see the PostgreSQL migration.
+-- The sequencer row and the ledger tables; see the PostgreSQL migration for their roles.
 CREATE TABLE ledger_head (
     singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),
     size        INTEGER NOT NULL CHECK (size >= 0)
 );
 INSERT INTO ledger_head (singleton, size) VALUES (1, 0);
-
 CREATE TRIGGER ledger_head_grows BEFORE UPDATE ON ledger_head
     WHEN NEW.size < OLD.size
     BEGIN SELECT RAISE(ABORT, 'udim: the ledger cannot shrink'); END;
@@ -22,19 +21,61 @@ CREATE TRIGGER ledger_head_kept BEFORE DELETE ON ledger_head
 CREATE TABLE consent_ledger (
     idx          INTEGER PRIMARY KEY CHECK (idx >= 0),
     id           BLOB NOT NULL UNIQUE,
-    user_id      TEXT NOT NULL,
-    consent_id   BLOB NOT NULL,
-    event_type   TEXT NOT NULL CHECK (event_type IN ('given', 'updated', 'withdrawn')),
-    record       TEXT NOT NULL,
-    salt         BLOB NOT NULL CHECK (length(salt) = 16),
     leaf_hash    BLOB NOT NULL CHECK (length(leaf_hash) = 32),
     recorded_at  TEXT NOT NULL
 );
-CREATE INDEX consent_ledger_by_user ON consent_ledger (user_id, idx);
+
+CREATE TABLE consent_records (
+    id           BLOB PRIMARY KEY REFERENCES consent_ledger (id),
+    idx          INTEGER NOT NULL UNIQUE,
+    user_id      TEXT NOT NULL,
+    consent_id   BLOB NOT NULL,
+    event_type   TEXT NOT NULL CHECK (event_type IN ('given', 'updated', 'withdrawn')),
+    record       TEXT NOT NULL CHECK (json_valid(record)),
+    salt         BLOB NOT NULL CHECK (length(salt) = 16)
+);
+CREATE INDEX consent_records_by_user ON consent_records (user_id, idx);
+
+CREATE TABLE ledger_redactions (
+    entry_id     BLOB PRIMARY KEY REFERENCES consent_ledger (id),
+    redacted_at  TEXT NOT NULL
+);
+
+CREATE TABLE ledger_nodes (
+    level  INTEGER NOT NULL CHECK (level >= 0 AND level < 64),
+    idx    INTEGER NOT NULL CHECK (idx >= 0),
+    hash   BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE ledger_checkpoints (
+    size        INTEGER PRIMARY KEY CHECK (size > 0),
+    root        BLOB NOT NULL CHECK (length(root) = 32),
+    note        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+
 CREATE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
     BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on append-only table consent_ledger is refused'); END;
 CREATE TRIGGER consent_ledger_no_delete BEFORE DELETE ON consent_ledger
     BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table consent_ledger is refused'); END;
+CREATE TRIGGER consent_records_no_update BEFORE UPDATE ON consent_records
+    BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on consent_records is refused'); END;
+CREATE TRIGGER consent_records_delete_only_redacted BEFORE DELETE ON consent_records
+    WHEN NOT EXISTS (SELECT 1 FROM ledger_redactions WHERE entry_id = OLD.id)
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on consent_records is refused unless the entry is redacted'); END;
+CREATE TRIGGER ledger_redactions_no_update BEFORE UPDATE ON ledger_redactions
+    BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on append-only table ledger_redactions is refused'); END;
+CREATE TRIGGER ledger_redactions_no_delete BEFORE DELETE ON ledger_redactions
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table ledger_redactions is refused'); END;
+CREATE TRIGGER ledger_nodes_no_update BEFORE UPDATE ON ledger_nodes
+    BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on append-only table ledger_nodes is refused'); END;
+CREATE TRIGGER ledger_nodes_no_delete BEFORE DELETE ON ledger_nodes
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table ledger_nodes is refused'); END;
+CREATE TRIGGER ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'udim: UPDATE on append-only table ledger_checkpoints is refused'); END;
+CREATE TRIGGER ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'udim: DELETE on append-only table ledger_checkpoints is refused'); END;
 
 CREATE TABLE packages (
     id                     BLOB PRIMARY KEY,

@@ -12,9 +12,10 @@ use super::AppState;
 use super::extract::{Caller, Json, Path};
 use super::problem::{ApiError, Problem};
 use crate::auth::Scope;
-use crate::consent::{Grant, RecordedConsent};
+use crate::consent::{AppendedConsent, Grant, RecordedConsent};
 use crate::ledger::ConsentEvent;
 use crate::validate;
+use udim_ledger::proof::RecordProof;
 
 /// A request to give consent.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -47,6 +48,7 @@ pub struct ConsentEntry {
     pub consent_id: Uuid,
     /// Position in the ledger.
     pub index: u64,
+    #[schema(value_type = String, example = "given")]
     pub event: ConsentEvent,
     pub purposes: Vec<String>,
     pub data_categories: Vec<String>,
@@ -59,6 +61,41 @@ pub struct ConsentEntry {
     pub expires_at: Option<DateTime<Utc>>,
     /// RFC 9162 leaf hash of the entry's canonical encoding, base64.
     pub leaf_hash: String,
+    /// The entry's random salt, base64: with the fields above and the caller's `sub` it
+    /// recomputes `leaf_hash` (see docs/ledger-encoding.md). Shown only to the entry's subject.
+    pub salt: String,
+    /// Where the log committed to this entry: index, leaf hash, inclusion proof and the
+    /// signed checkpoint it is against. Present on appends and proof queries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RecordProofBody>)]
+    pub record_proof: Option<RecordProof>,
+}
+
+/// An RFC 9162 inclusion proof with its signed checkpoint (a C2SP signed note).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordProofBody {
+    pub index: u64,
+    /// base64
+    pub leaf_hash: String,
+    /// base64 hashes, bottom up
+    pub inclusion_proof: Vec<String>,
+    /// The signed checkpoint note the proof is against.
+    pub checkpoint: String,
+}
+
+impl ConsentEntry {
+    pub fn with_proof(recorded: &RecordedConsent, proof: RecordProof) -> Self {
+        Self {
+            record_proof: Some(proof),
+            ..Self::from(recorded)
+        }
+    }
+}
+
+impl From<AppendedConsent> for ConsentEntry {
+    fn from(a: AppendedConsent) -> Self {
+        Self::with_proof(&a.recorded, a.proof)
+    }
 }
 
 impl From<&RecordedConsent> for ConsentEntry {
@@ -79,6 +116,8 @@ impl From<&RecordedConsent> for ConsentEntry {
             recorded_at: r.recorded_at,
             expires_at: r.expires_at,
             leaf_hash: base64::engine::general_purpose::STANDARD.encode(c.entry.leaf_hash),
+            salt: base64::engine::general_purpose::STANDARD.encode(c.entry.salt),
+            record_proof: None,
         }
     }
 }
@@ -150,8 +189,8 @@ pub async fn grant(
     let principal = caller.require(Scope::Upload)?;
     let grant = parse_grant(req)?;
     state.packages.ensure_user(&principal.subject).await?;
-    let recorded = state.consents.grant(&principal.subject, grant).await?;
-    Ok((StatusCode::CREATED, Json(ConsentEntry::from(&recorded))))
+    let appended = state.consents.grant(&principal.subject, grant).await?;
+    Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))
 }
 
 /// Withdraw a consent. Appends a `withdrawn` entry; it takes effect for the next upload.
@@ -173,8 +212,8 @@ pub async fn withdraw(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
-    let recorded = state.consents.withdraw(&principal.subject, id).await?;
-    Ok((StatusCode::CREATED, Json(ConsentEntry::from(&recorded))))
+    let appended = state.consents.withdraw(&principal.subject, id).await?;
+    Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))
 }
 
 /// The caller's current consents and full history.
@@ -195,4 +234,52 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
         active,
         history: history.iter().map(ConsentEntry::from).collect(),
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProofParams {
+    /// Prove against the checkpoint of this tree size (default: the latest).
+    pub size: Option<u64>,
+}
+
+/// The record proof of one of the caller's ledger entries (by entry `id`).
+#[utoipa::path(
+    get,
+    path = "/v1/consents/{id}/proof",
+    tag = "consents",
+    params(("id" = Uuid, Path, description = "the entry id"), ProofParams),
+    responses((status = 200, body = ConsentEntry), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn proof(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    super::extract::Query(params): super::extract::Query<ProofParams>,
+) -> Result<Json<ConsentEntry>, ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    let history = state.consents.history(&principal.subject).await?;
+    let recorded = history
+        .iter()
+        .find(|c| c.entry.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("ledger entry {id} not found")))?;
+    let checkpoint = super::ledger::checkpoint_for(&state, params.size).await?;
+    if recorded.entry.index >= checkpoint.size {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not-in-tree",
+            "Conflict",
+            format!("entry {id} is not in the tree of size {}", checkpoint.size),
+        ));
+    }
+    let proof =
+        crate::ledger::proofs::inclusion(state.consents.ledger(), &[recorded.entry.index], checkpoint.size).await?;
+    let record_proof = RecordProof::new(
+        recorded.entry.index,
+        &recorded.entry.leaf_hash,
+        &proof[0],
+        checkpoint.note,
+    );
+    Ok(Json(ConsentEntry::with_proof(recorded, record_proof)))
 }

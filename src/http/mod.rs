@@ -5,6 +5,7 @@ mod admin;
 mod consents;
 pub mod extract;
 mod health;
+mod ledger;
 mod packages;
 pub mod problem;
 
@@ -23,6 +24,7 @@ use utoipa_axum::routes;
 use crate::auth::Authenticator;
 use crate::consent::ConsentService;
 use crate::ingest::Ingestor;
+use crate::ledger::signer::LedgerSigner;
 use problem::ApiError;
 
 /// Everything a handler needs, cheap to clone.
@@ -30,6 +32,7 @@ use problem::ApiError;
 pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub consents: ConsentService,
+    pub ledger_signer: Arc<LedgerSigner>,
     pub packages: Arc<dyn PackageStore>,
     pub outbox: Arc<dyn Outbox>,
     pub notifier: Option<Arc<dyn Notifier>>,
@@ -64,6 +67,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "consents", description = "Consent grants and withdrawals, appended to the ledger"),
+        (name = "ledger", description = "The verifiable consent log: checkpoints and proofs"),
         (name = "packages", description = "Uploads and their metadata"),
         (name = "admin", description = "Operator endpoints"),
         (name = "operations", description = "Health and readiness"),
@@ -78,6 +82,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::readyz))
         .routes(routes!(consents::grant, consents::list))
         .routes(routes!(consents::withdraw))
+        .routes(routes!(consents::proof))
+        .routes(routes!(ledger::checkpoint))
+        .routes(routes!(ledger::key))
+        .routes(routes!(ledger::consistency))
+        .routes(routes!(ledger::entries))
         .routes(routes!(packages::upload, packages::list))
         .routes(routes!(packages::get))
         .routes(routes!(admin::outbox))

@@ -1,11 +1,15 @@
-//! The consent ledger: an append-only log of consent events with gap-free indices.
+//! The consent ledger: an append-only RFC 9162 Merkle log of consent events, with gap-free
+//! indices, stored subtree hashes for O(log n) proofs, and a signed checkpoint per batch.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::Result;
+use crate::{BoxError, Result};
+
+/// A SHA-256 tree hash.
+pub type Hash = [u8; 32];
 
 /// An entry about to be appended. The caller computes `leaf_hash` from the canonical
 /// encoding of `record` and `salt`; the ledger assigns the index.
@@ -18,7 +22,7 @@ pub struct NewLedgerEntry {
     pub event_type: String,
     pub record: serde_json::Value,
     pub salt: [u8; 16],
-    pub leaf_hash: [u8; 32],
+    pub leaf_hash: Hash,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -32,23 +36,76 @@ pub struct LedgerEntry {
     pub event_type: String,
     pub record: serde_json::Value,
     pub salt: [u8; 16],
-    pub leaf_hash: [u8; 32],
+    pub leaf_hash: Hash,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    /// The C2SP signed note.
+    pub note: String,
+}
+
+/// The result of one appended batch: the entries with their indices and inclusion proofs
+/// against the batch's checkpoint.
+#[derive(Debug, Clone)]
+pub struct AppendedBatch {
+    pub entries: Vec<LedgerEntry>,
+    /// `proofs[i]` proves `entries[i]` in the tree of `checkpoint.size`.
+    pub proofs: Vec<Vec<Hash>>,
+    pub checkpoint: StoredCheckpoint,
+}
+
+/// One row of the stored log, for the audit.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub index: u64,
+    pub leaf_hash: Hash,
+    /// The tree's level-0 node at this index.
+    pub tree_leaf: Option<Hash>,
+    /// Body and salt, unless redacted.
+    pub body: Option<(serde_json::Value, [u8; 16])>,
+    /// Whether the entry's redaction is on record.
+    pub redacted: bool,
+}
+
+/// Signs checkpoints for the ledger, inside the append transaction.
+pub trait CheckpointSigner: Send + Sync {
+    /// The signed note for a tree of `size` leaves with `root`.
+    fn sign(&self, size: u64, root: &Hash) -> std::result::Result<String, BoxError>;
+    /// Verifies a note this signer's key signed; returns its size and root.
+    fn open(&self, note: &str) -> std::result::Result<(u64, Hash), BoxError>;
 }
 
 /// Consent ledger port.
 ///
 /// # Contract
-/// - `append` assigns the next index from one serialized sequencer: indices start at 0, are
-///   gap-free and never reused, also under concurrent appends from several processes. The
-///   entry and its leaf are durable when `append` returns.
-/// - Stored entries are never changed or deleted through this port, and the backing store
-///   refuses UPDATE/DELETE on them for the service's database role.
-/// - Reads are scoped: `entries_for_user` returns only `user_id`'s entries, in index order.
+/// - `append_batch` appends all entries in ONE transaction, at the next indices from one
+///   serialized sequencer: indices start at 0, are gap-free and never reused, also under
+///   concurrent appends from several processes. In the same transaction it stores every
+///   newly completed subtree hash, and signs and stores a checkpoint of the new tree — but
+///   only after checking that the stored tree still matches the last checkpoint it signed
+///   ([`crate::PortError::Integrity`] otherwise: it never signs two inconsistent checkpoints).
+/// - Stored entries, nodes and checkpoints are never changed or deleted through this port;
+///   the backing store refuses UPDATE/DELETE/TRUNCATE on them for the service's role.
+/// - `nodes` returns stored complete-subtree hashes `(level, index)` in the order asked, so
+///   proofs need O(log n) reads.
+/// - Reads that take a `user_id` return only that user's entries, in index order.
 #[async_trait]
 pub trait ConsentLedger: Send + Sync + std::fmt::Debug {
-    async fn append(&self, entry: NewLedgerEntry) -> Result<LedgerEntry>;
+    async fn append_batch(&self, entries: &[NewLedgerEntry], signer: &dyn CheckpointSigner) -> Result<AppendedBatch>;
     async fn entries_for_user(&self, user_id: &str) -> Result<Vec<LedgerEntry>>;
+    async fn nodes(&self, ids: &[(u8, u64)]) -> Result<Vec<Option<Hash>>>;
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
+    async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>>;
+    /// Checkpoints with `size >= from_size`, ascending, at most `limit`.
+    async fn checkpoints(&self, from_size: u64, limit: u32) -> Result<Vec<StoredCheckpoint>>;
+    /// Stored rows with `index >= from_index`, ascending, at most `limit`, for the audit.
+    /// Row gaps are returned as they are (the audit detects them).
+    async fn audit_rows(&self, from_index: u64, limit: u32) -> Result<Vec<AuditRow>>;
     /// Number of entries in the log.
     async fn size(&self) -> Result<u64>;
 }

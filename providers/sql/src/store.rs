@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::types::Json;
-use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
+use udim_ledger::merkle::{self, Frontier, NodeId};
+use udim_ports::ledger::{
+    AppendedBatch, AuditRow, CheckpointSigner, ConsentLedger, Hash, LedgerEntry, NewLedgerEntry, StoredCheckpoint,
+};
 use udim_ports::metadata::{
     NewPackage, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRecord, PackageStatus, PackageStore,
     StoredObject,
@@ -50,10 +53,25 @@ macro_rules! package_columns {
     };
 }
 
-macro_rules! ledger_columns {
+macro_rules! ledger_select {
     () => {
-        "idx, id, user_id, consent_id, event_type, record, salt, leaf_hash, recorded_at"
+        "SELECT r.idx, r.id, r.user_id, r.consent_id, r.event_type, r.record, r.salt, l.leaf_hash, l.recorded_at \
+         FROM consent_records r JOIN consent_ledger l ON l.id = r.id"
     };
+}
+
+/// Rows per multi-row INSERT or lookup: far below SQLite's 32,766 bound variables.
+const CHUNK: usize = 200;
+
+fn integrity(why: impl Into<String>) -> PortError {
+    PortError::Integrity(why.into())
+}
+
+fn node_key(level: i16, idx: i64) -> Result<NodeId> {
+    Ok(NodeId {
+        level: u8::try_from(level).map_err(|_| corrupt("node level"))?,
+        index: u64::try_from(idx).map_err(|_| corrupt("node index"))?,
+    })
 }
 
 fn db_err(e: sqlx::Error) -> PortError {
@@ -391,53 +409,295 @@ macro_rules! sql_store {
             }
         }
 
+        impl $name {
+            /// Fetches stored nodes, in chunks, on any executor (the pool or a transaction).
+            async fn fetch_nodes(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[NodeId],
+            ) -> Result<std::collections::HashMap<NodeId, Hash>> {
+                let mut found = std::collections::HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(CHUNK) {
+                    let mut sql = sqlx::QueryBuilder::<$db>::new("SELECT level, idx, hash FROM ledger_nodes WHERE ");
+                    let mut first = true;
+                    for id in chunk {
+                        if !first {
+                            sql.push(" OR ");
+                        }
+                        first = false;
+                        sql.push("(level = ")
+                            .push_bind(i16::from(id.level))
+                            .push(" AND idx = ")
+                            .push_bind(to_i64(id.index, "node index")?)
+                            .push(")");
+                    }
+                    for row in sql.build().fetch_all(&mut *conn).await.map_err(db_err)? {
+                        let level: i16 = row.try_get("level").map_err(db_err)?;
+                        let idx: i64 = row.try_get("idx").map_err(db_err)?;
+                        let hash: Vec<u8> = row.try_get("hash").map_err(db_err)?;
+                        found.insert(node_key(level, idx)?, fixed(hash, "node hash")?);
+                    }
+                }
+                Ok(found)
+            }
+
+            fn checkpoint_from_row(row: &<$db as sqlx::Database>::Row) -> Result<StoredCheckpoint> {
+                let size: i64 = row.try_get("size").map_err(db_err)?;
+                Ok(StoredCheckpoint {
+                    size: u64::try_from(size).map_err(|_| corrupt("checkpoint size"))?,
+                    root: fixed(row.try_get("root").map_err(db_err)?, "checkpoint root")?,
+                    note: row.try_get("note").map_err(db_err)?,
+                })
+            }
+        }
+
         #[async_trait]
         impl ConsentLedger for $name {
-            async fn append(&self, e: NewLedgerEntry) -> Result<LedgerEntry> {
+            async fn append_batch(
+                &self,
+                entries: &[NewLedgerEntry],
+                signer: &dyn CheckpointSigner,
+            ) -> Result<AppendedBatch> {
+                if entries.is_empty() {
+                    return Err(PortError::Conflict("an empty batch".into()));
+                }
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                // The row lock taken here is the sequencer: concurrent appends queue on it,
-                // and the index is returned to the pool if this transaction rolls back.
-                let index: i64 = sqlx::query("UPDATE ledger_head SET size = size + 1 RETURNING size - 1")
+                // Taking the head row's write lock first is the sequencer: concurrent appends,
+                // from this process or another, queue here until this transaction ends.
+                let old_size: i64 = sqlx::query("UPDATE ledger_head SET size = size RETURNING size")
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db_err)?
                     .try_get(0)
                     .map_err(db_err)?;
-                let row = sqlx::query(concat!(
-                    "INSERT INTO consent_ledger (idx, id, user_id, consent_id, event_type, record, salt, \
-                     leaf_hash, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-                    ledger_columns!()
-                ))
-                .bind(index)
-                .bind(e.id)
-                .bind(&e.user_id)
-                .bind(e.consent_id)
-                .bind(&e.event_type)
-                .bind(Json(&e.record))
-                .bind(e.salt.as_slice())
-                .bind(e.leaf_hash.as_slice())
-                .bind(e.recorded_at)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let stored = Self::ledger_from_row(&row)?;
+                let old_size = u64::try_from(old_size).map_err(|_| corrupt("ledger size"))?;
+
+                let plan = merkle::root_plan(old_size);
+                let stored = Self::fetch_nodes(&mut *tx, &plan).await?;
+                let hashes = plan
+                    .iter()
+                    .map(|id| {
+                        stored
+                            .get(id)
+                            .copied()
+                            .ok_or_else(|| integrity(format!("tree node {id:?} is missing")))
+                    })
+                    .collect::<Result<Vec<Hash>>>()?;
+                let mut frontier =
+                    Frontier::from_parts(old_size, hashes).map_err(|e| integrity(format!("stored tree: {e}")))?;
+
+                // Never sign a tree that does not extend the last signed one.
+                let last = sqlx::query("SELECT size, root, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| Self::checkpoint_from_row(&row))
+                    .transpose()?;
+                match last {
+                    None if old_size == 0 => {}
+                    None => return Err(integrity("the log has entries but no signed checkpoint")),
+                    Some(cp) => {
+                        let (size, root) = signer
+                            .open(&cp.note)
+                            .map_err(|e| integrity(format!("the last checkpoint does not verify: {e}")))?;
+                        if size != old_size || root != frontier.root() {
+                            return Err(integrity(format!(
+                                "the stored tree of size {old_size} does not match the last signed checkpoint \
+                                 (size {size}); refusing to sign"
+                            )));
+                        }
+                    }
+                }
+
+                let mut new_nodes = Vec::with_capacity(entries.len() * 2);
+                let mut stored_entries = Vec::with_capacity(entries.len());
+                for (offset, e) in entries.iter().enumerate() {
+                    let index = old_size + offset as u64;
+                    new_nodes.extend(
+                        frontier
+                            .push(e.leaf_hash)
+                            .map_err(|e| integrity(format!("tree: {e}")))?,
+                    );
+                    stored_entries.push(LedgerEntry {
+                        index,
+                        id: e.id,
+                        user_id: e.user_id.clone(),
+                        consent_id: e.consent_id,
+                        event_type: e.event_type.clone(),
+                        record: e.record.clone(),
+                        salt: e.salt,
+                        leaf_hash: e.leaf_hash,
+                        recorded_at: e.recorded_at,
+                    });
+                }
+                for chunk in stored_entries.chunks(CHUNK) {
+                    let mut sql =
+                        sqlx::QueryBuilder::<$db>::new("INSERT INTO consent_ledger (idx, id, leaf_hash, recorded_at) ");
+                    sql.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.index as i64)
+                            .push_bind(e.id)
+                            .push_bind(e.leaf_hash.to_vec())
+                            .push_bind(e.recorded_at);
+                    });
+                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                    let mut sql = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO consent_records (id, idx, user_id, consent_id, event_type, record, salt) ",
+                    );
+                    sql.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.id)
+                            .push_bind(e.index as i64)
+                            .push_bind(e.user_id.clone())
+                            .push_bind(e.consent_id)
+                            .push_bind(e.event_type.clone())
+                            .push_bind(Json(e.record.clone()))
+                            .push_bind(e.salt.to_vec());
+                    });
+                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+                for chunk in new_nodes.chunks(CHUNK) {
+                    let mut sql = sqlx::QueryBuilder::<$db>::new("INSERT INTO ledger_nodes (level, idx, hash) ");
+                    sql.push_values(chunk, |mut row, (id, hash)| {
+                        row.push_bind(i16::from(id.level))
+                            .push_bind(id.index as i64)
+                            .push_bind(hash.to_vec());
+                    });
+                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+
+                let new_size = frontier.size();
+                let root = frontier.root();
+                let note = signer
+                    .sign(new_size, &root)
+                    .map_err(|e| PortError::generic("checkpoint signer", e))?;
+                sqlx::query("INSERT INTO ledger_checkpoints (size, root, note, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(to_i64(new_size, "ledger size")?)
+                    .bind(root.to_vec())
+                    .bind(&note)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("UPDATE ledger_head SET size = $1")
+                    .bind(to_i64(new_size, "ledger size")?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+
+                // Inclusion proofs against the new checkpoint, all nodes in one round of reads.
+                let plans = stored_entries
+                    .iter()
+                    .map(|e| merkle::inclusion_proof_plan(e.index, new_size))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| integrity(format!("proof plan: {e}")))?;
+                let mut wanted: Vec<NodeId> = plans.iter().flatten().flatten().copied().collect();
+                wanted.sort();
+                wanted.dedup();
+                let nodes = Self::fetch_nodes(&mut *tx, &wanted).await?;
+                let proofs = plans
+                    .iter()
+                    .map(|plan| {
+                        merkle::assemble(plan, |id| nodes.get(&id).copied())
+                            .map_err(|e| integrity(format!("proof: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(stored)
+                Ok(AppendedBatch {
+                    entries: stored_entries,
+                    proofs,
+                    checkpoint: StoredCheckpoint {
+                        size: new_size,
+                        root,
+                        note,
+                    },
+                })
             }
 
             async fn entries_for_user(&self, user_id: &str) -> Result<Vec<LedgerEntry>> {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    ledger_columns!(),
-                    " FROM consent_ledger WHERE user_id = $1 ORDER BY idx"
-                ))
-                .bind(user_id)
+                sqlx::query(concat!(ledger_select!(), " WHERE r.user_id = $1 ORDER BY r.idx"))
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(Self::ledger_from_row)
+                    .collect()
+            }
+
+            async fn nodes(&self, ids: &[(u8, u64)]) -> Result<Vec<Option<Hash>>> {
+                let ids: Vec<NodeId> = ids
+                    .iter()
+                    .map(|&(level, index)| NodeId { level, index })
+                    .collect();
+                let mut conn = self.pool.acquire().await.map_err(db_err)?;
+                let found = Self::fetch_nodes(&mut conn, &ids).await?;
+                Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+            }
+
+            async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+                sqlx::query("SELECT size, root, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| Self::checkpoint_from_row(&row))
+                    .transpose()
+            }
+
+            async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>> {
+                sqlx::query("SELECT size, root, note FROM ledger_checkpoints WHERE size = $1")
+                    .bind(to_i64(size, "size")?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| Self::checkpoint_from_row(&row))
+                    .transpose()
+            }
+
+            async fn checkpoints(&self, from_size: u64, limit: u32) -> Result<Vec<StoredCheckpoint>> {
+                sqlx::query("SELECT size, root, note FROM ledger_checkpoints WHERE size >= $1 ORDER BY size LIMIT $2")
+                    .bind(to_i64(from_size, "size")?)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(Self::checkpoint_from_row)
+                    .collect()
+            }
+
+            async fn audit_rows(&self, from_index: u64, limit: u32) -> Result<Vec<AuditRow>> {
+                let rows = sqlx::query(
+                    "SELECT l.idx, l.leaf_hash, n.hash AS tree_leaf, r.record, r.salt, \
+                     CASE WHEN x.entry_id IS NULL THEN 0 ELSE 1 END AS redacted \
+                     FROM consent_ledger l \
+                     LEFT JOIN ledger_nodes n ON n.level = 0 AND n.idx = l.idx \
+                     LEFT JOIN consent_records r ON r.id = l.id \
+                     LEFT JOIN ledger_redactions x ON x.entry_id = l.id \
+                     WHERE l.idx >= $1 ORDER BY l.idx LIMIT $2",
+                )
+                .bind(to_i64(from_index, "index")?)
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await
-                .map_err(db_err)?
-                .iter()
-                .map(Self::ledger_from_row)
-                .collect()
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|row| {
+                        let idx: i64 = row.try_get("idx").map_err(db_err)?;
+                        let tree_leaf: Option<Vec<u8>> = row.try_get("tree_leaf").map_err(db_err)?;
+                        let record: Option<Json<serde_json::Value>> = row.try_get("record").map_err(db_err)?;
+                        let salt: Option<Vec<u8>> = row.try_get("salt").map_err(db_err)?;
+                        let redacted: i32 = row.try_get("redacted").map_err(db_err)?;
+                        let body = match (record, salt) {
+                            (Some(record), Some(salt)) => Some((record.0, fixed(salt, "salt")?)),
+                            _ => None,
+                        };
+                        Ok(AuditRow {
+                            index: u64::try_from(idx).map_err(|_| corrupt("ledger index"))?,
+                            leaf_hash: fixed(row.try_get("leaf_hash").map_err(db_err)?, "leaf hash")?,
+                            tree_leaf: tree_leaf.map(|h| fixed(h, "tree leaf")).transpose()?,
+                            body,
+                            redacted: redacted != 0,
+                        })
+                    })
+                    .collect()
             }
 
             async fn size(&self) -> Result<u64> {

@@ -6,14 +6,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::merkle::{Hash, leaf_hash};
 
 /// Domain separation for version 1 of the encoding.
 const ENCODING_TAG: &[u8] = b"udim.consent-record.v1";
 
 /// The consent event a record is about (ISO/IEC TS 27560 consent states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentEvent {
     Given,
@@ -33,7 +34,7 @@ impl ConsentEvent {
 
 /// One consent record: the body of a ledger entry. Field names follow ISO/IEC TS 27560 and
 /// the Kantara Consent Receipt where they fit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentRecord {
     /// Record identifier (unique per entry).
     pub record_id: Uuid,
@@ -116,16 +117,12 @@ impl ConsentRecord {
             && self.expires_at.is_none_or(|end| end > now)
             && self.data_categories.iter().any(|c| c == category)
     }
-}
 
-/// RFC 9162 §2.1.1 leaf hash: `SHA-256(0x00 || data)`.
-pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(&[0x00]);
-    ctx.update(data);
-    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    /// The entry's RFC 9162 leaf hash.
+    pub fn leaf_hash(&self, salt: &[u8; 16]) -> Hash {
+        leaf_hash(&self.canonical_bytes(salt))
+    }
 }
-
 /// Sorts and de-duplicates a list so equal sets encode equally.
 pub fn normalized(mut items: Vec<String>) -> Vec<String> {
     items.sort();
@@ -153,15 +150,6 @@ mod tests {
             recorded_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
             expires_at: None,
         }
-    }
-
-    #[test]
-    fn empty_leaf_matches_rfc_9162() {
-        // SHA-256 of the single byte 0x00: the leaf hash of empty data in every CT log.
-        assert_eq!(
-            hex::encode(leaf_hash(b"")),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! The whole-log audit: feed every stored entry in index order and every stored checkpoint;
+//! the auditor recomputes each leaf from its body, rebuilds the tree, checks each
+//! checkpoint's signature and root, and names the first index where the stored log departs
+//! from what was signed.
+
+use base64::Engine as _;
+
+use crate::checkpoint::Checkpoint;
+use crate::entry::ConsentRecord;
+use crate::merkle::{Frontier, Hash};
+use crate::note::VerifierKey;
+
+/// One stored entry as the database holds it.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub index: u64,
+    /// The leaf hash stored with the entry.
+    pub leaf_hash: Hash,
+    /// The leaf hash stored as the tree's level-0 node, if present.
+    pub tree_leaf: Option<Hash>,
+    /// The entry body and salt; `None` when the body was redacted.
+    pub body: Option<(serde_json::Value, [u8; 16])>,
+    /// Whether a redaction of this entry is on record (a missing body is then expected).
+    pub redacted: bool,
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFailure {
+    /// The first bad index, when the problem is located at one entry.
+    pub index: Option<u64>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for AuditFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "entry {i}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for AuditFailure {}
+
+/// What a sound log looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub redacted: u64,
+    pub checkpoints: u64,
+    pub root: Hash,
+}
+
+fn fail(index: Option<u64>, reason: impl Into<String>) -> AuditFailure {
+    AuditFailure {
+        index,
+        reason: reason.into(),
+    }
+}
+
+/// Recomputes an entry's leaf hash from its stored JSON body and salt.
+pub fn recompute_leaf(body: &serde_json::Value, salt: &[u8; 16]) -> Result<Hash, String> {
+    let record: ConsentRecord =
+        serde_json::from_value(body.clone()).map_err(|e| format!("body does not parse: {e}"))?;
+    Ok(record.leaf_hash(salt))
+}
+
+/// The streaming auditor.
+#[derive(Debug)]
+pub struct Auditor {
+    key: VerifierKey,
+    frontier: Frontier,
+    last_checkpoint: Option<Checkpoint>,
+    checkpoints: u64,
+    redacted: u64,
+}
+
+impl Auditor {
+    pub fn new(key: VerifierKey) -> Self {
+        Self {
+            key,
+            frontier: Frontier::new(),
+            last_checkpoint: None,
+            checkpoints: 0,
+            redacted: 0,
+        }
+    }
+
+    /// The number of entries taken so far.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Takes the next entry; entries must come in index order.
+    pub fn entry(&mut self, entry: &StoredEntry) -> Result<(), AuditFailure> {
+        let expected = self.frontier.size();
+        if entry.index != expected {
+            return Err(fail(
+                Some(expected.min(entry.index)),
+                format!("missing: the next stored entry is {}", entry.index),
+            ));
+        }
+        let at = Some(entry.index);
+        match &entry.body {
+            Some((body, salt)) => {
+                let leaf = recompute_leaf(body, salt).map_err(|why| fail(at, why))?;
+                if leaf != entry.leaf_hash {
+                    return Err(fail(
+                        at,
+                        "the body does not hash to the stored leaf (the entry was altered)",
+                    ));
+                }
+            }
+            None if entry.redacted => self.redacted += 1,
+            None => return Err(fail(at, "the body is missing and no redaction is on record")),
+        }
+        if entry.tree_leaf.is_some_and(|leaf| leaf != entry.leaf_hash) {
+            return Err(fail(
+                at,
+                "the entry's leaf differs from the tree's leaf at this index (rows moved)",
+            ));
+        }
+        self.frontier
+            .push(entry.leaf_hash)
+            .map_err(|e| fail(at, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Takes a stored checkpoint; call it once all entries below its size were taken.
+    pub fn checkpoint(&mut self, signed: &str) -> Result<(), AuditFailure> {
+        let checkpoint = Checkpoint::open(signed, &self.key).map_err(|e| fail(None, format!("checkpoint: {e}")))?;
+        if checkpoint.size != self.frontier.size() {
+            return Err(fail(
+                Some(self.frontier.size()),
+                format!(
+                    "checkpoint for size {} but the log has {} entries here",
+                    checkpoint.size,
+                    self.frontier.size()
+                ),
+            ));
+        }
+        if let Some(last) = &self.last_checkpoint
+            && checkpoint.size < last.size
+        {
+            return Err(fail(
+                None,
+                format!(
+                    "checkpoint sizes go backwards ({} after {})",
+                    checkpoint.size, last.size
+                ),
+            ));
+        }
+        if checkpoint.root != self.frontier.root() {
+            let first = self.last_checkpoint.as_ref().map_or(0, |c| c.size);
+            return Err(fail(
+                Some(first),
+                format!(
+                    "the tree of size {} does not match its signed root {}; an entry in {first}..{} was changed",
+                    checkpoint.size,
+                    base64::engine::general_purpose::STANDARD.encode(checkpoint.root),
+                    checkpoint.size
+                ),
+            ));
+        }
+        self.checkpoints += 1;
+        self.last_checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Ends the audit. The log may not be shorter than its latest signed checkpoint (checked
+    /// in [`Auditor::checkpoint`]); entries after it are reported but not yet signed.
+    pub fn finish(self) -> Result<AuditReport, AuditFailure> {
+        Ok(AuditReport {
+            entries: self.frontier.size(),
+            redacted: self.redacted,
+            checkpoints: self.checkpoints,
+            root: self.frontier.root(),
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! The batching sequencer: appends from every request of this process queue here and are
+//! written as one transaction and one signed checkpoint per batch. Across processes the
+//! database's head-row lock orders the batches.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use udim_ports::ledger::{ConsentLedger, Hash, LedgerEntry, NewLedgerEntry, StoredCheckpoint};
+use udim_ports::{PortError, Result};
+
+use super::signer::LedgerSigner;
+
+/// One appended entry with its inclusion proof against the batch's checkpoint.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub entry: LedgerEntry,
+    pub proof: Vec<Hash>,
+    pub checkpoint: StoredCheckpoint,
+}
+
+struct Request {
+    entry: NewLedgerEntry,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// Handle to the sequencer task; cheap to clone. The task ends when every handle is gone.
+#[derive(Debug, Clone)]
+pub struct Sequencer {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Recreates an error for each waiter of a failed batch (port errors are not `Clone`).
+fn share(error: &PortError) -> PortError {
+    match error {
+        PortError::Unavailable { provider, .. } => PortError::unavailable(provider, error.to_string()),
+        PortError::Integrity(why) => PortError::Integrity(why.clone()),
+        PortError::Conflict(why) => PortError::Conflict(why.clone()),
+        other => PortError::generic("consent ledger", other.to_string()),
+    }
+}
+
+impl Sequencer {
+    /// Starts the task. `max_batch` bounds one transaction's size.
+    pub fn start(ledger: Arc<dyn ConsentLedger>, signer: Arc<LedgerSigner>, max_batch: usize) -> Self {
+        let (requests, mut queue) = mpsc::channel::<Request>(max_batch * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while let Some(first) = queue.recv().await {
+                batch.push(first);
+                while batch.len() < max_batch {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let entries: Vec<NewLedgerEntry> = batch.iter().map(|r| r.entry.clone()).collect();
+                match ledger.append_batch(&entries, signer.as_ref()).await {
+                    Ok(appended) => {
+                        let checkpoint = appended.checkpoint;
+                        for ((request, entry), proof) in batch.drain(..).zip(appended.entries).zip(appended.proofs) {
+                            let _ = request.reply.send(Ok(Appended {
+                                entry,
+                                proof,
+                                checkpoint: checkpoint.clone(),
+                            }));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, entries = batch.len(), "appending a ledger batch failed");
+                        for request in batch.drain(..) {
+                            let _ = request.reply.send(Err(share(&error)));
+                        }
+                    }
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Appends one entry; resolves when its batch is committed and signed.
+    pub async fn append(&self, entry: NewLedgerEntry) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { entry, reply })
+            .await
+            .map_err(|_| PortError::unavailable("consent ledger", "the sequencer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| PortError::unavailable("consent ledger", "the sequencer has stopped"))?
+    }
+}

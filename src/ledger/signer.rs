@@ -1,0 +1,66 @@
+//! The log's Ed25519 checkpoint signer: configured as a secret, or generated into `data_dir`
+//! on first start.
+
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use udim_ledger::checkpoint::Checkpoint;
+use udim_ledger::note::{Signer, VerifierKey};
+use udim_ports::BoxError;
+use udim_ports::ledger::{CheckpointSigner, Hash};
+
+/// Signs and opens this log's checkpoints.
+#[derive(Debug)]
+pub struct LedgerSigner {
+    signer: Signer,
+    verifier: VerifierKey,
+}
+
+impl LedgerSigner {
+    /// Uses `configured` (a `PRIVATE+KEY+…` signer key) or else the key file, creating it
+    /// (mode 0600) with a fresh key named `origin`. The key's name must be `origin`.
+    pub fn load(origin: &str, configured: Option<&SecretString>, key_file: &Path) -> anyhow::Result<Self> {
+        let signer = match configured {
+            Some(secret) => Signer::parse(secret.expose_secret())
+                .map_err(|e| anyhow::anyhow!("configuration error: `ledger.signing_key`: {e}"))?,
+            None => {
+                let bytes = udim_local::secret_file::load_or_create(key_file, || {
+                    Signer::generate(origin)
+                        .map(|s| s.to_secret_string().into_bytes())
+                        .unwrap_or_default()
+                })
+                .map_err(|e| anyhow::anyhow!("cannot read or create the ledger key {}: {e}", key_file.display()))?;
+                let text = String::from_utf8(bytes)?;
+                Signer::parse(&text).map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", key_file.display()))?
+            }
+        };
+        let verifier = signer.verifier();
+        anyhow::ensure!(
+            verifier.name() == origin,
+            "configuration error: `ledger.origin` is `{origin}` but the signing key is named `{}`",
+            verifier.name()
+        );
+        Ok(Self { signer, verifier })
+    }
+
+    /// The verifier key in the signed-note form `name+keyid+base64(0x01 || key)`.
+    pub fn verifier(&self) -> &VerifierKey {
+        &self.verifier
+    }
+}
+
+impl CheckpointSigner for LedgerSigner {
+    fn sign(&self, size: u64, root: &Hash) -> Result<String, BoxError> {
+        let checkpoint = Checkpoint {
+            origin: self.verifier.name().to_owned(),
+            size,
+            root: *root,
+        };
+        Ok(checkpoint.sign(&self.signer)?)
+    }
+
+    fn open(&self, note: &str) -> Result<(u64, Hash), BoxError> {
+        let checkpoint = Checkpoint::open(note, &self.verifier)?;
+        Ok((checkpoint.size, checkpoint.root))
+    }
+}
