@@ -179,3 +179,132 @@ impl Auditor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::ConsentEvent;
+    use crate::note::Signer;
+
+    fn record(i: u64) -> ConsentRecord {
+        ConsentRecord {
+            record_id: uuid::Uuid::from_u128(u128::from(i) + 1),
+            consent_id: uuid::Uuid::from_u128(1),
+            subject: format!("user-{i}"),
+            event: ConsentEvent::Given,
+            purposes: vec!["training".into()],
+            data_categories: vec!["audio".into()],
+            recipients: vec![],
+            policy_version: "1".into(),
+            policy_url: None,
+            jurisdiction: "EU".into(),
+            collection_method: "api".into(),
+            recorded_at: chrono::DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
+            expires_at: None,
+        }
+    }
+
+    /// A sound log of `n` entries with a checkpoint after every `every` entries.
+    fn log(n: u64, every: u64, signer: &Signer) -> (Vec<StoredEntry>, Vec<String>) {
+        let mut frontier = Frontier::new();
+        let mut entries = Vec::new();
+        let mut notes = Vec::new();
+        for i in 0..n {
+            let salt = [i as u8; 16];
+            let r = record(i);
+            let leaf = r.leaf_hash(&salt);
+            frontier.push(leaf).unwrap();
+            entries.push(StoredEntry {
+                index: i,
+                leaf_hash: leaf,
+                tree_leaf: Some(leaf),
+                body: Some((serde_json::to_value(&r).unwrap(), salt)),
+                redacted: false,
+            });
+            if (i + 1) % every == 0 || i + 1 == n {
+                let cp = Checkpoint {
+                    origin: "t.test/log".into(),
+                    size: frontier.size(),
+                    root: frontier.root(),
+                };
+                notes.push(cp.sign(signer).unwrap());
+            }
+        }
+        (entries, notes)
+    }
+
+    fn checkpoint_size(note: &str) -> u64 {
+        Checkpoint::parse(&note[..note.find("\n\n").unwrap() + 1]).unwrap().size
+    }
+
+    /// Feeds entries and checkpoints in order, as the service's audit runner does.
+    fn run(entries: &[StoredEntry], notes: &[String], key: &VerifierKey) -> Result<AuditReport, AuditFailure> {
+        let mut auditor = Auditor::new(key.clone());
+        let mut notes = notes.iter().peekable();
+        for e in entries {
+            auditor.entry(e)?;
+            while let Some(note) = notes.next_if(|n| checkpoint_size(n) == auditor.size()) {
+                auditor.checkpoint(note)?;
+            }
+        }
+        if let Some(note) = notes.next() {
+            auditor.checkpoint(note)?;
+        }
+        auditor.finish()
+    }
+
+    #[test]
+    fn a_sound_log_passes_and_every_kind_of_tampering_names_its_index() {
+        let signer = Signer::generate("t.test/log").unwrap();
+        let key = signer.verifier();
+        let (entries, notes) = log(20, 4, &signer);
+        let report = run(&entries, &notes, &key).unwrap();
+        assert_eq!((report.entries, report.checkpoints), (20, 5));
+
+        let mut edited = entries.clone();
+        if let Some((body, _)) = &mut edited[9].body {
+            body["jurisdiction"] = "EV".into();
+        }
+        assert_eq!(run(&edited, &notes, &key).unwrap_err().index, Some(9));
+
+        let mut removed = entries.clone();
+        removed.remove(6);
+        assert_eq!(run(&removed, &notes, &key).unwrap_err().index, Some(6));
+
+        let mut truncated = entries.clone();
+        truncated.pop();
+        assert_eq!(run(&truncated, &notes, &key).unwrap_err().index, Some(19));
+
+        let mut swapped = entries.clone();
+        swapped.swap(2, 3);
+        for i in [2, 3] {
+            // The rows moved; the tree's own leaves stayed where they were.
+            swapped[i].index = i as u64;
+            swapped[i].tree_leaf = entries[i].tree_leaf;
+        }
+        assert_eq!(run(&swapped, &notes, &key).unwrap_err().index, Some(2));
+
+        // Rows swapped together with the tree's own leaves: only the signed root catches it.
+        let mut rewritten = swapped.clone();
+        rewritten[2].tree_leaf = Some(rewritten[2].leaf_hash);
+        rewritten[3].tree_leaf = Some(rewritten[3].leaf_hash);
+        let failure = run(&rewritten, &notes, &key).unwrap_err();
+        assert_eq!(failure.index, Some(0), "{failure}");
+
+        let other = Signer::generate("t.test/log").unwrap().verifier();
+        assert!(
+            run(&entries, &notes, &other).is_err(),
+            "checkpoints by another key are refused"
+        );
+    }
+
+    #[test]
+    fn redacted_bodies_verify_only_when_the_redaction_is_on_record() {
+        let signer = Signer::generate("t.test/log").unwrap();
+        let (mut entries, notes) = log(8, 8, &signer);
+        entries[5].body = None;
+        assert_eq!(run(&entries, &notes, &signer.verifier()).unwrap_err().index, Some(5));
+        entries[5].redacted = true;
+        assert_eq!(run(&entries, &notes, &signer.verifier()).unwrap().redacted, 1);
+    }
+}

@@ -49,9 +49,11 @@ CREATE TABLE consent_ledger (
     recorded_at  TIMESTAMPTZ NOT NULL
 );
 
--- Entry bodies. Erasure may delete a body, but only one whose redaction is on record.
+-- Entry bodies. Erasure may delete a body, but only one whose redaction is on record. No
+-- foreign key to consent_ledger: the append writes both in one transaction, the audit checks
+-- that they agree, and a per-row key check would dominate the cost of a large batch.
 CREATE TABLE consent_records (
-    id           UUID PRIMARY KEY REFERENCES consent_ledger (id),
+    id           UUID PRIMARY KEY,
     idx          BIGINT NOT NULL UNIQUE,
     user_id      TEXT NOT NULL,
     consent_id   UUID NOT NULL,

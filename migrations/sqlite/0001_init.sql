@@ -26,7 +26,7 @@ CREATE TABLE consent_ledger (
 );
 
 CREATE TABLE consent_records (
-    id           BLOB PRIMARY KEY REFERENCES consent_ledger (id),
+    id           BLOB PRIMARY KEY,
     idx          INTEGER NOT NULL UNIQUE,
     user_id      TEXT NOT NULL,
     consent_id   BLOB NOT NULL,

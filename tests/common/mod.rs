@@ -41,7 +41,7 @@ pub async fn create_postgres_database() -> (String, String) {
     let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
         .await
         .expect("PostgreSQL must be running for the tests (UDIM_TEST_POSTGRES_URL)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
         .unwrap();
@@ -53,11 +53,9 @@ pub async fn create_postgres_database() -> (String, String) {
 pub async fn drop_postgres_database(name: &str) {
     use sqlx::Connection as _;
     if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
     }
 }
 

@@ -482,6 +482,7 @@ macro_rules! sql_store {
                             .ok_or_else(|| integrity(format!("tree node {id:?} is missing")))
                     })
                     .collect::<Result<Vec<Hash>>>()?;
+                let frontier_hashes = hashes.clone();
                 let mut frontier =
                     Frontier::from_parts(old_size, hashes).map_err(|e| integrity(format!("stored tree: {e}")))?;
 
@@ -538,7 +539,11 @@ macro_rules! sql_store {
                             .push_bind(e.leaf_hash.to_vec())
                             .push_bind(e.recorded_at);
                     });
-                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                    sql.build()
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                     let mut sql = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO consent_records (id, idx, user_id, consent_id, event_type, record, salt) ",
                     );
@@ -551,16 +556,26 @@ macro_rules! sql_store {
                             .push_bind(Json(e.record.clone()))
                             .push_bind(e.salt.to_vec());
                     });
-                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                    sql.build()
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                 }
                 for chunk in new_nodes.chunks(CHUNK) {
+                    // Unnamed statements: batch sizes vary, and caching one prepared statement per
+                    // size would only fill the cache.
                     let mut sql = sqlx::QueryBuilder::<$db>::new("INSERT INTO ledger_nodes (level, idx, hash) ");
                     sql.push_values(chunk, |mut row, (id, hash)| {
                         row.push_bind(i16::from(id.level))
                             .push_bind(id.index as i64)
                             .push_bind(hash.to_vec());
                     });
-                    sql.build().execute(&mut *tx).await.map_err(db_err)?;
+                    sql.build()
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                 }
 
                 let new_size = frontier.size();
@@ -582,20 +597,33 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
 
-                // Inclusion proofs against the new checkpoint, all nodes in one round of reads.
+                // Inclusion proofs against the new checkpoint. Every sibling of a leaf appended
+                // here is either a complete subtree of the old tree's frontier or a node this
+                // batch completed, so the proofs need no further reads; anything else would be
+                // fetched below.
+                let mut known: std::collections::HashMap<NodeId, Hash> = new_nodes.iter().copied().collect();
+                known.extend(plan.iter().copied().zip(frontier_hashes.iter().copied()));
                 let plans = stored_entries
                     .iter()
                     .map(|e| merkle::inclusion_proof_plan(e.index, new_size))
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| integrity(format!("proof plan: {e}")))?;
-                let mut wanted: Vec<NodeId> = plans.iter().flatten().flatten().copied().collect();
-                wanted.sort();
-                wanted.dedup();
-                let nodes = Self::fetch_nodes(&mut *tx, &wanted).await?;
+                let mut missing: Vec<NodeId> = plans
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|id| !known.contains_key(id))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    missing.sort();
+                    missing.dedup();
+                    known.extend(Self::fetch_nodes(&mut *tx, &missing).await?);
+                }
                 let proofs = plans
                     .iter()
                     .map(|plan| {
-                        merkle::assemble(plan, |id| nodes.get(&id).copied())
+                        merkle::assemble(plan, |id| known.get(&id).copied())
                             .map_err(|e| integrity(format!("proof: {e}")))
                     })
                     .collect::<Result<Vec<_>>>()?;
