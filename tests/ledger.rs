@@ -259,7 +259,7 @@ async fn tamperable_ledger(n: usize) -> (String, String, tempfile::TempDir, sqlx
 
 async fn run(conn: &mut sqlx::PgConnection, statements: &[&'static str]) {
     for sql in statements {
-        sqlx::query(*sql).execute(&mut *conn).await.unwrap();
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
     }
 }
 

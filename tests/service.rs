@@ -129,7 +129,7 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
                 "TRUNCATE ledger_head",
             ];
             for sql in attacks.iter().chain(&truncates) {
-                let err = sqlx::query(*sql).execute(&mut conn).await.unwrap_err();
+                let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
                 assert!(err.to_string().contains("udim:"), "{sql}: {err}");
             }
             let count: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
