@@ -176,6 +176,12 @@ pub struct RabbitMqSettings {
 }
 
 mod defaults {
+    pub fn clamd_max_stream_bytes() -> u64 {
+        100 * 1024 * 1024
+    }
+    pub fn clamd_timeout_secs() -> u64 {
+        60
+    }
     pub fn exchange() -> String {
         "udim.events".into()
     }
@@ -197,8 +203,26 @@ mod defaults {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScannerSettings {
+    /// No scanning: packages are recorded `not_scanned`.
     #[default]
     Disabled,
+    /// ClamAV's clamd.
+    Clamd {
+        /// `tcp://host:port` or `unix:///path/to/clamd.sock`.
+        address: String,
+        /// clamd's StreamMaxLength; longer uploads follow `admit_too_large`. ClamAV cannot
+        /// scan one stream over 2 GB.
+        #[serde(default = "defaults::clamd_max_stream_bytes")]
+        max_stream_bytes: u64,
+        /// Admit uploads unscanned while clamd is unreachable (default: refuse them).
+        #[serde(default)]
+        fail_open: bool,
+        /// Admit files over `max_stream_bytes` unscanned, recorded as such (default: refuse).
+        #[serde(default)]
+        admit_too_large: bool,
+        #[serde(default = "defaults::clamd_timeout_secs")]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +415,23 @@ impl Settings {
         }
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::new("`upload.max_bytes` must be at least 1"));
+        }
+        if let ScannerSettings::Clamd {
+            address,
+            max_stream_bytes,
+            ..
+        } = &self.scanner
+        {
+            if !(address.starts_with("tcp://") || address.starts_with("unix://")) {
+                return Err(ConfigError::new(
+                    "`scanner.address` must be tcp://host:port or unix:///path",
+                ));
+            }
+            if *max_stream_bytes == 0 || *max_stream_bytes >= 2 * 1024 * 1024 * 1024 {
+                return Err(ConfigError::new(
+                    "`scanner.max_stream_bytes` must be 1 byte to just under 2 GiB",
+                ));
+            }
         }
         if self.ledger.max_batch == 0 || self.ledger.max_batch > 4096 {
             return Err(ConfigError::new("`ledger.max_batch` must be 1-4096"));

@@ -69,12 +69,12 @@ impl ConsentState {
         Self { latest }
     }
 
-    /// The newest record that admits `category` now, if any: the consent an upload is
-    /// admitted under.
-    pub fn admitting(&self, category: &str, now: DateTime<Utc>) -> Option<&RecordedConsent> {
+    /// The newest record that admits `category` (for `purpose`, when given) now, if any:
+    /// the one function upload admission and downstream reads ask.
+    pub fn admitting(&self, category: &str, purpose: Option<&str>, now: DateTime<Utc>) -> Option<&RecordedConsent> {
         self.latest
             .values()
-            .filter(|c| c.record.admits(category, now))
+            .filter(|c| c.record.admits(category, purpose, now))
             .max_by_key(|c| c.entry.index)
     }
 
@@ -167,6 +167,42 @@ impl ConsentService {
         .await
     }
 
+    /// Appends an `updated` record: the consent `consent_id` now has the scope of `grant`.
+    /// `NotFound` when the caller has no such consent; `Conflict` when it is withdrawn.
+    pub async fn update(&self, user_id: &str, consent_id: Uuid, grant: Grant) -> Result<AppendedConsent> {
+        self.current(user_id, consent_id).await?;
+        self.append(ConsentRecord {
+            record_id: Uuid::now_v7(),
+            consent_id,
+            subject: user_id.to_owned(),
+            event: ConsentEvent::Updated,
+            purposes: normalized(grant.purposes),
+            data_categories: normalized(grant.data_categories),
+            recipients: normalized(grant.recipients),
+            policy_version: grant.policy_version,
+            policy_url: grant.policy_url,
+            jurisdiction: grant.jurisdiction,
+            collection_method: grant.collection_method,
+            recorded_at: now_micros(),
+            expires_at: grant.expires_at,
+        })
+        .await
+    }
+
+    /// The latest record of the caller's consent `consent_id`, which must not be withdrawn.
+    async fn current(&self, user_id: &str, consent_id: Uuid) -> Result<ConsentRecord> {
+        let state = self.state(user_id).await?;
+        let current = state
+            .latest(consent_id)
+            .ok_or_else(|| PortError::NotFound(format!("consent {consent_id}")))?;
+        if current.record.event == ConsentEvent::Withdrawn {
+            return Err(PortError::Conflict(format!(
+                "consent {consent_id} is already withdrawn"
+            )));
+        }
+        Ok(current.record.clone())
+    }
+
     /// Appends a `withdrawn` record for the caller's consent `consent_id`. `NotFound` when the
     /// caller has no such consent; `Conflict` when it is already withdrawn.
     pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<AppendedConsent> {
@@ -242,10 +278,10 @@ mod tests {
         let state = ConsentState::from_log(&log);
         let now = Utc::now();
         assert_eq!(
-            state.admitting("audio", now).unwrap().record.consent_id,
+            state.admitting("audio", None, now).unwrap().record.consent_id,
             Uuid::from_u128(1)
         );
-        assert!(state.admitting("text", now).is_none());
+        assert!(state.admitting("text", None, now).is_none());
         assert_eq!(state.active(now).count(), 1);
     }
 
@@ -256,6 +292,6 @@ mod tests {
             recorded(1, 2, ConsentEvent::Given, &["audio"]),
         ];
         let state = ConsentState::from_log(&log);
-        assert_eq!(state.admitting("audio", Utc::now()).unwrap().entry.index, 1);
+        assert_eq!(state.admitting("audio", None, Utc::now()).unwrap().entry.index, 1);
     }
 }

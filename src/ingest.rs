@@ -20,6 +20,8 @@ use crate::envelope::{Binding, Encryptor, EnvelopeError, Header};
 
 /// Event type announced when a package is stored.
 pub const PACKAGE_STORED: &str = "package.stored";
+/// Event type announced when malware was found in an upload.
+pub const PACKAGE_QUARANTINED: &str = "package.quarantined";
 /// Version of the event payload schema; bumped on any incompatible change.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
@@ -33,8 +35,12 @@ pub enum IngestError {
     Interrupted(String),
     #[error("consent for data category `{0}` was withdrawn during the upload")]
     ConsentWithdrawn(String),
-    #[error("malware detected: {0}")]
+    #[error("malware detected: {0}; the upload was quarantined and stored nowhere readable")]
     Malware(String),
+    #[error("the upload is larger than the malware scanner can scan ({limit} bytes)")]
+    TooLargeToScan { limit: u64 },
+    #[error("the malware scanner is unavailable")]
+    ScannerUnavailable(#[source] PortError),
     #[error(transparent)]
     Port(#[from] PortError),
     #[error("encryption failed: {0}")]
@@ -68,6 +74,41 @@ pub struct PackageStoredEvent<'a> {
     pub storage_uri: &'a str,
     pub encryption_key_id: &'a str,
     pub consent_entry_id: Uuid,
+    pub scan: ScanSummary<'a>,
+}
+
+/// What the malware scan concluded, in events.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanSummary<'a> {
+    /// `clean`, `not_scanned` or `too_large_admitted`.
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a str>,
+}
+
+/// The versioned `package.quarantined` event body.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageQuarantinedEvent<'a> {
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub package_id: Uuid,
+    pub user_id: &'a str,
+    pub data_category: &'a str,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub signature: &'a str,
+}
+
+/// What to do when scanning cannot decide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanPolicy {
+    /// Admit uploads (recorded `not_scanned`) while the scanner is unreachable. Default:
+    /// fail closed.
+    pub fail_open: bool,
+    /// Admit files over the scanner's limit (recorded `too_large_admitted`). Default: reject.
+    pub admit_too_large: bool,
 }
 
 /// Runs uploads through the pipeline.
@@ -77,6 +118,7 @@ pub struct Ingestor {
     pub kms: Arc<dyn KeyService>,
     pub packages: Arc<dyn PackageStore>,
     pub scanner: Arc<dyn MalwareScanner>,
+    pub scan_policy: ScanPolicy,
     pub consents: ConsentService,
     pub max_bytes: u64,
 }
@@ -96,6 +138,13 @@ struct Written {
     sha256: [u8; 32],
     key_id: String,
     wrapped_key: Vec<u8>,
+    verdict: Verdict,
+}
+
+/// A scan in progress, or the reason there is none (fail-open).
+enum Scan {
+    Running(Box<dyn udim_ports::scanner::ScanSession>),
+    Skipped(String),
 }
 
 impl Ingestor {
@@ -123,6 +172,11 @@ impl Ingestor {
             .await?;
         match self.store(id, &request, body).await {
             Ok(record) => Ok(record),
+            // The quarantined row stays, as the record of what was refused; no object does.
+            Err(e @ IngestError::Malware(_)) => {
+                self.delete_objects(id).await;
+                Err(e)
+            }
             Err(e) => {
                 self.clean_up(&request.user_id, id).await;
                 Err(e)
@@ -137,14 +191,29 @@ impl Ingestor {
     {
         let staging = staging_key(id);
         let mut writer = self.blobs.create(&staging).await?;
-        let written = match self.write(id, request, body, writer.as_mut()).await {
+        // The verdict is known before the object completes: infected or unscannable data is
+        // never committed to storage.
+        let refusal = match self.write(id, request, body, writer.as_mut()).await {
+            Ok(written) => match &written.verdict {
+                Verdict::Infected { signature } => Err((IngestError::Malware(signature.clone()), Some(written))),
+                Verdict::TooLarge { limit } if !self.scan_policy.admit_too_large => {
+                    Err((IngestError::TooLargeToScan { limit: *limit }, None))
+                }
+                _ => Ok(written),
+            },
+            Err(e) => Err((e, None)),
+        };
+        let written = match refusal {
             Ok(written) => {
                 writer.finish().await?;
                 written
             }
-            Err(e) => {
+            Err((e, infected)) => {
                 if let Err(abort) = writer.abort().await {
                     tracing::warn!(package_id = %id, error = %abort, "aborting the object upload failed");
+                }
+                if let (IngestError::Malware(signature), Some(written)) = (&e, infected) {
+                    self.quarantine(id, request, signature, &written).await?;
                 }
                 return Err(e);
             }
@@ -154,10 +223,22 @@ impl Ingestor {
 
         // A withdrawal that landed while the bytes streamed wins: nothing is stored.
         let state = self.consents.state(&request.user_id).await?;
-        if state.admitting(&request.data_category, chrono::Utc::now()).is_none() {
+        if state
+            .admitting(&request.data_category, None, chrono::Utc::now())
+            .is_none()
+        {
             return Err(IngestError::ConsentWithdrawn(request.data_category.clone()));
         }
 
+        let (scan_status, scan_detail) = match &written.verdict {
+            Verdict::Clean => ("clean", None),
+            Verdict::NotScanned { reason } => ("not_scanned", Some(reason.clone())),
+            Verdict::TooLarge { limit } => (
+                "too_large_admitted",
+                Some(format!("larger than the scanner's {limit} bytes")),
+            ),
+            Verdict::Infected { .. } => unreachable!("infected uploads were refused above"),
+        };
         let stored_at = now_micros();
         let storage_uri = self.blobs.uri(&final_key);
         let event_id = Uuid::now_v7();
@@ -175,6 +256,10 @@ impl Ingestor {
             storage_uri: &storage_uri,
             encryption_key_id: &written.key_id,
             consent_entry_id: request.consent_entry_id,
+            scan: ScanSummary {
+                status: scan_status,
+                detail: scan_detail.as_deref(),
+            },
         };
         let event = OutboxMessage {
             id: event_id,
@@ -190,6 +275,8 @@ impl Ingestor {
             sha256: written.sha256,
             encryption_key_id: written.key_id,
             wrapped_key: written.wrapped_key,
+            scan_status: scan_status.into(),
+            scan_detail,
             stored_at,
         };
         Ok(self.packages.mark_stored(&request.user_id, id, &object, &event).await?)
@@ -223,7 +310,10 @@ impl Ingestor {
         drop(data_key.plaintext);
         writer.write(Bytes::from(header.encode())).await?;
 
-        let mut scan = self.scanner.start().await?;
+        let mut scan = match self.scanner.start().await {
+            Ok(session) => Scan::Running(session),
+            Err(e) => self.scanner_failed(e)?,
+        };
         let mut sha = digest::Context::new(&digest::SHA256);
         let mut size: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -233,37 +323,104 @@ impl Ingestor {
                 return Err(IngestError::TooLarge { limit: self.max_bytes });
             }
             sha.update(&chunk);
-            scan.feed(&chunk).await?;
+            if let Scan::Running(session) = &mut scan
+                && let Err(e) = session.feed(&chunk).await
+            {
+                scan = self.scanner_failed(e)?;
+            }
             let sealed = encryptor.push(&chunk)?;
             if !sealed.is_empty() {
                 writer.write(Bytes::from(sealed)).await?;
             }
         }
         writer.write(Bytes::from(encryptor.finish()?)).await?;
-        match scan.finish().await? {
-            Verdict::Clean | Verdict::NotScanned { .. } => {}
-            Verdict::Infected { signature } => return Err(IngestError::Malware(signature)),
-        }
+        self.packages.mark_scanning(&request.user_id, id).await?;
+        let verdict = match scan {
+            Scan::Running(session) => match session.finish().await {
+                Ok(verdict) => verdict,
+                Err(e) => match self.scanner_failed(e)? {
+                    Scan::Skipped(reason) => Verdict::NotScanned { reason },
+                    Scan::Running(_) => unreachable!("scanner_failed never resumes a scan"),
+                },
+            },
+            Scan::Skipped(reason) => Verdict::NotScanned { reason },
+        };
         Ok(Written {
             size,
             sha256: sha.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"),
             key_id: data_key.key_id,
             wrapped_key: data_key.wrapped,
+            verdict,
         })
+    }
+
+    /// Fail closed (the default) or, by policy, carry on unscanned.
+    fn scanner_failed(&self, error: PortError) -> Result<Scan, IngestError> {
+        if self.scan_policy.fail_open && error.is_transient() {
+            tracing::warn!(error = %error, "malware scanner unavailable; admitting unscanned (scanner.fail_open)");
+            Ok(Scan::Skipped(format!("scanner unavailable: {error}")))
+        } else {
+            Err(IngestError::ScannerUnavailable(error))
+        }
+    }
+
+    /// Records a detection: the package becomes `quarantined` and `package.quarantined` is
+    /// announced, in one transaction. Its object was never completed.
+    async fn quarantine(
+        &self,
+        id: Uuid,
+        request: &UploadRequest,
+        signature: &str,
+        written: &Written,
+    ) -> Result<(), IngestError> {
+        let event_id = Uuid::now_v7();
+        let occurred_at = now_micros();
+        let payload = PackageQuarantinedEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            event_id,
+            event_type: PACKAGE_QUARANTINED,
+            occurred_at,
+            package_id: id,
+            user_id: &request.user_id,
+            data_category: &request.data_category,
+            size_bytes: written.size,
+            sha256: hex::encode(written.sha256),
+            signature,
+        };
+        let event = OutboxMessage {
+            id: event_id,
+            event_type: PACKAGE_QUARANTINED.into(),
+            aggregate_id: id,
+            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
+            created_at: occurred_at,
+        };
+        tracing::warn!(package_id = %id, signature, "malware detected; upload quarantined");
+        self.packages
+            .mark_quarantined(&request.user_id, id, signature, &event)
+            .await?;
+        Ok(())
     }
 
     /// Removes every trace of a package that did not become `stored`. Failures are logged:
     /// the `receiving` row stays, and the sweeper retries from it later.
     async fn clean_up(&self, user_id: &str, id: Uuid) {
-        for key in [staging_key(id), object_key(id)] {
-            if let Err(e) = self.blobs.delete(&key).await {
-                tracing::warn!(package_id = %id, key, error = %e, "could not delete an object of a failed upload");
-                return;
-            }
+        if !self.delete_objects(id).await {
+            return;
         }
         if let Err(e) = self.packages.discard(user_id, id).await {
             tracing::warn!(package_id = %id, error = %e, "could not discard a failed upload");
         }
+    }
+
+    /// Deletes a package's staging and final objects; false if one could not be deleted.
+    async fn delete_objects(&self, id: Uuid) -> bool {
+        for key in [staging_key(id), object_key(id)] {
+            if let Err(e) = self.blobs.delete(&key).await {
+                tracing::warn!(package_id = %id, key, error = %e, "could not delete an object of a failed upload");
+                return false;
+            }
+        }
+        true
     }
 
     /// Cleans up uploads abandoned by a crash: rows still `receiving`/`scanning` after

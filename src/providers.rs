@@ -11,6 +11,7 @@ use udim_ports::scanner::{MalwareScanner, ScanningDisabled};
 use udim_ports::storage::BlobStore;
 
 use crate::config::{KmsSettings, QueueSettings, ScannerSettings, Settings, StorageSettings};
+use crate::ingest::ScanPolicy;
 
 fn not_enabled(setting: &str, feature: &str) -> anyhow::Error {
     anyhow!(
@@ -146,9 +147,33 @@ pub fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Notifier>>
     }
 }
 
-/// The malware scanner from `scanner.*`.
-pub fn scanner(settings: &Settings) -> anyhow::Result<Arc<dyn MalwareScanner>> {
+/// The malware scanner from `scanner.*`, and what to do when it cannot decide.
+pub fn scanner(settings: &Settings) -> anyhow::Result<(Arc<dyn MalwareScanner>, ScanPolicy)> {
     match &settings.scanner {
-        ScannerSettings::Disabled => Ok(Arc::new(ScanningDisabled)),
+        ScannerSettings::Disabled => Ok((Arc::new(ScanningDisabled), ScanPolicy::default())),
+        ScannerSettings::Clamd {
+            address,
+            max_stream_bytes,
+            fail_open,
+            admit_too_large,
+            timeout_secs,
+        } => {
+            use udim_local::clamd::{Clamd, ClamdAddress};
+            let address = match (address.strip_prefix("tcp://"), address.strip_prefix("unix://")) {
+                (Some(tcp), _) => ClamdAddress::Tcp(tcp.to_owned()),
+                (_, Some(path)) => ClamdAddress::Unix(path.into()),
+                _ => anyhow::bail!("configuration error: `scanner.address` must be tcp://… or unix://…"),
+            };
+            let clamd = Clamd::new(
+                address,
+                *max_stream_bytes,
+                std::time::Duration::from_secs(*timeout_secs),
+            );
+            let policy = ScanPolicy {
+                fail_open: *fail_open,
+                admit_too_large: *admit_too_large,
+            };
+            Ok((Arc::new(clamd), policy))
+        }
     }
 }

@@ -73,7 +73,7 @@ impl Application {
         };
         let kms = providers::kms(&settings)?;
         let notifier = providers::notifier(&settings)?;
-        let scanner = providers::scanner(&settings)?;
+        let (scanner, scan_policy) = providers::scanner(&settings)?;
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let ledger_signer = Arc::new(LedgerSigner::load(
             &settings.ledger.origin,
@@ -92,6 +92,7 @@ impl Application {
             kms,
             packages: database.packages.clone(),
             scanner,
+            scan_policy,
             consents: consents.clone(),
             max_bytes: settings.upload.max_bytes,
         });

@@ -26,6 +26,7 @@ on_both_databases!(
     consent_then_upload_stores_the_package_and_announces_it_on_rabbitmq,
     upload_without_consent_is_403_and_leaves_nothing,
     a_withdrawn_consent_blocks_the_next_upload,
+    an_updated_consent_changes_what_is_admitted,
     another_users_token_gets_404_on_the_package,
     a_failing_object_write_leaves_no_stored_row,
     an_oversized_upload_is_413_and_leaves_nothing,
@@ -153,6 +154,47 @@ async fn a_withdrawn_consent_blocks_the_next_upload(db: Db) {
     let (_, overview) = app.get_json(&carol, "/v1/consents").await;
     assert_eq!(overview["active"].as_array().unwrap().len(), 0);
     assert_eq!(overview["history"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+async fn an_updated_consent_changes_what_is_admitted(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let dora = app.uploader("dora");
+    let consent = app.grant(&dora, &["audio"]).await;
+    let id = consent["consent_id"].as_str().unwrap();
+    let response = app
+        .http
+        .put(format!("{}/v1/consents/{id}", app.base))
+        .bearer_auth(&dora)
+        .json(&serde_json::json!({
+            "purposes": ["model-training"],
+            "data_categories": ["images"],
+            "policy_version": "2026-02",
+            "jurisdiction": "EU",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let updated: Value = response.json().await.unwrap();
+    assert_eq!(updated["event"], "updated");
+    assert_eq!(updated["consent_id"], consent["consent_id"]);
+    assert_eq!(updated["index"], 1);
+    assert!(updated["record_proof"]["checkpoint"].is_string());
+    assert_eq!(app.upload(&dora, "audio", "no longer covered").await.status(), 403);
+    assert_eq!(app.upload(&dora, "images", "now covered").await.status(), 201);
+    let mallory = app.uploader("mallory");
+    let response = app
+        .http
+        .put(format!("{}/v1/consents/{id}", app.base))
+        .bearer_auth(&mallory)
+        .json(&serde_json::json!({
+            "purposes": ["x"], "data_categories": ["audio"], "policy_version": "1", "jurisdiction": "EU",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "another user cannot update dora's consent");
     app.stop().await;
 }
 

@@ -1,4 +1,4 @@
-//! Consent records and their canonical encoding (specified in `docs/ledger-encoding.md`).
+//! Consent records and their canonical encoding (specified in `docs/ledger.md`).
 //!
 //! A leaf commits to `canonical_bytes(record, salt)`, never to the stored JSON, so the JSON
 //! can be re-serialized freely, and the random per-entry salt keeps a redacted entry's leaf
@@ -112,10 +112,13 @@ impl ConsentRecord {
     }
 
     /// True when this record, as of `now`, admits data of `category`.
-    pub fn admits(&self, category: &str, now: DateTime<Utc>) -> bool {
+    /// With `purpose`, the record must also name that purpose (downstream reads ask for
+    /// one); without, any purpose will do (an upload only places data under the consent).
+    pub fn admits(&self, category: &str, purpose: Option<&str>, now: DateTime<Utc>) -> bool {
         self.event != ConsentEvent::Withdrawn
             && self.expires_at.is_none_or(|end| end > now)
             && self.data_categories.iter().any(|c| c == category)
+            && purpose.is_none_or(|p| self.purposes.iter().any(|q| q == p))
     }
 
     /// The entry's RFC 9162 leaf hash.
@@ -224,19 +227,21 @@ mod tests {
     }
 
     #[test]
-    fn admission_needs_category_no_withdrawal_and_no_expiry() {
+    fn admission_needs_category_purpose_no_withdrawal_and_no_expiry() {
         let now = record().recorded_at;
-        assert!(record().admits("audio", now));
-        assert!(!record().admits("video", now));
+        assert!(record().admits("audio", None, now));
+        assert!(record().admits("audio", Some("model-training"), now));
+        assert!(!record().admits("audio", Some("advertising"), now));
+        assert!(!record().admits("video", None, now));
         let withdrawn = ConsentRecord {
             event: ConsentEvent::Withdrawn,
             ..record()
         };
-        assert!(!withdrawn.admits("audio", now));
+        assert!(!withdrawn.admits("audio", None, now));
         let expired = ConsentRecord {
             expires_at: Some(now),
             ..record()
         };
-        assert!(!expired.admits("audio", now));
+        assert!(!expired.admits("audio", None, now));
     }
 }

@@ -134,6 +134,8 @@ CREATE TABLE packages (
     sha256                 BYTEA CHECK (length(sha256) = 32),
     encryption_key_id      TEXT,
     wrapped_key            BYTEA,
+    scan_status            TEXT CHECK (scan_status IN ('clean', 'not_scanned', 'too_large_admitted', 'infected')),
+    scan_detail            TEXT,
     metadata               JSONB NOT NULL DEFAULT '{}'::jsonb,
     created_at             TIMESTAMPTZ NOT NULL,
     updated_at             TIMESTAMPTZ NOT NULL,

@@ -93,6 +93,8 @@ CREATE TABLE packages (
     sha256                 BLOB CHECK (length(sha256) = 32),
     encryption_key_id      TEXT,
     wrapped_key            BLOB,
+    scan_status            TEXT CHECK (scan_status IN ('clean', 'not_scanned', 'too_large_admitted', 'infected')),
+    scan_detail            TEXT,
     metadata               TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
     created_at             TEXT NOT NULL,
     updated_at             TEXT NOT NULL,

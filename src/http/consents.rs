@@ -62,7 +62,7 @@ pub struct ConsentEntry {
     /// RFC 9162 leaf hash of the entry's canonical encoding, base64.
     pub leaf_hash: String,
     /// The entry's random salt, base64: with the fields above and the caller's `sub` it
-    /// recomputes `leaf_hash` (see docs/ledger-encoding.md). Shown only to the entry's subject.
+    /// recomputes `leaf_hash` (see docs/ledger.md). Shown only to the entry's subject.
     pub salt: String,
     /// Where the log committed to this entry: index, leaf hash, inclusion proof and the
     /// signed checkpoint it is against. Present on appends and proof queries.
@@ -213,6 +213,33 @@ pub async fn withdraw(
 ) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
     let appended = state.consents.withdraw(&principal.subject, id).await?;
+    Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))
+}
+
+/// Change a consent's scope. Appends an `updated` entry; the consent keeps its id.
+#[utoipa::path(
+    put,
+    path = "/v1/consents/{id}",
+    tag = "consents",
+    params(("id" = Uuid, Path, description = "the consent id")),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, body = ConsentEntry),
+        (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the consent is withdrawn"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(req): Json<GrantRequest>,
+) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    let grant = parse_grant(req)?;
+    let appended = state.consents.update(&principal.subject, id, grant).await?;
     Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))
 }
 

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::readyz))
         .routes(routes!(consents::grant, consents::list))
         .routes(routes!(consents::withdraw))
+        .routes(routes!(consents::update))
         .routes(routes!(consents::proof))
         .routes(routes!(ledger::checkpoint))
         .routes(routes!(ledger::key))

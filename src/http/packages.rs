@@ -48,6 +48,9 @@ pub struct Package {
     pub encryption_key_id: Option<String>,
     /// The consent ledger entry the upload was admitted under.
     pub consent_entry_id: Uuid,
+    /// `clean`, `not_scanned`, `too_large_admitted` or `infected`.
+    pub scan_status: Option<String>,
+    pub scan_detail: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -67,6 +70,8 @@ impl From<PackageRecord> for Package {
             storage_uri: p.storage_uri,
             encryption_key_id: p.encryption_key_id,
             consent_entry_id: p.consent_entry_id,
+            scan_status: p.scan_status,
+            scan_detail: p.scan_detail,
             metadata: p.metadata,
             created_at: p.created_at,
             updated_at: p.updated_at,
@@ -104,6 +109,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         (status = 401, body = Problem),
         (status = 403, body = Problem, description = "no active consent covers the data category"),
         (status = 413, body = Problem),
+        (status = 422, body = Problem, description = "malware detected; the upload is quarantined"),
         (status = 503, body = Problem),
     ),
     security(("bearer" = []))
@@ -138,12 +144,14 @@ pub async fn upload(
         .into());
     }
     let consent = state.consents.state(&principal.subject).await?;
-    let admitted = consent.admitting(&params.data_category, Utc::now()).ok_or_else(|| {
-        ApiError::consent_required(format!(
-            "no active consent covers data category `{}`; grant one at POST /v1/consents",
-            params.data_category
-        ))
-    })?;
+    let admitted = consent
+        .admitting(&params.data_category, None, Utc::now())
+        .ok_or_else(|| {
+            ApiError::consent_required(format!(
+                "no active consent covers data category `{}`; grant one at POST /v1/consents",
+                params.data_category
+            ))
+        })?;
     state.packages.ensure_user(&principal.subject).await?;
     let request = UploadRequest {
         user_id: principal.subject.clone(),

@@ -171,6 +171,21 @@ impl From<IngestError> for ApiError {
                 "Malware detected",
                 e.to_string(),
             ),
+            IngestError::TooLargeToScan { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large-to-scan",
+                "Payload too large",
+                e.to_string(),
+            ),
+            IngestError::ScannerUnavailable(_) => {
+                tracing::warn!(error = %error_chain(&e), "upload refused: scanner unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "scanner-unavailable",
+                    "Service unavailable",
+                    "the malware scanner is unavailable, so nothing can be admitted now; retry later",
+                )
+            }
             IngestError::Port(port) => port.into(),
             IngestError::Envelope(_) => Self::internal(&e),
         }

@@ -2,6 +2,7 @@
 //! with feature `rabbitmq`, a RabbitMQ notifier. Used by the embedded default and the
 //! `local` profile.
 
+pub mod clamd;
 pub mod fs;
 pub mod keyfile;
 #[cfg(feature = "rabbitmq")]

@@ -70,6 +70,10 @@ pub struct StoredObject {
     pub sha256: [u8; 32],
     pub encryption_key_id: String,
     pub wrapped_key: Vec<u8>,
+    /// `clean`, `not_scanned` or `too_large_admitted`.
+    pub scan_status: String,
+    /// The scanner's detail (why a file was not scanned).
+    pub scan_detail: Option<String>,
     pub stored_at: DateTime<Utc>,
 }
 
@@ -90,6 +94,8 @@ pub struct PackageRecord {
     pub sha256: Option<[u8; 32]>,
     pub encryption_key_id: Option<String>,
     pub wrapped_key: Option<Vec<u8>>,
+    pub scan_status: Option<String>,
+    pub scan_detail: Option<String>,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -151,6 +157,11 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
         event: &OutboxMessage,
     ) -> Result<PackageRecord>;
     async fn discard(&self, user_id: &str, id: Uuid) -> Result<()>;
+    /// `receiving → scanning`: the body is complete and its verdict is awaited.
+    async fn mark_scanning(&self, user_id: &str, id: Uuid) -> Result<()>;
+    /// ONE transaction: `receiving | scanning → quarantined` with the signature, AND `event`
+    /// into the outbox. The package's object must already be gone.
+    async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()>;
     async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:

@@ -11,10 +11,15 @@ pub enum Verdict {
     Infected {
         signature: String,
     },
-    /// The stream was not scanned (scanning disabled, or over the scanner's limit under a
-    /// policy that admits such files); the reason is recorded with the package.
+    /// The stream was not scanned (scanning disabled); the reason is recorded with the
+    /// package.
     NotScanned {
         reason: String,
+    },
+    /// The stream was longer than the scanner can scan (`limit` bytes); what happens to the
+    /// file is the service's configured policy.
+    TooLarge {
+        limit: u64,
     },
 }
 

@@ -49,7 +49,7 @@ macro_rules! package_columns {
     () => {
         "id, user_id, consent_entry_id, data_category, original_name, declared_content_type, \
          status, staging_key, object_key, storage_uri, size_bytes, sha256, encryption_key_id, \
-         wrapped_key, metadata, created_at, updated_at"
+         wrapped_key, scan_status, scan_detail, metadata, created_at, updated_at"
     };
 }
 
@@ -139,10 +139,28 @@ macro_rules! sql_store {
                     sha256: sha256.map(|h| fixed(h, "sha256")).transpose()?,
                     encryption_key_id: row.try_get("encryption_key_id").map_err(db_err)?,
                     wrapped_key: row.try_get("wrapped_key").map_err(db_err)?,
+                    scan_status: row.try_get("scan_status").map_err(db_err)?,
+                    scan_detail: row.try_get("scan_detail").map_err(db_err)?,
                     metadata: metadata.0,
                     created_at: row.try_get("created_at").map_err(db_err)?,
                     updated_at: row.try_get("updated_at").map_err(db_err)?,
                 })
+            }
+
+            async fn insert_event(tx: &mut sqlx::Transaction<'static, $db>, event: &OutboxMessage) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO outbox (id, event_type, aggregate_id, payload, created_at, next_attempt_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(event.id)
+                .bind(&event.event_type)
+                .bind(event.aggregate_id)
+                .bind(Json(&event.payload))
+                .bind(event.created_at)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+                Ok(())
             }
 
             fn ledger_from_row(row: &<$db as sqlx::Database>::Row) -> Result<LedgerEntry> {
@@ -224,7 +242,7 @@ macro_rules! sql_store {
                 let row = sqlx::query(concat!(
                     "UPDATE packages SET status = 'stored', object_key = $3, storage_uri = $4, \
                      size_bytes = $5, sha256 = $6, encryption_key_id = $7, wrapped_key = $8, \
-                     updated_at = $9 \
+                     updated_at = $9, scan_status = $10, scan_detail = $11 \
                      WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning') \
                      RETURNING ",
                     package_columns!()
@@ -238,23 +256,14 @@ macro_rules! sql_store {
                 .bind(&object.encryption_key_id)
                 .bind(object.wrapped_key.as_slice())
                 .bind(object.stored_at)
+                .bind(&object.scan_status)
+                .bind(&object.scan_detail)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?
                 .ok_or_else(|| PortError::Conflict(format!("package {id} is not being received")))?;
                 let record = Self::package_from_row(&row)?;
-                sqlx::query(
-                    "INSERT INTO outbox (id, event_type, aggregate_id, payload, created_at, next_attempt_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5)",
-                )
-                .bind(event.id)
-                .bind(&event.event_type)
-                .bind(event.aggregate_id)
-                .bind(Json(&event.payload))
-                .bind(event.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+                Self::insert_event(&mut tx, event).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(record)
             }
@@ -272,6 +281,52 @@ macro_rules! sql_store {
                 if deleted == 0 && self.get_package(user_id, id).await?.is_some() {
                     return Err(PortError::Conflict(format!("package {id} is past receiving")));
                 }
+                Ok(())
+            }
+
+            async fn mark_scanning(&self, user_id: &str, id: Uuid) -> Result<()> {
+                let updated = sqlx::query(
+                    "UPDATE packages SET status = 'scanning', updated_at = $3 \
+                     WHERE id = $1 AND user_id = $2 AND status = 'receiving'",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(PortError::Conflict(format!("package {id} is not being received")));
+                }
+                Ok(())
+            }
+
+            async fn mark_quarantined(
+                &self,
+                user_id: &str,
+                id: Uuid,
+                signature: &str,
+                event: &OutboxMessage,
+            ) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let updated = sqlx::query(
+                    "UPDATE packages SET status = 'quarantined', scan_status = 'infected', scan_detail = $3, \
+                     updated_at = $4 WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning')",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(signature)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(PortError::Conflict(format!("package {id} is not being received")));
+                }
+                Self::insert_event(&mut tx, event).await?;
+                tx.commit().await.map_err(db_err)?;
                 Ok(())
             }
 

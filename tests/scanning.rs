@@ -1,0 +1,213 @@
+//! Malware scanning against a real clamd that the test starts, with the custom EICAR
+//! signatures (no signature download is possible here): detections are quarantined and never
+//! stored, clean files are stored, and a stopped clamd makes uploads fail closed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Db, Options, TestApp};
+use serde_json::Value;
+use udim::config::ScannerSettings;
+
+/// The standard 68-byte EICAR test string.
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+fn clamd_binary() -> String {
+    std::env::var("UDIM_TEST_CLAMD").unwrap_or_else(|_| "/usr/sbin/clamd".into())
+}
+
+/// A clamd on a free loopback port with only the EICAR signatures; killed on drop.
+struct Clamd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Clamd {
+    async fn start(max_stream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(
+            db.join("eicar.hdb"),
+            "44d88612fea8a8f36de82e1278abb02f:68:Custom.EICAR-Test-File-hdb\n",
+        )
+        .unwrap();
+        std::fs::write(
+            db.join("eicar.ndb"),
+            "Custom.EICAR-Test-File-ndb:0:*:58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf: PathBuf = dir.path().join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\nUser root\n\
+                 StreamMaxLength {max_stream}\nLogFile {}\nPidFile {}\n",
+                db.display(),
+                dir.path().join("clamd.log").display(),
+                dir.path().join("clamd.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(clamd_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clamd must be installed for the tests (apt-get install clamav-daemon; UDIM_TEST_CLAMD)");
+        let clamd = Self { child, port, _dir: dir };
+        let scanner = udim_local::clamd::Clamd::new(
+            udim_local::clamd::ClamdAddress::Tcp(format!("127.0.0.1:{port}")),
+            1,
+            Duration::from_secs(5),
+        );
+        for _ in 0..300 {
+            if scanner.ping().await.is_ok() {
+                return clamd;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("clamd did not start; see its log");
+    }
+
+    fn settings(&self, max_stream_bytes: u64, admit_too_large: bool) -> ScannerSettings {
+        ScannerSettings::Clamd {
+            address: format!("tcp://127.0.0.1:{}", self.port),
+            max_stream_bytes,
+            fail_open: false,
+            admit_too_large,
+            timeout_secs: 30,
+        }
+    }
+}
+
+async fn app_with(db: Db, scanner: ScannerSettings) -> TestApp {
+    TestApp::spawn_with(
+        db,
+        Options {
+            configure: Some(Box::new(move |s| s.scanner = scanner)),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn detections_are_quarantined_and_clean_files_stored(db: Db) {
+    let clamd = Clamd::start("10M").await;
+    let app = app_with(db, clamd.settings(10 * 1024 * 1024, false)).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+
+    let clean = app
+        .upload(&alice, "documents", common::distinctive_bytes(200_000))
+        .await;
+    assert_eq!(clean.status(), 201);
+    let clean: Value = clean.json().await.unwrap();
+    assert_eq!(clean["status"], "stored");
+    assert_eq!(clean["scan_status"], "clean");
+
+    let mut embedded = common::distinctive_bytes(300_000);
+    embedded.splice(150_000..150_000, EICAR.iter().copied());
+    for (name, body) in [("alone", EICAR.to_vec()), ("inside a larger file", embedded)] {
+        let response = app.upload(&alice, "documents", body).await;
+        assert_eq!(response.status(), 422, "EICAR {name}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:udim:problem:malware-detected", "EICAR {name}");
+        assert!(problem["detail"].as_str().unwrap().contains("EICAR"), "{problem}");
+    }
+
+    let packages = app.packages(&alice).await;
+    let quarantined: Vec<&Value> = packages.iter().filter(|p| p["status"] == "quarantined").collect();
+    assert_eq!(quarantined.len(), 2);
+    for p in &quarantined {
+        assert_eq!(p["scan_status"], "infected");
+        assert!(p["storage_uri"].is_null(), "a quarantined package has no object");
+    }
+    assert_eq!(
+        app.object_files().len(),
+        1,
+        "only the clean object exists: {:?}",
+        app.object_files()
+    );
+    let events: Vec<String> = app
+        .outbox()
+        .await
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events.iter().filter(|e| *e == "package.quarantined").count(), 2);
+    assert_eq!(events.iter().filter(|e| *e == "package.stored").count(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanning_on_sqlite() {
+    detections_are_quarantined_and_clean_files_stored(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanning_on_postgres() {
+    detections_are_quarantined_and_clean_files_stored(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_scanner_fails_closed_and_nothing_is_stored() {
+    let clamd = Clamd::start("10M").await;
+    let settings = clamd.settings(10 * 1024 * 1024, false);
+    let app = app_with(Db::Sqlite, settings).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    drop(clamd);
+    let response = app.upload(&alice, "documents", "harmless, but unscanned").await;
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:scanner-unavailable");
+    assert!(app.packages(&alice).await.is_empty());
+    assert!(app.object_files().is_empty());
+    assert!(app.outbox().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_over_the_scanner_limit_follow_the_configured_policy() {
+    let clamd = Clamd::start("1M").await;
+    let big = common::distinctive_bytes(2 * 1024 * 1024);
+
+    let app = app_with(Db::Sqlite, clamd.settings(1024 * 1024, false)).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let response = app.upload(&alice, "video", big.clone()).await;
+    assert_eq!(response.status(), 413, "rejected by default");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:too-large-to-scan");
+    assert!(app.packages(&alice).await.is_empty() && app.object_files().is_empty());
+    app.stop().await;
+
+    let app = app_with(Db::Sqlite, clamd.settings(1024 * 1024, true)).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let response = app.upload(&alice, "video", big).await;
+    assert_eq!(response.status(), 201, "admitted under admit_too_large");
+    let package: Value = response.json().await.unwrap();
+    assert_eq!(package["scan_status"], "too_large_admitted");
+    let event = &app.outbox().await[0];
+    assert_eq!(event["payload"]["scan"]["status"], "too_large_admitted");
+    app.stop().await;
+}
