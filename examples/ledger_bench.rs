@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort();
 
     let t = Instant::now();
-    let report = udim::ledger::audit::audit(ledger, signer.verifier()).await?;
+    let report = udim::ledger::audit::audit(database.ledger.clone(), signer.verifier()).await?;
     let audit_secs = t.elapsed().as_secs_f64();
     println!(
         "{}",

@@ -181,7 +181,7 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
             println!("{}", serde_json::to_string_pretty(&proof)?);
         }
         LedgerCommand::Verify => {
-            let report = crate::ledger::audit::audit(ledger, signer.verifier()).await?;
+            let report = crate::ledger::audit::audit(db.ledger.clone(), signer.verifier()).await?;
             println!(
                 "ledger sound: {} entries ({} redacted), {} checkpoints verified",
                 report.entries, report.redacted, report.checkpoints

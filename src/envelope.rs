@@ -249,6 +249,9 @@ pub struct Decryptor {
     cipher: SegmentCipher,
     sealed_segment_len: usize,
     pending: Vec<u8>,
+    /// The object's last segment index, when known: a stream that stops before it is a
+    /// range read, not a truncation.
+    final_segment: Option<u32>,
 }
 
 impl Decryptor {
@@ -258,7 +261,17 @@ impl Decryptor {
             cipher: SegmentCipher::new(key, header, binding),
             sealed_segment_len,
             pending: Vec::with_capacity(sealed_segment_len),
+            final_segment: None,
         }
+    }
+
+    /// A decryptor for a stream that starts at segment `first` of an object whose last
+    /// segment is `final_segment`: what a range read fetches (see [`Layout::span`]).
+    pub fn starting_at(key: &PlainKey, header: &Header, binding: Binding<'_>, first: u32, final_segment: u32) -> Self {
+        let mut decryptor = Self::new(key, header, binding);
+        decryptor.cipher.counter = first;
+        decryptor.final_segment = Some(final_segment);
+        decryptor
     }
 
     fn open_front(&mut self, len: usize, last: bool, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
@@ -288,14 +301,71 @@ impl Decryptor {
         Ok(out)
     }
 
-    /// Opens the held-back data as the last segment.
+    /// Opens the held-back data as the stream's final segment (the object's last one,
+    /// unless [`Decryptor::starting_at`] said the object goes on).
     pub fn finish(mut self) -> Result<Vec<u8>, EnvelopeError> {
         if self.pending.len() < TAG_LEN {
             return Err(EnvelopeError::Truncated);
         }
+        let last = self.final_segment.is_none_or(|f| f == self.cipher.counter);
         let mut out = Vec::with_capacity(self.pending.len());
-        self.open_front(self.pending.len(), true, &mut out)?;
+        self.open_front(self.pending.len(), last, &mut out)?;
         Ok(out)
+    }
+}
+
+/// Where plaintext bytes live in an encrypted object (pure arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub header_len: u64,
+    pub segment_size: u64,
+    pub plaintext_len: u64,
+}
+
+/// The part of an object to fetch for a plaintext range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub first_segment: u32,
+    pub final_segment: u32,
+    /// Ciphertext bytes to fetch: whole segments from `first_segment` on.
+    pub ciphertext: std::ops::Range<u64>,
+    /// Plaintext bytes to drop from the front of the first segment.
+    pub skip: u64,
+    /// Plaintext bytes to deliver.
+    pub len: u64,
+}
+
+impl Layout {
+    /// Segments in the object (an empty object still has one, empty, last segment).
+    pub fn segments(&self) -> u64 {
+        self.plaintext_len.div_ceil(self.segment_size).max(1)
+    }
+
+    pub fn object_len(&self) -> u64 {
+        self.header_len + self.plaintext_len + self.segments() * TAG_LEN as u64
+    }
+
+    /// The segments holding plaintext bytes `start..end` (`start < end <= plaintext_len`).
+    pub fn span(&self, start: u64, end: u64) -> Option<Span> {
+        if start >= end || end > self.plaintext_len {
+            return None;
+        }
+        let sealed = self.segment_size + TAG_LEN as u64;
+        let first = start / self.segment_size;
+        let last_needed = (end - 1) / self.segment_size;
+        let final_segment = self.segments() - 1;
+        let ciphertext_end = if last_needed == final_segment {
+            self.object_len()
+        } else {
+            self.header_len + (last_needed + 1) * sealed
+        };
+        Some(Span {
+            first_segment: u32::try_from(first).ok()?,
+            final_segment: u32::try_from(final_segment).ok()?,
+            ciphertext: self.header_len + first * sealed..ciphertext_end,
+            skip: start - first * self.segment_size,
+            len: end - start,
+        })
     }
 }
 
@@ -407,6 +477,58 @@ mod tests {
         };
         assert!(decrypt_with(&body, 4, other_package).is_err());
         assert!(decrypt_with(&body, 4, other_user).is_err());
+    }
+
+    #[test]
+    fn any_plaintext_range_decrypts_from_just_its_segments() {
+        let plain: Vec<u8> = (0..100u8).collect();
+        let body = encrypt(&plain, 100);
+        let layout = Layout {
+            header_len: 0,
+            segment_size: SEG as u64,
+            plaintext_len: plain.len() as u64,
+        };
+        assert_eq!(layout.object_len(), body.len() as u64);
+        for start in 0..plain.len() as u64 {
+            for end in start + 1..=plain.len() as u64 {
+                let span = layout.span(start, end).unwrap();
+                let fetched = &body[span.ciphertext.start as usize..span.ciphertext.end as usize];
+                let mut dec =
+                    Decryptor::starting_at(&key(), &header(), binding(), span.first_segment, span.final_segment);
+                let mut out = dec.push(fetched).unwrap();
+                out.extend(dec.finish().unwrap());
+                let got = &out[span.skip as usize..(span.skip + span.len) as usize];
+                assert_eq!(got, &plain[start as usize..end as usize], "{start}..{end}");
+            }
+        }
+        assert_eq!(layout.span(5, 5), None);
+        assert_eq!(layout.span(0, 101), None);
+    }
+
+    #[test]
+    fn a_range_cut_short_or_moved_fails() {
+        let plain: Vec<u8> = (0..100u8).collect();
+        let body = encrypt(&plain, 100);
+        let layout = Layout {
+            header_len: 0,
+            segment_size: SEG as u64,
+            plaintext_len: 100,
+        };
+        let span = layout.span(20, 40).unwrap();
+        let fetched = &body[span.ciphertext.start as usize..span.ciphertext.end as usize];
+        let mut shifted =
+            Decryptor::starting_at(&key(), &header(), binding(), span.first_segment + 1, span.final_segment);
+        assert!(
+            shifted.push(fetched).and_then(|_| shifted.finish()).is_err(),
+            "segments at the wrong position"
+        );
+        let tail = layout.span(90, 100).unwrap();
+        let fetched = &body[tail.ciphertext.start as usize..tail.ciphertext.end as usize - 1];
+        let mut cut = Decryptor::starting_at(&key(), &header(), binding(), tail.first_segment, tail.final_segment);
+        assert!(
+            cut.push(fetched).and_then(|_| cut.finish()).is_err(),
+            "a truncated last segment"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod providers;
+pub mod read;
 pub mod relay;
 pub mod startup;
 pub mod telemetry;

@@ -87,6 +87,12 @@ impl Application {
         );
         let consents = ConsentService::new(database.ledger.clone(), sequencer);
         let relay_wake = Arc::new(Notify::new());
+        let reader = Arc::new(crate::read::ContentReader {
+            blobs: blobs.clone(),
+            kms: kms.clone(),
+            packages: database.packages.clone(),
+            consents: consents.clone(),
+        });
         let ingest = Arc::new(Ingestor {
             blobs,
             kms,
@@ -110,6 +116,7 @@ impl Application {
             outbox: database.outbox.clone(),
             notifier,
             ingest,
+            reader,
             relay_wake,
         };
         let listener = TcpListener::bind(settings.server.listen)

@@ -418,6 +418,9 @@ mod faulty {
         async fn get(&self, key: &str) -> Result<ByteStream> {
             self.inner.get(key).await
         }
+        async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+            self.inner.get_range(key, range).await
+        }
         async fn exists(&self, key: &str) -> Result<bool> {
             self.inner.exists(key).await
         }

@@ -148,6 +148,18 @@ CREATE INDEX packages_by_user ON packages (user_id, created_at DESC, id DESC);
 CREATE INDEX packages_metadata ON packages USING GIN (metadata);
 CREATE INDEX packages_in_flight ON packages (updated_at) WHERE status IN ('receiving', 'scanning');
 
+-- Every downstream read: who read which package, for what purpose, which bytes, when.
+CREATE TABLE package_reads (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    package_id   UUID NOT NULL,
+    reader       TEXT NOT NULL,
+    purpose      TEXT NOT NULL,
+    range_start  BIGINT,
+    range_end    BIGINT,
+    read_at      TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX package_reads_by_package ON package_reads (package_id, read_at);
+
 CREATE TABLE outbox (
     seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id               UUID NOT NULL UNIQUE,
@@ -176,6 +188,7 @@ BEGIN
     GRANT SELECT, INSERT, DELETE ON consent_records TO udim_service;
     GRANT SELECT, UPDATE ON ledger_head TO udim_service;
     GRANT SELECT, INSERT, UPDATE, DELETE ON users, packages, outbox TO udim_service;
+    GRANT SELECT, INSERT ON package_reads TO udim_service;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'udim: no privilege to create role udim_service; create it and its grants by hand';
 END

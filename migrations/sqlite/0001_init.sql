@@ -105,6 +105,18 @@ CREATE TABLE packages (
 CREATE INDEX packages_by_user ON packages (user_id, created_at DESC, id DESC);
 CREATE INDEX packages_in_flight ON packages (updated_at) WHERE status IN ('receiving', 'scanning');
 
+-- Every downstream read: who read which package, for what purpose, which bytes, when.
+CREATE TABLE package_reads (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    package_id   BLOB NOT NULL,
+    reader       TEXT NOT NULL,
+    purpose      TEXT NOT NULL,
+    range_start  INTEGER,
+    range_end    INTEGER,
+    read_at      TEXT NOT NULL
+);
+CREATE INDEX package_reads_by_package ON package_reads (package_id, read_at);
+
 CREATE TABLE outbox (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               BLOB NOT NULL UNIQUE,

@@ -37,6 +37,7 @@ pub struct AppState {
     pub outbox: Arc<dyn Outbox>,
     pub notifier: Option<Arc<dyn Notifier>>,
     pub ingest: Arc<Ingestor>,
+    pub reader: Arc<crate::read::ContentReader>,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub relay_wake: Arc<Notify>,
 }
@@ -90,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ledger::entries))
         .routes(routes!(packages::upload, packages::list))
         .routes(routes!(packages::get))
+        .routes(routes!(packages::content))
         .routes(routes!(admin::outbox))
         .split_for_parts();
     let api = Arc::new(api);

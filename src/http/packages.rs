@@ -275,3 +275,73 @@ pub async fn list(
     };
     Ok(Json(PackagePage { items, next_cursor }))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ContentParams {
+    /// The purpose of this read; the owner's consent must name it.
+    pub purpose: String,
+}
+
+/// A stored package's plaintext, for downstream services (scope `udim:read`). The owner's
+/// consent is checked for `purpose` now; each segment is decrypted and authenticated as it
+/// streams; `Range: bytes=…` is honoured. Every read is recorded.
+#[utoipa::path(
+    get,
+    path = "/v1/packages/{id}/content",
+    tag = "packages",
+    params(("id" = Uuid, Path, description = "package id"), ContentParams),
+    responses(
+        (status = 200, description = "the plaintext", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream"),
+        (status = 403, body = Problem, description = "no consent for this purpose, or no read scope"),
+        (status = 404, body = Problem),
+        (status = 416, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn content(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(params): Query<ContentParams>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let principal = caller.require(Scope::Read)?;
+    validate::label(&params.purpose)
+        .map_err(|why| ApiError::bad_request("invalid-query", format!("`purpose`: {why}")))?;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::read::ByteRange::parse);
+    let content = state
+        .reader
+        .open(id, &principal.subject, &params.purpose, range)
+        .await?;
+    let (status, length) = match content.range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end - start),
+        None => (StatusCode::OK, content.size),
+    };
+    let mut response = (status, Body::from_stream(content.stream)).into_response();
+    let h = response.headers_mut();
+    let value = |s: String| s.parse().expect("ASCII header value");
+    h.insert(
+        header::CONTENT_TYPE,
+        value(content.package.declared_content_type.clone()),
+    );
+    h.insert(header::CONTENT_LENGTH, value(length.to_string()));
+    h.insert(header::ACCEPT_RANGES, value("bytes".into()));
+    h.insert(header::CACHE_CONTROL, value("no-store".into()));
+    if let Some(sha) = content.package.sha256 {
+        h.insert(header::ETAG, value(format!("\"{}\"", hex::encode(sha))));
+    }
+    if let Some((start, end)) = content.range {
+        h.insert(
+            header::CONTENT_RANGE,
+            value(format!("bytes {start}-{}/{}", end - 1, content.size)),
+        );
+    }
+    Ok(response)
+}

@@ -192,6 +192,24 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<crate::read::ReadError> for ApiError {
+    fn from(e: crate::read::ReadError) -> Self {
+        use crate::read::ReadError;
+        match e {
+            ReadError::NotFound(_) => Self::not_found(e.to_string()),
+            ReadError::NoConsent { .. } => Self::consent_required(e.to_string()),
+            ReadError::RangeNotSatisfiable { .. } => Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+                e.to_string(),
+            ),
+            ReadError::Port(port) => port.into(),
+            ReadError::Envelope(_) => Self::internal(&e),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

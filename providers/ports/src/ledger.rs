@@ -66,8 +66,8 @@ pub struct AuditRow {
     pub leaf_hash: Hash,
     /// The tree's level-0 node at this index.
     pub tree_leaf: Option<Hash>,
-    /// Body and salt, unless redacted.
-    pub body: Option<(serde_json::Value, [u8; 16])>,
+    /// Body (JSON text) and salt, unless redacted.
+    pub body: Option<(String, [u8; 16])>,
     /// Whether the entry's redaction is on record.
     pub redacted: bool,
 }

@@ -101,6 +101,16 @@ pub struct PackageRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One downstream read, as recorded.
+#[derive(Debug, Clone)]
+pub struct PackageRead {
+    pub package_id: Uuid,
+    pub reader: String,
+    pub purpose: String,
+    pub range: Option<(u64, u64)>,
+    pub read_at: DateTime<Utc>,
+}
+
 /// Filter and page for listing a user's packages, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct PackageQuery {
@@ -163,6 +173,11 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// into the outbox. The package's object must already be gone.
     async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()>;
     async fn get_package(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>>;
+    /// A `stored` package by id, whoever owns it: only for downstream readers (`udim:read`),
+    /// whose access is scoped by the owner's consent, checked by the caller.
+    async fn get_stored(&self, id: Uuid) -> Result<Option<PackageRecord>>;
+    /// Records that `reader` read `package_id` for `purpose` (bytes `range`, if partial).
+    async fn record_read(&self, read: &PackageRead) -> Result<()>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:
     /// uploads abandoned by a crash, to be cleaned up.

@@ -39,7 +39,8 @@ pub trait BlobWriter: Send {
 /// - Keys are `/`-separated relative paths made of `[A-Za-z0-9._-]` segments.
 /// - [`create`](BlobStore::create) streams an object in bounded memory (never the whole
 ///   object), in parts when it is large.
-/// - [`get`](BlobStore::get) of a missing key is [`PortError::NotFound`].
+/// - [`get`](BlobStore::get) of a missing key is [`PortError::NotFound`];
+///   [`get_range`](BlobStore::get_range) streams exactly the bytes asked for.
 /// - [`rename`](BlobStore::rename) moves an object so that afterwards only `to` exists; a
 ///   reader sees either no object or the complete one under `to`.
 /// - [`delete`](BlobStore::delete) is idempotent: deleting a missing key succeeds.
@@ -47,6 +48,8 @@ pub trait BlobWriter: Send {
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>>;
     async fn get(&self, key: &str) -> Result<ByteStream>;
+    /// Bytes `range` of the object; `range` must lie within it.
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream>;
     async fn exists(&self, key: &str) -> Result<bool>;
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
@@ -154,6 +157,22 @@ impl BlobStore for ObjectStoreBlobs {
     async fn get(&self, key: &str) -> Result<ByteStream> {
         let path = self.path(key)?;
         let result = self.store.get(&path).await.map_err(|e| self.map(key, e))?;
+        let provider = self.provider;
+        let key = key.to_owned();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| map_object_store_error(provider, &key, e))
+            .boxed())
+    }
+
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+        let path = self.path(key)?;
+        let options = object_store::GetOptions::new().with_range(Some(range));
+        let result = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.map(key, e))?;
         let provider = self.provider;
         let key = key.to_owned();
         Ok(result

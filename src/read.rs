@@ -1,0 +1,271 @@
+//! Downstream reads: a `udim:read` principal fetches a stored package's plaintext. Consent
+//! is checked again, for the stated purpose, at read time; the data key is unwrapped through
+//! the key service; segments are decrypted and authenticated as they stream, and no
+//! segment's plaintext leaves before it authenticates. Every read is recorded.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use udim_ports::PortError;
+use udim_ports::kms::{KeyContext, KeyService};
+use udim_ports::metadata::{PackageRead, PackageRecord, PackageStore};
+use udim_ports::storage::BlobStore;
+use uuid::Uuid;
+
+use crate::consent::{ConsentService, now_micros};
+use crate::envelope::{Binding, Decryptor, EnvelopeError, Header, Layout, Span};
+
+/// Why a read was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("package {0} not found")]
+    NotFound(Uuid),
+    #[error("the owner's consent does not cover purpose `{purpose}` for this package's data category")]
+    NoConsent { purpose: String },
+    #[error("the range is outside the package's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("the stored object is not readable: {0}")]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// A requested byte range, as parsed from `Range: bytes=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `a-b` (inclusive) or `a-` (to the end).
+    From { start: u64, end_inclusive: Option<u64> },
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses one `bytes=` range (pure). Multiple ranges and other units give `None`: the
+    /// whole content is served instead, as RFC 9110 allows.
+    pub fn parse(header: &str) -> Option<Self> {
+        let spec = header.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.trim().split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        match (a, b) {
+            ("", n) if digits(n) => Some(Self::Suffix(n.parse().ok()?)),
+            (a, "") if digits(a) => Some(Self::From {
+                start: a.parse().ok()?,
+                end_inclusive: None,
+            }),
+            (a, b) if digits(a) && digits(b) => {
+                let (start, end) = (a.parse().ok()?, b.parse().ok()?);
+                (start <= end).then_some(Self::From {
+                    start,
+                    end_inclusive: Some(end),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The half-open byte range within `size` bytes, or `None` when unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            Self::From { start, .. } if start >= size => None,
+            Self::From { start, end_inclusive } => Some((start, end_inclusive.map_or(size, |e| (e + 1).min(size)))),
+            Self::Suffix(0) => None,
+            Self::Suffix(n) => Some((size.saturating_sub(n), size)),
+        }
+    }
+}
+
+/// An open read: the package and the plaintext stream of the requested bytes.
+pub struct Content {
+    pub package: PackageRecord,
+    /// `Some((start, end))` (half-open) for a range read.
+    pub range: Option<(u64, u64)>,
+    pub size: u64,
+    pub stream: BoxStream<'static, Result<Bytes, ReadError>>,
+}
+
+/// Serves downstream reads.
+#[derive(Debug, Clone)]
+pub struct ContentReader {
+    pub blobs: Arc<dyn BlobStore>,
+    pub kms: Arc<dyn KeyService>,
+    pub packages: Arc<dyn PackageStore>,
+    pub consents: ConsentService,
+}
+
+struct Decrypting {
+    ciphertext: udim_ports::storage::ByteStream,
+    decryptor: Option<Decryptor>,
+    skip: u64,
+    remaining: u64,
+}
+
+impl Decrypting {
+    /// Trims authenticated plaintext to the requested bytes.
+    fn take(&mut self, plaintext: Vec<u8>) -> Option<Bytes> {
+        let mut bytes = Bytes::from(plaintext);
+        let skip = self.skip.min(bytes.len() as u64);
+        self.skip -= skip;
+        bytes = bytes.slice(skip as usize..);
+        let keep = self.remaining.min(bytes.len() as u64);
+        self.remaining -= keep;
+        bytes.truncate(keep as usize);
+        (!bytes.is_empty()).then_some(bytes)
+    }
+}
+
+impl ContentReader {
+    /// Opens `id` for `reader` and `purpose`; records the read before any byte is served.
+    pub async fn open(
+        &self,
+        id: Uuid,
+        reader: &str,
+        purpose: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Content, ReadError> {
+        let package = self.packages.get_stored(id).await?.ok_or(ReadError::NotFound(id))?;
+        let state = self.consents.state(&package.user_id).await?;
+        if state
+            .admitting(&package.data_category, Some(purpose), chrono::Utc::now())
+            .is_none()
+        {
+            return Err(ReadError::NoConsent {
+                purpose: purpose.to_owned(),
+            });
+        }
+        let size = package
+            .size_bytes
+            .ok_or_else(|| PortError::Integrity("stored package without size".into()))?;
+        let requested = match range {
+            Some(r) => Some(r.resolve(size).ok_or(ReadError::RangeNotSatisfiable { size })?),
+            None => None,
+        };
+        let key_name = package
+            .object_key
+            .clone()
+            .ok_or_else(|| PortError::Integrity("stored package without object".into()))?;
+
+        let (header, header_len) = self.read_header(&key_name).await?;
+        if Some(&header.key_id) != package.encryption_key_id.as_ref() {
+            return Err(PortError::Integrity("the object's key id differs from the package's".into()).into());
+        }
+        let ctx = KeyContext {
+            package_id: id,
+            user_id: package.user_id.clone(),
+        };
+        let data_key = self
+            .kms
+            .unwrap_data_key(&header.key_id, &header.wrapped_key, &ctx)
+            .await?;
+        let layout = Layout {
+            header_len: header_len as u64,
+            segment_size: u64::from(header.segment_size),
+            plaintext_len: size,
+        };
+        let (start, end) = requested.unwrap_or((0, size));
+        let span = if size == 0 {
+            Span {
+                first_segment: 0,
+                final_segment: 0,
+                ciphertext: layout.header_len..layout.object_len(),
+                skip: 0,
+                len: 0,
+            }
+        } else {
+            layout.span(start, end).ok_or(ReadError::RangeNotSatisfiable { size })?
+        };
+        let binding = Binding {
+            package_id: id,
+            user_id: &package.user_id,
+        };
+        let decryptor = Decryptor::starting_at(&data_key, &header, binding, span.first_segment, span.final_segment);
+        drop(data_key);
+
+        self.packages
+            .record_read(&PackageRead {
+                package_id: id,
+                reader: reader.to_owned(),
+                purpose: purpose.to_owned(),
+                range: requested,
+                read_at: now_micros(),
+            })
+            .await?;
+        let ciphertext = self.blobs.get_range(&key_name, span.ciphertext.clone()).await?;
+        let state = Decrypting {
+            ciphertext,
+            decryptor: Some(decryptor),
+            skip: span.skip,
+            remaining: span.len,
+        };
+        let stream = futures::stream::try_unfold(state, |mut st| async move {
+            loop {
+                match st.ciphertext.next().await {
+                    Some(chunk) => {
+                        let decryptor = st.decryptor.as_mut().expect("present until the end");
+                        let plaintext = decryptor.push(&chunk?)?;
+                        if let Some(out) = st.take(plaintext) {
+                            return Ok(Some((out, st)));
+                        }
+                    }
+                    None => {
+                        let Some(decryptor) = st.decryptor.take() else {
+                            return Ok(None);
+                        };
+                        let plaintext = decryptor.finish()?;
+                        return Ok(st.take(plaintext).map(|out| (out, st)));
+                    }
+                }
+            }
+        });
+        Ok(Content {
+            package,
+            range: requested,
+            size,
+            stream: stream.boxed(),
+        })
+    }
+
+    /// Reads just enough of the object to parse its header.
+    async fn read_header(&self, key: &str) -> Result<(Header, usize), ReadError> {
+        let mut stream = self.blobs.get(key).await?;
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.try_next().await? {
+            buf.extend_from_slice(&chunk);
+            if let Some(parsed) = Header::decode(&buf)? {
+                return Ok(parsed);
+            }
+        }
+        Err(EnvelopeError::Truncated.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_headers_parse_and_resolve_like_rfc_9110() {
+        let r = |s: &str| ByteRange::parse(s);
+        assert_eq!(r("bytes=0-99").unwrap().resolve(1000), Some((0, 100)));
+        assert_eq!(r("bytes=990-2000").unwrap().resolve(1000), Some((990, 1000)));
+        assert_eq!(r("bytes=500-").unwrap().resolve(1000), Some((500, 1000)));
+        assert_eq!(r("bytes=-100").unwrap().resolve(1000), Some((900, 1000)));
+        assert_eq!(r("bytes=-5000").unwrap().resolve(1000), Some((0, 1000)));
+        assert_eq!(r("bytes=1000-").unwrap().resolve(1000), None);
+        assert_eq!(r("bytes=-0").unwrap().resolve(1000), None);
+        for ignored in [
+            "bytes=5-1",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes= 1-2x",
+            "",
+        ] {
+            assert_eq!(r(ignored), None, "{ignored}");
+        }
+    }
+}
