@@ -262,6 +262,10 @@ pub struct UploadSettings {
     pub max_bytes: u64,
     /// Uploads still receiving after this long are treated as abandoned and cleaned up.
     pub abandon_after_secs: u64,
+    /// A resumable (tus) upload expires this long after its last write (`Upload-Expires`).
+    pub resumable_expire_after_secs: u64,
+    /// How often abandoned and expired uploads are looked for and removed.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for UploadSettings {
@@ -269,6 +273,8 @@ impl Default for UploadSettings {
         Self {
             max_bytes: 64 * 1024 * 1024 * 1024,
             abandon_after_secs: 24 * 3600,
+            resumable_expire_after_secs: 24 * 3600,
+            sweep_interval_secs: 60,
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod ledger;
 pub mod providers;
 pub mod read;
 pub mod relay;
+pub mod resumable;
 pub mod startup;
 pub mod telemetry;
+pub mod tus;
 pub mod validate;

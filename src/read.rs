@@ -230,16 +230,63 @@ impl ContentReader {
 
     /// Reads just enough of the object to parse its header.
     async fn read_header(&self, key: &str) -> Result<(Header, usize), ReadError> {
-        let mut stream = self.blobs.get(key).await?;
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.try_next().await? {
-            buf.extend_from_slice(&chunk);
-            if let Some(parsed) = Header::decode(&buf)? {
-                return Ok(parsed);
+        let (header, header_len, _) = open_envelope(self.blobs.get(key).await?).await?;
+        Ok((header, header_len))
+    }
+}
+
+/// Reads an object stream up to the end of its header; returns the header, its length and
+/// the rest of the stream (the ciphertext body).
+pub async fn open_envelope(
+    mut stream: udim_ports::storage::ByteStream,
+) -> Result<(Header, usize, udim_ports::storage::ByteStream), ReadError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.try_next().await? {
+        buf.extend_from_slice(&chunk);
+        if let Some((header, len)) = Header::decode(&buf)? {
+            let rest = Bytes::from(buf).slice(len..);
+            let body = futures::stream::once(async move { Ok(rest) }).chain(stream).boxed();
+            return Ok((header, len, body));
+        }
+    }
+    Err(EnvelopeError::Truncated.into())
+}
+
+/// Decrypts a ciphertext stream as it flows, releasing each segment's plaintext only after
+/// it authenticates; delivers `len` bytes after skipping `skip`.
+pub fn decrypt_stream(
+    ciphertext: udim_ports::storage::ByteStream,
+    decryptor: Decryptor,
+    skip: u64,
+    len: u64,
+) -> BoxStream<'static, Result<Bytes, ReadError>> {
+    let state = Decrypting {
+        ciphertext,
+        decryptor: Some(decryptor),
+        skip,
+        remaining: len,
+    };
+    futures::stream::try_unfold(state, |mut st| async move {
+        loop {
+            match st.ciphertext.next().await {
+                Some(chunk) => {
+                    let decryptor = st.decryptor.as_mut().expect("present until the end");
+                    let plaintext = decryptor.push(&chunk?)?;
+                    if let Some(out) = st.take(plaintext) {
+                        return Ok(Some((out, st)));
+                    }
+                }
+                None => {
+                    let Some(decryptor) = st.decryptor.take() else {
+                        return Ok(None);
+                    };
+                    let plaintext = decryptor.finish()?;
+                    return Ok(st.take(plaintext).map(|out| (out, st)));
+                }
             }
         }
-        Err(EnvelopeError::Truncated.into())
-    }
+    })
+    .boxed()
 }
 
 #[cfg(test)]

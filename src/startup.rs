@@ -22,9 +22,6 @@ use crate::ledger::signer::LedgerSigner;
 use crate::providers;
 use crate::relay::Relay;
 
-/// How often abandoned uploads are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
-
 /// Replacements for configured providers, for tests that inject faults.
 #[derive(Default)]
 pub struct Overrides {
@@ -55,6 +52,7 @@ pub struct Application {
     relay: Option<Relay>,
     grace: Duration,
     abandon_after: Duration,
+    sweep_interval: Duration,
 }
 
 impl Application {
@@ -102,6 +100,14 @@ impl Application {
             consents: consents.clone(),
             max_bytes: settings.upload.max_bytes,
         });
+        let resumable = Arc::new(crate::resumable::Resumable {
+            uploads: database.uploads.clone(),
+            blobs: ingest.blobs.clone(),
+            kms: ingest.kms.clone(),
+            consents: consents.clone(),
+            ingest: ingest.clone(),
+            expire_after: Duration::from_secs(settings.upload.resumable_expire_after_secs),
+        });
         let relay = notifier.as_ref().map(|notifier| Relay {
             outbox: database.outbox.clone(),
             notifier: notifier.clone(),
@@ -117,6 +123,7 @@ impl Application {
             notifier,
             ingest,
             reader,
+            resumable,
             relay_wake,
         };
         let listener = TcpListener::bind(settings.server.listen)
@@ -129,6 +136,7 @@ impl Application {
             relay,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
+            sweep_interval: Duration::from_secs(settings.upload.sweep_interval_secs.max(1)),
         })
     }
 
@@ -144,7 +152,13 @@ impl Application {
         if let Some(relay) = self.relay {
             tasks.spawn(relay.run(stop.clone()));
         }
-        tasks.spawn(sweep_loop(self.state.ingest.clone(), self.abandon_after, stop.clone()));
+        tasks.spawn(sweep_loop(
+            self.state.ingest.clone(),
+            self.state.resumable.clone(),
+            self.abandon_after,
+            self.sweep_interval,
+            stop.clone(),
+        ));
 
         let router = http::router(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
         let draining = CancellationToken::new();
@@ -169,16 +183,27 @@ impl Application {
     }
 }
 
-async fn sweep_loop(ingest: Arc<Ingestor>, abandon_after: Duration, stop: CancellationToken) {
+async fn sweep_loop(
+    ingest: Arc<Ingestor>,
+    resumable: Arc<crate::resumable::Resumable>,
+    abandon_after: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     loop {
         match ingest.sweep_abandoned(abandon_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "cleaned up abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
+        match resumable.expire().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "removed expired resumable uploads"),
+            Err(e) => tracing::warn!(error = %e, "expiring resumable uploads failed"),
+        }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

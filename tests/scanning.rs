@@ -211,3 +211,56 @@ async fn files_over_the_scanner_limit_follow_the_configured_policy() {
     assert_eq!(event["payload"]["scan"]["status"], "too_large_admitted");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eicar_split_across_two_tus_patches_is_quarantined() {
+    let clamd = Clamd::start("10M").await;
+    let app = app_with(Db::Sqlite, clamd.settings(10 * 1024 * 1024, false)).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let mut body = common::distinctive_bytes(100_000);
+    body.extend_from_slice(EICAR);
+    body.extend(common::distinctive_bytes(50_000));
+    let split = 100_000 + EICAR.len() / 2;
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", body.len().to_string())
+        .header("upload-metadata", "data_category ZG9jdW1lbnRz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
+    let mut statuses = Vec::new();
+    for (offset, part) in [(0, &body[..split]), (split, &body[split..])] {
+        let response = app
+            .http
+            .patch(&url)
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(part.to_vec())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [204, 422],
+        "the second PATCH completes the upload and finds the split signature"
+    );
+    let packages = app.packages(&alice).await;
+    assert_eq!(packages.len(), 1);
+    assert_eq!(packages[0]["status"], "quarantined");
+    assert!(
+        app.object_files().is_empty(),
+        "no object, no chunk: {:?}",
+        app.object_files()
+    );
+    app.stop().await;
+}

@@ -160,6 +160,34 @@ CREATE TABLE package_reads (
 );
 CREATE INDEX package_reads_by_package ON package_reads (package_id, read_at);
 
+-- Resumable (tus) uploads in progress, and their stored (encrypted) chunks.
+CREATE TABLE tus_uploads (
+    id             UUID PRIMARY KEY,
+    user_id        TEXT NOT NULL,
+    data_category  TEXT NOT NULL,
+    filename       TEXT NOT NULL,
+    content_type   TEXT NOT NULL,
+    metadata       JSONB NOT NULL,
+    length         BIGINT NOT NULL CHECK (length >= 0),
+    upload_offset  BIGINT NOT NULL CHECK (upload_offset >= 0 AND upload_offset <= length),
+    key_id         TEXT NOT NULL,
+    wrapped_key    BYTEA NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL,
+    expires_at     TIMESTAMPTZ NOT NULL,
+    lock_token     UUID,
+    locked_until   TIMESTAMPTZ,
+    package_id     UUID
+);
+CREATE INDEX tus_uploads_expiry ON tus_uploads (expires_at) WHERE package_id IS NULL;
+
+CREATE TABLE tus_chunks (
+    upload_id     UUID NOT NULL,
+    chunk_offset  BIGINT NOT NULL,
+    length        BIGINT NOT NULL,
+    object_key    TEXT NOT NULL,
+    PRIMARY KEY (upload_id, chunk_offset)
+);
+
 CREATE TABLE outbox (
     seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id               UUID NOT NULL UNIQUE,
@@ -189,6 +217,7 @@ BEGIN
     GRANT SELECT, UPDATE ON ledger_head TO udim_service;
     GRANT SELECT, INSERT, UPDATE, DELETE ON users, packages, outbox TO udim_service;
     GRANT SELECT, INSERT ON package_reads TO udim_service;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON tus_uploads, tus_chunks TO udim_service;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'udim: no privilege to create role udim_service; create it and its grants by hand';
 END

@@ -117,6 +117,34 @@ CREATE TABLE package_reads (
 );
 CREATE INDEX package_reads_by_package ON package_reads (package_id, read_at);
 
+-- Resumable (tus) uploads in progress, and their stored (encrypted) chunks.
+CREATE TABLE tus_uploads (
+    id             BLOB PRIMARY KEY,
+    user_id        TEXT NOT NULL,
+    data_category  TEXT NOT NULL,
+    filename       TEXT NOT NULL,
+    content_type   TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    length         INTEGER NOT NULL CHECK (length >= 0),
+    upload_offset  INTEGER NOT NULL CHECK (upload_offset >= 0 AND upload_offset <= length),
+    key_id         TEXT NOT NULL,
+    wrapped_key    BLOB NOT NULL,
+    created_at     TEXT NOT NULL,
+    expires_at     TEXT NOT NULL,
+    lock_token     BLOB,
+    locked_until   TEXT,
+    package_id     BLOB
+);
+CREATE INDEX tus_uploads_expiry ON tus_uploads (expires_at) WHERE package_id IS NULL;
+
+CREATE TABLE tus_chunks (
+    upload_id     BLOB NOT NULL,
+    chunk_offset  INTEGER NOT NULL,
+    length        INTEGER NOT NULL,
+    object_key    TEXT NOT NULL,
+    PRIMARY KEY (upload_id, chunk_offset)
+);
+
 CREATE TABLE outbox (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               BLOB NOT NULL UNIQUE,

@@ -8,6 +8,7 @@ mod health;
 mod ledger;
 mod packages;
 pub mod problem;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub notifier: Option<Arc<dyn Notifier>>,
     pub ingest: Arc<Ingestor>,
     pub reader: Arc<crate::read::ContentReader>,
+    pub resumable: Arc<crate::resumable::Resumable>,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub relay_wake: Arc<Notify>,
 }
@@ -70,6 +72,7 @@ impl Modify for BearerAuth {
         (name = "consents", description = "Consent grants and withdrawals, appended to the ledger"),
         (name = "ledger", description = "The verifiable consent log: checkpoints and proofs"),
         (name = "packages", description = "Uploads and their metadata"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0.0)"),
         (name = "admin", description = "Operator endpoints"),
         (name = "operations", description = "Health and readiness"),
     )
@@ -92,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(packages::upload, packages::list))
         .routes(routes!(packages::get))
         .routes(routes!(packages::content))
+        .routes(routes!(uploads::options, uploads::create))
+        .routes(routes!(uploads::head, uploads::patch, uploads::terminate))
         .routes(routes!(admin::outbox))
         .split_for_parts();
     let api = Arc::new(api);

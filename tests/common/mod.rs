@@ -314,6 +314,29 @@ impl TestApp {
         body["items"].as_array().unwrap().clone()
     }
 
+    /// Stops the service and starts a new one on the same data and database (a restart).
+    pub async fn restart(self) -> Self {
+        self.stop.cancel();
+        self.server.await.unwrap().unwrap();
+        let mut settings = self.settings.clone();
+        settings.server.listen = "127.0.0.1:0".parse().unwrap();
+        let app = Application::build(settings.clone())
+            .await
+            .expect("the service builds again");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let server = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            stop,
+            server,
+            settings,
+            ..self
+        }
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         self.server.await.unwrap().unwrap();

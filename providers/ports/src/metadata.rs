@@ -201,3 +201,75 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
 }
+
+/// A resumable (tus) upload as first recorded.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    pub id: Uuid,
+    pub user_id: String,
+    pub data_category: String,
+    pub filename: String,
+    pub content_type: String,
+    pub metadata: serde_json::Value,
+    pub length: u64,
+    /// The key that encrypts this upload's stored chunks.
+    pub key_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A resumable upload's state.
+#[derive(Debug, Clone)]
+pub struct UploadRecord {
+    pub id: Uuid,
+    pub user_id: String,
+    pub data_category: String,
+    pub filename: String,
+    pub content_type: String,
+    pub metadata: serde_json::Value,
+    pub length: u64,
+    pub offset: u64,
+    pub key_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+    /// The package it became, once complete.
+    pub package_id: Option<Uuid>,
+}
+
+/// One stored piece of a resumable upload: the bytes of one PATCH, encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadChunk {
+    pub offset: u64,
+    pub length: u64,
+    pub object_key: String,
+}
+
+/// Resumable (tus) upload state.
+///
+/// # Contract
+/// - Reads and writes that take a `user_id` touch only that user's uploads.
+/// - `lock_upload` is a database lease, so two requests for one upload never write at once,
+///   also across service instances: it returns `None` while another holder's lease is live.
+/// - `append_chunk` records the chunk, advances the offset by its length (only from the
+///   expected offset) and releases the lease, in one transaction.
+#[async_trait]
+pub trait UploadStore: Send + Sync + std::fmt::Debug {
+    async fn create_upload(&self, upload: &NewUpload) -> Result<()>;
+    async fn get_upload(&self, user_id: &str, id: Uuid) -> Result<Option<UploadRecord>>;
+    async fn lock_upload(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        token: Uuid,
+        until: DateTime<Utc>,
+    ) -> Result<Option<UploadRecord>>;
+    async fn unlock_upload(&self, id: Uuid, token: Uuid) -> Result<()>;
+    async fn append_chunk(&self, id: Uuid, token: Uuid, chunk: &UploadChunk, expires_at: DateTime<Utc>) -> Result<()>;
+    async fn upload_chunks(&self, id: Uuid) -> Result<Vec<UploadChunk>>;
+    /// Records the package a complete upload became.
+    async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<()>;
+    async fn delete_upload(&self, id: Uuid) -> Result<()>;
+    /// Unfinished uploads whose expiry has passed.
+    async fn expired_uploads(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>>;
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use udim_ports::ledger::ConsentLedger;
-use udim_ports::metadata::{Outbox, PackageStore};
+use udim_ports::metadata::{Outbox, PackageStore, UploadStore};
 use udim_ports::{PortError, Result};
 
 pub use store::{PgStore, SqliteStore};
@@ -33,6 +33,7 @@ pub struct Database {
     pub packages: Arc<dyn PackageStore>,
     pub outbox: Arc<dyn Outbox>,
     pub ledger: Arc<dyn ConsentLedger>,
+    pub uploads: Arc<dyn UploadStore>,
     backend: Backend,
 }
 
@@ -98,12 +99,14 @@ pub async fn connect(options: &DbOptions) -> Result<Database> {
             packages: Arc::new(s.clone()),
             outbox: Arc::new(s.clone()),
             ledger: Arc::new(s.clone()),
+            uploads: Arc::new(s.clone()),
             backend,
         },
         Backend::Sqlite(ref s) => Database {
             packages: Arc::new(s.clone()),
             outbox: Arc::new(s.clone()),
             ledger: Arc::new(s.clone()),
+            uploads: Arc::new(s.clone()),
             backend,
         },
     })

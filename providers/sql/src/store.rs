@@ -14,8 +14,8 @@ use udim_ports::ledger::{
     AppendedBatch, AuditRow, CheckpointSigner, ConsentLedger, Hash, LedgerEntry, NewLedgerEntry, StoredCheckpoint,
 };
 use udim_ports::metadata::{
-    NewPackage, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRead, PackageRecord, PackageStatus,
-    PackageStore, StoredObject,
+    NewPackage, NewUpload, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRead, PackageRecord, PackageStatus,
+    PackageStore, StoredObject, UploadChunk, UploadRecord, UploadStore,
 };
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
@@ -50,6 +50,13 @@ macro_rules! package_columns {
         "id, user_id, consent_entry_id, data_category, original_name, declared_content_type, \
          status, staging_key, object_key, storage_uri, size_bytes, sha256, encryption_key_id, \
          wrapped_key, scan_status, scan_detail, metadata, created_at, updated_at"
+    };
+}
+
+macro_rules! upload_columns {
+    () => {
+        "id, user_id, data_category, filename, content_type, metadata, length, upload_offset, key_id, wrapped_key, \
+         expires_at, package_id"
     };
 }
 
@@ -431,6 +438,201 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                 Ok(())
+            }
+        }
+
+        impl $name {
+            fn upload_from_row(row: &<$db as sqlx::Database>::Row) -> Result<UploadRecord> {
+                let metadata: Json<serde_json::Value> = row.try_get("metadata").map_err(db_err)?;
+                let length: i64 = row.try_get("length").map_err(db_err)?;
+                let offset: i64 = row.try_get("upload_offset").map_err(db_err)?;
+                Ok(UploadRecord {
+                    id: row.try_get("id").map_err(db_err)?,
+                    user_id: row.try_get("user_id").map_err(db_err)?,
+                    data_category: row.try_get("data_category").map_err(db_err)?,
+                    filename: row.try_get("filename").map_err(db_err)?,
+                    content_type: row.try_get("content_type").map_err(db_err)?,
+                    metadata: metadata.0,
+                    length: u64::try_from(length).map_err(|_| corrupt("upload length"))?,
+                    offset: u64::try_from(offset).map_err(|_| corrupt("upload offset"))?,
+                    key_id: row.try_get("key_id").map_err(db_err)?,
+                    wrapped_key: row.try_get("wrapped_key").map_err(db_err)?,
+                    expires_at: row.try_get("expires_at").map_err(db_err)?,
+                    package_id: row.try_get("package_id").map_err(db_err)?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl UploadStore for $name {
+            async fn create_upload(&self, u: &NewUpload) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO tus_uploads (id, user_id, data_category, filename, content_type, metadata, length, \
+                     upload_offset, key_id, wrapped_key, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11)",
+                )
+                .bind(u.id)
+                .bind(&u.user_id)
+                .bind(&u.data_category)
+                .bind(&u.filename)
+                .bind(&u.content_type)
+                .bind(Json(&u.metadata))
+                .bind(to_i64(u.length, "length")?)
+                .bind(&u.key_id)
+                .bind(u.wrapped_key.as_slice())
+                .bind(u.created_at)
+                .bind(u.expires_at)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn get_upload(&self, user_id: &str, id: Uuid) -> Result<Option<UploadRecord>> {
+                sqlx::query(concat!("SELECT ", upload_columns!(), " FROM tus_uploads WHERE id = $1 AND user_id = $2"))
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| Self::upload_from_row(&row))
+                    .transpose()
+            }
+
+            async fn lock_upload(
+                &self,
+                user_id: &str,
+                id: Uuid,
+                token: Uuid,
+                until: DateTime<Utc>,
+            ) -> Result<Option<UploadRecord>> {
+                sqlx::query(concat!(
+                    "UPDATE tus_uploads SET lock_token = $3, locked_until = $4 \
+                     WHERE id = $1 AND user_id = $2 AND (lock_token IS NULL OR locked_until < $5) RETURNING ",
+                    upload_columns!()
+                ))
+                .bind(id)
+                .bind(user_id)
+                .bind(token)
+                .bind(until)
+                .bind(Utc::now())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+                .map(|row| Self::upload_from_row(&row))
+                .transpose()
+            }
+
+            async fn unlock_upload(&self, id: Uuid, token: Uuid) -> Result<()> {
+                sqlx::query("UPDATE tus_uploads SET lock_token = NULL, locked_until = NULL WHERE id = $1 AND lock_token = $2")
+                    .bind(id)
+                    .bind(token)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn append_chunk(
+                &self,
+                id: Uuid,
+                token: Uuid,
+                chunk: &UploadChunk,
+                expires_at: DateTime<Utc>,
+            ) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let updated = sqlx::query(
+                    "UPDATE tus_uploads SET upload_offset = upload_offset + $3, expires_at = $4, lock_token = NULL, \
+                     locked_until = NULL WHERE id = $1 AND lock_token = $2 AND upload_offset = $5",
+                )
+                .bind(id)
+                .bind(token)
+                .bind(to_i64(chunk.length, "length")?)
+                .bind(expires_at)
+                .bind(to_i64(chunk.offset, "offset")?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(PortError::Conflict(format!("upload {id} moved on or lost its lock")));
+                }
+                sqlx::query("INSERT INTO tus_chunks (upload_id, chunk_offset, length, object_key) VALUES ($1, $2, $3, $4)")
+                    .bind(id)
+                    .bind(to_i64(chunk.offset, "offset")?)
+                    .bind(to_i64(chunk.length, "length")?)
+                    .bind(&chunk.object_key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upload_chunks(&self, id: Uuid) -> Result<Vec<UploadChunk>> {
+                sqlx::query("SELECT chunk_offset, length, object_key FROM tus_chunks WHERE upload_id = $1 ORDER BY chunk_offset")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(|row| {
+                        let offset: i64 = row.try_get("chunk_offset").map_err(db_err)?;
+                        let length: i64 = row.try_get("length").map_err(db_err)?;
+                        Ok(UploadChunk {
+                            offset: u64::try_from(offset).map_err(|_| corrupt("chunk offset"))?,
+                            length: u64::try_from(length).map_err(|_| corrupt("chunk length"))?,
+                            object_key: row.try_get("object_key").map_err(db_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<()> {
+                sqlx::query("UPDATE tus_uploads SET package_id = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(package_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("DELETE FROM tus_chunks WHERE upload_id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn delete_upload(&self, id: Uuid) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                sqlx::query("DELETE FROM tus_chunks WHERE upload_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("DELETE FROM tus_uploads WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn expired_uploads(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>> {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    upload_columns!(),
+                    " FROM tus_uploads WHERE package_id IS NULL AND expires_at < $1 \
+                     AND (lock_token IS NULL OR locked_until < $1) LIMIT 1000"
+                ))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(Self::upload_from_row)
+                .collect()
             }
         }
 

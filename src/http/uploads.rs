@@ -1,0 +1,317 @@
+//! `/v1/uploads`: tus 1.0.0 resumable uploads (creation, creation-with-upload, termination,
+//! checksum, expiration), so stock tus clients (tus-js-client, Uppy, tuspy) work unchanged.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{Caller, Path};
+use super::problem::{ApiError, Problem};
+use crate::auth::Scope;
+use crate::resumable::{Creation, Progress, TusError};
+use crate::tus;
+use crate::validate;
+
+const TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
+const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
+const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
+const PACKAGE_ID: HeaderName = HeaderName::from_static("udim-package-id");
+
+fn tus_problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, "Upload request refused", detail)
+}
+
+impl From<tus::TusHeaderError> for ApiError {
+    fn from(e: tus::TusHeaderError) -> Self {
+        tus_problem(StatusCode::BAD_REQUEST, "invalid-tus-header", e.to_string())
+    }
+}
+
+impl From<TusError> for ApiError {
+    fn from(e: TusError) -> Self {
+        match e {
+            TusError::NotFound(_) => ApiError::not_found(e.to_string()),
+            TusError::OffsetMismatch { .. } => tus_problem(StatusCode::CONFLICT, "offset-mismatch", e.to_string()),
+            TusError::Locked => tus_problem(StatusCode::LOCKED, "upload-locked", e.to_string()),
+            TusError::PastLength { .. } => {
+                tus_problem(StatusCode::PAYLOAD_TOO_LARGE, "past-upload-length", e.to_string())
+            }
+            // 460 is the tus checksum extension's own status code.
+            TusError::ChecksumMismatch => tus_problem(
+                StatusCode::from_u16(460).expect("a valid status code"),
+                "checksum-mismatch",
+                e.to_string(),
+            ),
+            TusError::Complete => tus_problem(StatusCode::CONFLICT, "upload-complete", e.to_string()),
+            TusError::Invalid(_) => tus_problem(StatusCode::BAD_REQUEST, "invalid-tus-request", e.to_string()),
+            TusError::NoConsent(_) => ApiError::consent_required(e.to_string()),
+            TusError::Ingest(ingest) => ingest.into(),
+            TusError::Port(port) => port.into(),
+            TusError::Envelope(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+/// Every tus request but OPTIONS must speak this server's protocol version (412 otherwise).
+fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(&TUS_RESUMABLE).and_then(|v| v.to_str().ok()) {
+        Some(tus::VERSION) => Ok(()),
+        _ => Err(tus_problem(
+            StatusCode::PRECONDITION_FAILED,
+            "tus-version-unsupported",
+            format!("send Tus-Resumable: {}", tus::VERSION),
+        )),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn with_tus_headers(mut response: Response, progress: Option<&Progress>) -> Response {
+    let h = response.headers_mut();
+    h.insert(TUS_RESUMABLE, HeaderValue::from_static(tus::VERSION));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(p) = progress {
+        let value = |s: String| HeaderValue::from_str(&s).expect("ASCII header value");
+        h.insert(UPLOAD_OFFSET, value(p.upload.offset.to_string()));
+        h.insert(UPLOAD_LENGTH, value(p.upload.length.to_string()));
+        h.insert(UPLOAD_EXPIRES, value(tus::http_date(p.upload.expires_at)));
+        let package = p.package.as_ref().map(|pkg| pkg.id).or(p.upload.package_id);
+        if let Some(id) = package {
+            h.insert(PACKAGE_ID, value(id.to_string()));
+        }
+    }
+    response
+}
+
+fn is_patch_body(headers: &HeaderMap) -> bool {
+    header_str(headers, &header::CONTENT_TYPE).is_some_and(|ct| ct.trim() == tus::PATCH_CONTENT_TYPE)
+}
+
+/// The server's tus capabilities.
+#[utoipa::path(options, path = "/v1/uploads", tag = "uploads", responses((status = 204)))]
+pub async fn options(State(state): State<AppState>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert("tus-version", HeaderValue::from_static(tus::VERSION));
+    h.insert("tus-extension", HeaderValue::from_static(tus::EXTENSIONS));
+    h.insert(
+        "tus-checksum-algorithm",
+        HeaderValue::from_static(tus::CHECKSUM_ALGORITHMS),
+    );
+    h.insert(
+        "tus-max-size",
+        HeaderValue::from_str(&state.ingest.max_bytes.to_string()).expect("digits"),
+    );
+    with_tus_headers(response, None)
+}
+
+/// Create an upload (tus creation; with a body, creation-with-upload). `Upload-Metadata`
+/// carries `filename`, `filetype` (or `content_type`) and the required `data_category`.
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    tag = "uploads",
+    responses(
+        (status = 201, description = "created; `Location` is the upload URL"),
+        (status = 400, body = Problem),
+        (status = 403, body = Problem),
+        (status = 412, body = Problem),
+        (status = 413, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_version(&headers)?;
+    let principal = caller.require(Scope::Upload)?;
+    if headers.contains_key("upload-defer-length") {
+        return Err(tus_problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-tus-header",
+            "Upload-Defer-Length is not supported",
+        ));
+    }
+    let length = tus::parse_size(
+        "Upload-Length",
+        header_str(&headers, &UPLOAD_LENGTH).ok_or_else(|| {
+            tus_problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-tus-header",
+                "Upload-Length is required",
+            )
+        })?,
+    )?;
+    let metadata =
+        tus::parse_metadata(header_str(&headers, &HeaderName::from_static("upload-metadata")).unwrap_or(""))?;
+    let data_category = metadata.get("data_category").cloned().ok_or_else(|| {
+        tus_problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-tus-header",
+            "Upload-Metadata must carry `data_category`",
+        )
+    })?;
+    validate::data_category(&data_category)
+        .map_err(|why| tus_problem(StatusCode::BAD_REQUEST, "invalid-data-category", why))?;
+    let content_type = metadata
+        .get("filetype")
+        .or_else(|| metadata.get("content_type"))
+        .and_then(|t| t.parse::<mime::Mime>().ok())
+        .map_or_else(|| "application/octet-stream".to_owned(), |m| m.essence_str().to_owned());
+    let filename = validate::file_name(
+        metadata
+            .get("filename")
+            .or_else(|| metadata.get("name"))
+            .map_or("", String::as_str),
+    );
+    state.packages.ensure_user(&principal.subject).await?;
+    let upload = state
+        .resumable
+        .create(
+            &principal.subject,
+            Creation {
+                length,
+                data_category,
+                filename,
+                content_type,
+                metadata: serde_json::to_value(&metadata).unwrap_or_default(),
+            },
+        )
+        .await?;
+    let location = format!("/v1/uploads/{}", upload.id);
+    let progress = if is_patch_body(&headers) {
+        let stream = body.into_data_stream().map_err(|e| e.to_string());
+        let progress = state
+            .resumable
+            .patch(&principal.subject, upload.id, 0, None, stream)
+            .await?;
+        if progress.package.is_some() {
+            state.relay_wake.notify_one();
+        }
+        progress
+    } else {
+        Progress { upload, package: None }
+    };
+    let mut response = StatusCode::CREATED.into_response();
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&location).expect("ASCII"));
+    Ok(with_tus_headers(response, Some(&progress)))
+}
+
+/// The upload's offset (tus HEAD).
+#[utoipa::path(
+    head,
+    path = "/v1/uploads/{id}",
+    tag = "uploads",
+    params(("id" = Uuid, Path)),
+    responses((status = 200), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn head(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_version(&headers)?;
+    let principal = caller.require(Scope::Upload)?;
+    let upload = state.resumable.status(&principal.subject, id).await?;
+    Ok(with_tus_headers(
+        StatusCode::OK.into_response(),
+        Some(&Progress { upload, package: None }),
+    ))
+}
+
+/// Append bytes at `Upload-Offset` (tus PATCH), optionally verified by `Upload-Checksum`.
+#[utoipa::path(
+    patch,
+    path = "/v1/uploads/{id}",
+    tag = "uploads",
+    params(("id" = Uuid, Path)),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "appended; `Upload-Offset` is the new offset"),
+        (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem),
+        (status = 415, body = Problem),
+        (status = 423, body = Problem),
+        (status = 460, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_version(&headers)?;
+    let principal = caller.require(Scope::Upload)?;
+    if !is_patch_body(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("PATCH bodies are {}", tus::PATCH_CONTENT_TYPE),
+        ));
+    }
+    let offset = tus::parse_size(
+        "Upload-Offset",
+        header_str(&headers, &UPLOAD_OFFSET).ok_or_else(|| {
+            tus_problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-tus-header",
+                "Upload-Offset is required",
+            )
+        })?,
+    )?;
+    let checksum = header_str(&headers, &HeaderName::from_static("upload-checksum"))
+        .map(tus::parse_checksum)
+        .transpose()?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let progress = state
+        .resumable
+        .patch(&principal.subject, id, offset, checksum, stream)
+        .await?;
+    if progress.package.is_some() {
+        state.relay_wake.notify_one();
+    }
+    Ok(with_tus_headers(
+        StatusCode::NO_CONTENT.into_response(),
+        Some(&progress),
+    ))
+}
+
+/// Terminate an upload: it and every stored chunk are removed (tus termination).
+#[utoipa::path(
+    delete,
+    path = "/v1/uploads/{id}",
+    tag = "uploads",
+    params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 423, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn terminate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_version(&headers)?;
+    let principal = caller.require(Scope::Upload)?;
+    state.resumable.terminate(&principal.subject, id).await?;
+    Ok(with_tus_headers(StatusCode::NO_CONTENT.into_response(), None))
+}

@@ -1,0 +1,414 @@
+//! Resumable uploads (tus 1.0): each PATCH's bytes are stored as their own encrypted chunk
+//! object, durable as soon as the PATCH ends, so an upload resumes after a dropped
+//! connection or a service restart. When the last byte arrives the chunks are decrypted in
+//! order and fed through the same pipeline as a simple upload (consent re-check, size cap,
+//! SHA-256, malware scan, fresh data key, one transaction with the outbox event).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
+use udim_ports::PortError;
+use udim_ports::kms::{KeyContext, KeyService, PlainKey};
+use udim_ports::metadata::{NewUpload, PackageRecord, UploadChunk, UploadRecord, UploadStore};
+use udim_ports::storage::BlobStore;
+use uuid::Uuid;
+
+use crate::consent::{ConsentService, now_micros};
+use crate::envelope::{Binding, Decryptor, Encryptor, EnvelopeError, Header};
+use crate::ingest::{IngestError, Ingestor, UploadRequest};
+use crate::tus::{Checksum, ChecksumAlgorithm};
+
+/// How long one PATCH may hold an upload's lease; a crashed holder's lease runs out.
+const LEASE: Duration = Duration::from_secs(3600);
+
+/// Why a tus request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TusError {
+    #[error("upload {0} not found")]
+    NotFound(Uuid),
+    #[error("Upload-Offset {given} does not match the upload's offset {actual}")]
+    OffsetMismatch { given: u64, actual: u64 },
+    #[error("another request is writing to this upload")]
+    Locked,
+    #[error("the body would pass the declared Upload-Length of {length}")]
+    PastLength { length: u64 },
+    #[error("Upload-Checksum does not match the received bytes")]
+    ChecksumMismatch,
+    #[error("the upload is already complete")]
+    Complete,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no active consent covers data category `{0}`")]
+    NoConsent(String),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("a stored chunk is unreadable: {0}")]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// What a creation request asked for, already parsed.
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub length: u64,
+    pub data_category: String,
+    pub filename: String,
+    pub content_type: String,
+    pub metadata: serde_json::Value,
+}
+
+/// The state of an upload after a request.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub upload: UploadRecord,
+    /// The package, once the upload is complete and stored.
+    pub package: Option<PackageRecord>,
+}
+
+/// The resumable-upload service.
+#[derive(Debug, Clone)]
+pub struct Resumable {
+    pub uploads: Arc<dyn UploadStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub kms: Arc<dyn KeyService>,
+    pub consents: ConsentService,
+    pub ingest: Arc<Ingestor>,
+    /// How long an unfinished upload lives after its last write.
+    pub expire_after: Duration,
+}
+
+/// Each chunk is bound to its upload, its owner and its offset, so chunks cannot be swapped
+/// between positions or uploads without failing authentication: the offset is folded into
+/// the id the envelope binds (distinct offsets give distinct ids).
+fn chunk_binding_id(upload_id: Uuid, offset: u64) -> Uuid {
+    Uuid::from_u128(upload_id.as_u128() ^ u128::from(offset))
+}
+
+fn chunk_key(upload_id: Uuid, offset: u64) -> String {
+    format!("uploads/{upload_id}/{offset:020}")
+}
+
+enum Digest {
+    Sha1(digest::Context),
+    Sha256(digest::Context),
+}
+
+impl Digest {
+    fn new(algorithm: ChecksumAlgorithm) -> Self {
+        match algorithm {
+            ChecksumAlgorithm::Sha1 => Self::Sha1(digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY)),
+            ChecksumAlgorithm::Sha256 => Self::Sha256(digest::Context::new(&digest::SHA256)),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Sha1(c) | Self::Sha256(c) => c.update(data),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Sha1(c) | Self::Sha256(c) => c.finish().as_ref().to_vec(),
+        }
+    }
+}
+
+impl Resumable {
+    fn expiry(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.expire_after).unwrap_or_default()
+    }
+
+    /// Creates an upload; consent must cover its category now.
+    pub async fn create(&self, user_id: &str, creation: Creation) -> Result<UploadRecord, TusError> {
+        if creation.length > self.ingest.max_bytes {
+            return Err(IngestError::TooLarge {
+                limit: self.ingest.max_bytes,
+            }
+            .into());
+        }
+        let state = self.consents.state(user_id).await?;
+        if state.admitting(&creation.data_category, None, Utc::now()).is_none() {
+            return Err(TusError::NoConsent(creation.data_category));
+        }
+        let id = Uuid::now_v7();
+        let data_key = self
+            .kms
+            .generate_data_key(&KeyContext {
+                package_id: id,
+                user_id: user_id.to_owned(),
+            })
+            .await?;
+        let upload = NewUpload {
+            id,
+            user_id: user_id.to_owned(),
+            data_category: creation.data_category,
+            filename: creation.filename,
+            content_type: creation.content_type,
+            metadata: creation.metadata,
+            length: creation.length,
+            key_id: data_key.key_id,
+            wrapped_key: data_key.wrapped,
+            created_at: now_micros(),
+            expires_at: self.expiry(),
+        };
+        self.uploads.create_upload(&upload).await?;
+        self.uploads.get_upload(user_id, id).await?.ok_or(TusError::NotFound(id))
+    }
+
+    pub async fn status(&self, user_id: &str, id: Uuid) -> Result<UploadRecord, TusError> {
+        self.uploads
+            .get_upload(user_id, id)
+            .await?
+            .ok_or(TusError::NotFound(id))
+    }
+
+    async fn data_key(&self, upload: &UploadRecord) -> Result<PlainKey, TusError> {
+        let ctx = KeyContext {
+            package_id: upload.id,
+            user_id: upload.user_id.clone(),
+        };
+        Ok(self
+            .kms
+            .unwrap_data_key(&upload.key_id, &upload.wrapped_key, &ctx)
+            .await?)
+    }
+
+    /// Appends a PATCH body at `offset`. Bytes received before a dropped connection are kept
+    /// (unless a checksum was promised for the whole body); the offset says how far it got.
+    pub async fn patch<S, E>(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        offset: u64,
+        checksum: Option<Checksum>,
+        body: S,
+    ) -> Result<Progress, TusError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let token = Uuid::new_v4();
+        let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let Some(upload) = self.uploads.lock_upload(user_id, id, token, until).await? else {
+            return match self.uploads.get_upload(user_id, id).await? {
+                Some(_) => Err(TusError::Locked),
+                None => Err(TusError::NotFound(id)),
+            };
+        };
+        let result = self.write_chunk(&upload, token, offset, checksum, body).await;
+        if result.is_err()
+            && let Err(e) = self.uploads.unlock_upload(id, token).await
+        {
+            tracing::warn!(upload_id = %id, error = %e, "releasing an upload lease failed");
+        }
+        let upload = result?;
+        let package = if upload.offset == upload.length && upload.package_id.is_none() {
+            Some(self.finalize(&upload).await?)
+        } else {
+            None
+        };
+        Ok(Progress { upload, package })
+    }
+
+    async fn write_chunk<S, E>(
+        &self,
+        upload: &UploadRecord,
+        token: Uuid,
+        offset: u64,
+        checksum: Option<Checksum>,
+        mut body: S,
+    ) -> Result<UploadRecord, TusError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        if upload.package_id.is_some() || upload.offset == upload.length && upload.length > 0 {
+            return Err(TusError::Complete);
+        }
+        if offset != upload.offset {
+            return Err(TusError::OffsetMismatch {
+                given: offset,
+                actual: upload.offset,
+            });
+        }
+        let key = self.data_key(upload).await?;
+        let header = Header::new(upload.key_id.clone(), upload.wrapped_key.clone());
+        let binding = Binding {
+            package_id: chunk_binding_id(upload.id, offset),
+            user_id: &upload.user_id,
+        };
+        let mut encryptor = Encryptor::new(&key, &header, binding);
+        drop(key);
+        let object_key = chunk_key(upload.id, offset);
+        let mut writer = self.blobs.create(&object_key).await?;
+        let mut digest = checksum.as_ref().map(|c| Digest::new(c.algorithm));
+        let mut received: u64 = 0;
+        let mut interrupted = false;
+        let outcome: Result<(), TusError> = async {
+            writer.write(Bytes::from(header.encode())).await?;
+            while let Some(chunk) = body.next().await {
+                let Ok(chunk) = chunk else {
+                    interrupted = true;
+                    break;
+                };
+                received += chunk.len() as u64;
+                if offset + received > upload.length {
+                    return Err(TusError::PastLength { length: upload.length });
+                }
+                if let Some(d) = &mut digest {
+                    d.update(&chunk);
+                }
+                let sealed = encryptor.push(&chunk)?;
+                if !sealed.is_empty() {
+                    writer.write(Bytes::from(sealed)).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let keep = outcome.is_ok() && received > 0 && !(interrupted && checksum.is_some());
+        let verified = match (&checksum, digest) {
+            (Some(expected), Some(d)) if keep && !interrupted => d.finish() == expected.digest,
+            _ => true,
+        };
+        if !keep || !verified {
+            let _ = writer.abort().await;
+            outcome?;
+            if !verified {
+                return Err(TusError::ChecksumMismatch);
+            }
+            self.uploads.unlock_upload(upload.id, token).await?;
+            return Ok(upload.clone());
+        }
+        writer.write(Bytes::from(encryptor.finish()?)).await?;
+        writer.finish().await?;
+        let chunk = UploadChunk {
+            offset,
+            length: received,
+            object_key,
+        };
+        self.uploads
+            .append_chunk(upload.id, token, &chunk, self.expiry())
+            .await?;
+        Ok(UploadRecord {
+            offset: offset + received,
+            ..upload.clone()
+        })
+    }
+
+    /// Decrypts the chunks in order and runs them through the upload pipeline.
+    async fn finalize(&self, upload: &UploadRecord) -> Result<PackageRecord, TusError> {
+        let chunks = self.uploads.upload_chunks(upload.id).await?;
+        let mut expected = 0;
+        for chunk in &chunks {
+            if chunk.offset != expected {
+                return Err(PortError::Integrity(format!("upload {} has a gap at {expected}", upload.id)).into());
+            }
+            expected += chunk.length;
+        }
+        let state = self.consents.state(&upload.user_id).await?;
+        let consent = state
+            .admitting(&upload.data_category, None, Utc::now())
+            .ok_or_else(|| TusError::NoConsent(upload.data_category.clone()))?;
+        let request = UploadRequest {
+            user_id: upload.user_id.clone(),
+            consent_entry_id: consent.record.record_id,
+            data_category: upload.data_category.clone(),
+            original_name: upload.filename.clone(),
+            content_type: upload.content_type.clone(),
+            metadata: upload.metadata.clone(),
+        };
+        let key = Arc::new(self.data_key(upload).await?);
+        let stored_chunks = chunks.clone();
+        let plaintext = {
+            let blobs = self.blobs.clone();
+            let upload = upload.clone();
+            futures::stream::iter(chunks)
+                .then(move |chunk| {
+                    let (blobs, key, upload) = (blobs.clone(), key.clone(), upload.clone());
+                    async move { decrypt_chunk(blobs.as_ref(), &key, &upload, &chunk).await }
+                })
+                .try_flatten()
+                .boxed()
+        };
+        let result = self.ingest.receive(request, plaintext).await;
+        let package = match result {
+            Ok(package) => package,
+            Err(e) => {
+                // A refused upload (malware, consent withdrawn, scanner limit) is over: its
+                // chunks go. A transient failure keeps them, so the last PATCH can be retried.
+                if !matches!(&e, IngestError::Port(p) if p.is_transient()) {
+                    self.discard(upload).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.uploads.complete_upload(upload.id, package.id).await?;
+        self.delete_chunk_objects(upload.id, &stored_chunks).await;
+        Ok(package)
+    }
+
+    async fn delete_chunk_objects(&self, id: Uuid, chunks: &[UploadChunk]) {
+        for chunk in chunks {
+            if let Err(e) = self.blobs.delete(&chunk.object_key).await {
+                tracing::warn!(upload_id = %id, key = chunk.object_key, error = %e, "deleting an upload chunk failed");
+            }
+        }
+    }
+
+    async fn discard(&self, upload: &UploadRecord) {
+        let chunks = self.uploads.upload_chunks(upload.id).await.unwrap_or_default();
+        self.delete_chunk_objects(upload.id, &chunks).await;
+        if let Err(e) = self.uploads.delete_upload(upload.id).await {
+            tracing::warn!(upload_id = %upload.id, error = %e, "deleting an upload failed");
+        }
+    }
+
+    /// Termination: removes the upload and every stored chunk.
+    pub async fn terminate(&self, user_id: &str, id: Uuid) -> Result<(), TusError> {
+        let token = Uuid::new_v4();
+        let until = Utc::now() + chrono::Duration::seconds(60);
+        let Some(upload) = self.uploads.lock_upload(user_id, id, token, until).await? else {
+            return match self.uploads.get_upload(user_id, id).await? {
+                Some(_) => Err(TusError::Locked),
+                None => Err(TusError::NotFound(id)),
+            };
+        };
+        self.discard(&upload).await;
+        Ok(())
+    }
+
+    /// Removes expired unfinished uploads and their chunks; returns how many went.
+    pub async fn expire(&self) -> Result<usize, PortError> {
+        let expired = self.uploads.expired_uploads(Utc::now()).await?;
+        for upload in &expired {
+            self.discard(upload).await;
+        }
+        Ok(expired.len())
+    }
+}
+
+/// A chunk's plaintext as a stream, each segment authenticated before it is released.
+async fn decrypt_chunk(
+    blobs: &dyn BlobStore,
+    key: &PlainKey,
+    upload: &UploadRecord,
+    chunk: &UploadChunk,
+) -> Result<futures::stream::BoxStream<'static, Result<Bytes, String>>, String> {
+    let object = blobs.get(&chunk.object_key).await.map_err(|e| e.to_string())?;
+    let (header, _, body) = crate::read::open_envelope(object).await.map_err(|e| e.to_string())?;
+    let binding = Binding {
+        package_id: chunk_binding_id(upload.id, chunk.offset),
+        user_id: &upload.user_id,
+    };
+    let decryptor = Decryptor::new(key, &header, binding);
+    Ok(crate::read::decrypt_stream(body, decryptor, 0, chunk.length)
+        .map_err(|e| e.to_string())
+        .boxed())
+}

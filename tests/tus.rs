@@ -1,0 +1,342 @@
+//! Resumable uploads speak tus 1.0.0: a stock client from PyPI (tuspy) uploads in chunks, is
+//! interrupted, the service restarts, the client resumes, and the stored package's SHA-256
+//! matches; concurrent PATCHes, expiry, termination and bad headers behave as the protocol
+//! says and leave nothing behind.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Db, Options, TestApp};
+use serde_json::Value;
+
+fn python() -> String {
+    std::env::var("UDIM_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
+}
+
+fn tuspy(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/client.py"))
+        .arg(endpoint)
+        .arg(token)
+        .arg(file)
+        .arg((256 * 1024).to_string())
+        .arg(stop_at.to_string());
+    if let Some(url) = url {
+        cmd.arg(url);
+    }
+    let output = cmd
+        .output()
+        .expect("python with tuspy (scripts/test installs it into .venv; UDIM_TEST_PYTHON)");
+    assert!(
+        output.status.success(),
+        "tuspy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+fn tus(request: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    request.bearer_auth(token).header("tus-resumable", "1.0.0")
+}
+
+async fn head(app: &TestApp, token: &str, upload_url: &str) -> reqwest::Response {
+    tus(app.http.head(upload_url), token).send().await.unwrap()
+}
+
+async fn a_stock_tus_client_resumes_across_a_restart(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let data = common::distinctive_bytes(3 * 1024 * 1024 + 12_345);
+    let file = app.data_dir().join("input.bin");
+    std::fs::write(&file, &data).unwrap();
+
+    let first = tuspy(&format!("{}/v1/uploads", app.base), &alice, &file, 1024 * 1024, None);
+    assert_eq!(first["offset"], 1024 * 1024, "interrupted after 1 MiB");
+    let path = reqwest::Url::parse(first["url"].as_str().unwrap())
+        .unwrap()
+        .path()
+        .to_owned();
+
+    let app = app.restart().await;
+    let url = format!("{}{path}", app.base);
+    let response = head(&app, &alice, &url).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["upload-offset"],
+        "1048576",
+        "the offset survived the restart"
+    );
+    assert!(response.headers().contains_key("upload-expires"));
+
+    let done = tuspy(
+        &format!("{}/v1/uploads", app.base),
+        &alice,
+        &file,
+        data.len() as u64,
+        Some(&url),
+    );
+    assert_eq!(done["offset"], data.len() as u64);
+    let response = head(&app, &alice, &url).await;
+    let package_id = response.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    let (status, package) = app.get_json(&alice, &format!("/v1/packages/{package_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(package["status"], "stored");
+    assert_eq!(package["sha256"], sha256_hex(&data));
+    assert_eq!(package["size_bytes"], data.len() as u64);
+    assert_eq!(package["original_name"], "recording.mp4");
+    assert_eq!(package["content_type"], "video/mp4");
+    let chunks: Vec<_> = app
+        .object_files()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/uploads/"))
+        .collect();
+    assert!(
+        chunks.is_empty(),
+        "the upload's chunks are gone once it is a package: {chunks:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuspy_resumes_across_a_restart_on_sqlite() {
+    a_stock_tus_client_resumes_across_a_restart(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuspy_resumes_across_a_restart_on_postgres() {
+    a_stock_tus_client_resumes_across_a_restart(Db::Postgres).await;
+}
+
+async fn create(app: &TestApp, token: &str, length: u64) -> String {
+    let response = tus(app.http.post(format!("{}/v1/uploads", app.base)), token)
+        .header("upload-length", length.to_string())
+        .header("upload-metadata", "filename YS5iaW4=,data_category dmlkZW8=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    format!("{}{}", app.base, response.headers()["location"].to_str().unwrap())
+}
+
+async fn patch(
+    app: &TestApp,
+    token: &str,
+    url: &str,
+    offset: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    tus(app.http.patch(url), token)
+        .header("upload-offset", offset)
+        .header("content-type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_patches_never_interleave() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let url = create(&app, &alice, 1_000_000).await;
+    // The first PATCH streams slowly and holds the upload's lease meanwhile.
+    let slow = futures::stream::unfold(0, |n| async move {
+        if n == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 10_000])), n + 1))
+    });
+    let first = patch(&app, &alice, &url, "0", reqwest::Body::wrap_stream(slow));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        patch(&app, &alice, &url, "0", vec![2u8; 1000]).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status(), 204);
+    assert!(matches!(second.status().as_u16(), 409 | 423), "got {}", second.status());
+    assert_eq!(
+        head(&app, &alice, &url).await.headers()["upload-offset"],
+        "100000",
+        "only the first PATCH landed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_terminated_uploads_are_removed_with_their_chunks() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.upload.resumable_expire_after_secs = 1;
+                s.upload.sweep_interval_secs = 1;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let expiring = create(&app, &alice, 100_000).await;
+    assert_eq!(
+        patch(&app, &alice, &expiring, "0", vec![3u8; 40_000]).await.status(),
+        204
+    );
+    assert_eq!(app.object_files().len(), 1, "one stored chunk");
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if head(&app, &alice, &expiring).await.status() == 404 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the expired upload is removed");
+    assert!(
+        app.object_files().is_empty(),
+        "with its stored chunk: {:?}",
+        app.object_files()
+    );
+
+    let terminated = create(&app, &alice, 100_000).await;
+    assert_eq!(
+        patch(&app, &alice, &terminated, "0", vec![3u8; 40_000]).await.status(),
+        204
+    );
+    let response = tus(app.http.delete(&terminated), &alice).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(head(&app, &alice, &terminated).await.status(), 404);
+    assert!(app.object_files().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    let bob = app.uploader("bob");
+    app.grant(&alice, &["video"]).await;
+    let options = app
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/uploads", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 204);
+    assert_eq!(options.headers()["tus-version"], "1.0.0");
+    assert!(
+        options.headers()["tus-extension"]
+            .to_str()
+            .unwrap()
+            .contains("checksum")
+    );
+
+    let post = |headers: Vec<(&'static str, &'static str)>, token: String| {
+        let mut request = app.http.post(format!("{}/v1/uploads", app.base)).bearer_auth(token);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    let ok_meta = ("upload-metadata", "data_category dmlkZW8=");
+    for (headers, status) in [
+        (vec![("upload-length", "10"), ok_meta], 412),
+        (vec![("tus-resumable", "1.0.0"), ("upload-length", "-1"), ok_meta], 400),
+        (vec![("tus-resumable", "1.0.0"), ("upload-length", "ten"), ok_meta], 400),
+        (vec![("tus-resumable", "1.0.0"), ok_meta], 400),
+        (
+            vec![
+                ("tus-resumable", "1.0.0"),
+                ("upload-length", "10"),
+                ("upload-metadata", "data_category !!!"),
+            ],
+            400,
+        ),
+        (vec![("tus-resumable", "1.0.0"), ("upload-length", "10")], 400),
+        (
+            vec![
+                ("tus-resumable", "1.0.0"),
+                ("upload-length", "10"),
+                ("upload-metadata", "data_category YXVkaW8="),
+            ],
+            403,
+        ),
+    ] {
+        let response = post(headers.clone(), alice.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{headers:?}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+
+    let url = create(&app, &alice, 1000).await;
+    let wrong_type = tus(app.http.patch(&url), &alice)
+        .header("upload-offset", "0")
+        .header("content-type", "application/octet-stream")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    for offset in ["-1", "1x", ""] {
+        assert_eq!(
+            patch(&app, &alice, &url, offset, "x").await.status(),
+            400,
+            "offset {offset:?}"
+        );
+    }
+    assert_eq!(
+        patch(&app, &alice, &url, "5", "x").await.status(),
+        409,
+        "offset mismatch"
+    );
+    assert_eq!(
+        patch(&app, &bob, &url, "0", "x").await.status(),
+        404,
+        "another user's upload"
+    );
+    let with_checksum = |alg: &'static str, digest: &'static str| {
+        tus(app.http.patch(&url), &alice)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-checksum", format!("{alg} {digest}"))
+            .body("hello")
+            .send()
+    };
+    assert_eq!(
+        with_checksum("md5", "XUFAKrxLKna5cZ2REBfFkg==").await.unwrap().status(),
+        400,
+        "unknown algorithm"
+    );
+    assert_eq!(
+        with_checksum("sha1", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            .await
+            .unwrap()
+            .status(),
+        460,
+        "mismatch"
+    );
+    assert!(
+        app.object_files().is_empty(),
+        "nothing stored: {:?}",
+        app.object_files()
+    );
+    let good = with_checksum("sha1", "qvTGHdzF6KLavt4PO0gs2a6pQ00=").await.unwrap();
+    assert_eq!(good.status(), 204, "sha1 of `hello`");
+    assert_eq!(good.headers()["upload-offset"], "5");
+    assert_eq!(
+        patch(&app, &alice, &url, "5", vec![0u8; 996]).await.status(),
+        413,
+        "past Upload-Length"
+    );
+    assert_eq!(head(&app, &alice, &url).await.headers()["upload-offset"], "5");
+    app.stop().await;
+}
