@@ -266,6 +266,12 @@ pub struct UploadSettings {
     pub resumable_expire_after_secs: u64,
     /// How often abandoned and expired uploads are looked for and removed.
     pub sweep_interval_secs: u64,
+    /// Per data category: the media types admitted (checked against the type sniffed from
+    /// the content) and an optional size cap. Categories not listed admit any type.
+    pub categories: std::collections::BTreeMap<String, crate::content::CategoryPolicy>,
+    /// `record` (admit, keep both types) or `reject` (415) when the declared type and the
+    /// sniffed type differ.
+    pub type_mismatch: crate::content::MismatchPolicy,
 }
 
 impl Default for UploadSettings {
@@ -275,6 +281,8 @@ impl Default for UploadSettings {
             abandon_after_secs: 24 * 3600,
             resumable_expire_after_secs: 24 * 3600,
             sweep_interval_secs: 60,
+            categories: Default::default(),
+            type_mismatch: Default::default(),
         }
     }
 }

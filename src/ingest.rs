@@ -42,6 +42,8 @@ pub enum IngestError {
     #[error("the malware scanner is unavailable")]
     ScannerUnavailable(#[source] PortError),
     #[error(transparent)]
+    ContentRefused(#[from] crate::content::ContentRejection),
+    #[error(transparent)]
     Port(#[from] PortError),
     #[error("encryption failed: {0}")]
     Envelope(#[from] EnvelopeError),
@@ -56,6 +58,8 @@ pub struct UploadRequest {
     pub original_name: String,
     pub content_type: String,
     pub metadata: serde_json::Value,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
 }
 
 /// The versioned `package.stored` event body.
@@ -69,6 +73,8 @@ pub struct PackageStoredEvent<'a> {
     pub user_id: &'a str,
     pub data_category: &'a str,
     pub content_type: &'a str,
+    /// The type sniffed from the content's magic bytes, when recognizable.
+    pub sniffed_content_type: Option<&'a str>,
     pub size_bytes: u64,
     pub sha256: String,
     pub storage_uri: &'a str,
@@ -119,7 +125,9 @@ pub struct Ingestor {
     pub packages: Arc<dyn PackageStore>,
     pub scanner: Arc<dyn MalwareScanner>,
     pub scan_policy: ScanPolicy,
+    pub content: crate::content::ContentPolicy,
     pub consents: ConsentService,
+    /// The global size cap; a category may set a lower one.
     pub max_bytes: u64,
 }
 
@@ -134,6 +142,7 @@ pub fn object_key(id: Uuid) -> String {
 }
 
 struct Written {
+    sniffed: Option<String>,
     size: u64,
     sha256: [u8; 32],
     key_id: String,
@@ -148,6 +157,13 @@ enum Scan {
 }
 
 impl Ingestor {
+    /// The size cap for `category`: its own, or the global one.
+    pub fn limit_for(&self, category: &str) -> u64 {
+        self.content
+            .max_bytes(category)
+            .map_or(self.max_bytes, |cap| cap.min(self.max_bytes))
+    }
+
     /// Receives one upload. On success the package is `stored` and its event is in the
     /// outbox; on failure everything written for it has been removed.
     pub async fn receive<S, E>(&self, request: UploadRequest, body: S) -> Result<PackageRecord, IngestError>
@@ -165,6 +181,7 @@ impl Ingestor {
                 data_category: request.data_category.clone(),
                 original_name: request.original_name.clone(),
                 declared_content_type: request.content_type.clone(),
+                idempotency_key: request.idempotency_key.clone(),
                 staging_key: staging.clone(),
                 metadata: request.metadata.clone(),
                 created_at: now_micros(),
@@ -251,6 +268,7 @@ impl Ingestor {
             user_id: &request.user_id,
             data_category: &request.data_category,
             content_type: &request.content_type,
+            sniffed_content_type: written.sniffed.as_deref(),
             size_bytes: written.size,
             sha256: hex::encode(written.sha256),
             storage_uri: &storage_uri,
@@ -275,6 +293,7 @@ impl Ingestor {
             sha256: written.sha256,
             encryption_key_id: written.key_id,
             wrapped_key: written.wrapped_key,
+            sniffed_content_type: written.sniffed.clone(),
             scan_status: scan_status.into(),
             scan_detail,
             stored_at,
@@ -316,11 +335,21 @@ impl Ingestor {
         };
         let mut sha = digest::Context::new(&digest::SHA256);
         let mut size: u64 = 0;
+        let limit = self.limit_for(&request.data_category);
+        let mut prefix: Vec<u8> = Vec::with_capacity(crate::content::SNIFF_LEN);
+        let mut sniffed: Option<Option<String>> = None;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| IngestError::Interrupted(e.to_string()))?;
             size += chunk.len() as u64;
-            if size > self.max_bytes {
-                return Err(IngestError::TooLarge { limit: self.max_bytes });
+            if size > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            if sniffed.is_none() {
+                let take = (crate::content::SNIFF_LEN - prefix.len()).min(chunk.len());
+                prefix.extend_from_slice(&chunk[..take]);
+                if prefix.len() == crate::content::SNIFF_LEN {
+                    sniffed = Some(self.check_content(request, &prefix)?);
+                }
             }
             sha.update(&chunk);
             if let Scan::Running(session) = &mut scan
@@ -333,6 +362,10 @@ impl Ingestor {
                 writer.write(Bytes::from(sealed)).await?;
             }
         }
+        let sniffed = match sniffed {
+            Some(sniffed) => sniffed,
+            None => self.check_content(request, &prefix)?,
+        };
         writer.write(Bytes::from(encryptor.finish()?)).await?;
         self.packages.mark_scanning(&request.user_id, id).await?;
         let verdict = match scan {
@@ -346,12 +379,21 @@ impl Ingestor {
             Scan::Skipped(reason) => Verdict::NotScanned { reason },
         };
         Ok(Written {
+            sniffed,
             size,
             sha256: sha.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"),
             key_id: data_key.key_id,
             wrapped_key: data_key.wrapped,
             verdict,
         })
+    }
+
+    /// Sniffs the type from the upload's first bytes and applies the category's rules.
+    fn check_content(&self, request: &UploadRequest, prefix: &[u8]) -> Result<Option<String>, IngestError> {
+        let sniffed = crate::content::sniff(prefix);
+        self.content
+            .check(&request.data_category, &request.content_type, sniffed.as_deref())?;
+        Ok(sniffed)
     }
 
     /// Fail closed (the default) or, by policy, carry on unscanned.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod content;
 pub mod envelope;
 pub mod http;
 pub mod ingest;

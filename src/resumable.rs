@@ -158,7 +158,10 @@ impl Resumable {
             expires_at: self.expiry(),
         };
         self.uploads.create_upload(&upload).await?;
-        self.uploads.get_upload(user_id, id).await?.ok_or(TusError::NotFound(id))
+        self.uploads
+            .get_upload(user_id, id)
+            .await?
+            .ok_or(TusError::NotFound(id))
     }
 
     pub async fn status(&self, user_id: &str, id: Uuid) -> Result<UploadRecord, TusError> {
@@ -323,6 +326,7 @@ impl Resumable {
             original_name: upload.filename.clone(),
             content_type: upload.content_type.clone(),
             metadata: upload.metadata.clone(),
+            idempotency_key: None,
         };
         let key = Arc::new(self.data_key(upload).await?);
         let stored_chunks = chunks.clone();

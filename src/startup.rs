@@ -97,6 +97,10 @@ impl Application {
             packages: database.packages.clone(),
             scanner,
             scan_policy,
+            content: crate::content::ContentPolicy {
+                categories: settings.upload.categories.clone(),
+                mismatch: settings.upload.type_mismatch,
+            },
             consents: consents.clone(),
             max_bytes: settings.upload.max_bytes,
         });

@@ -30,11 +30,18 @@ pub fn label(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The file name to record for an upload: the last path component, control characters
-/// removed, at most 255 bytes (cut at a character boundary). Never empty.
+/// The file name to record for an upload: Unicode NFC, the last path component, control and
+/// bidirectional-override characters removed, at most 255 bytes (cut at a character
+/// boundary). Never empty.
 pub fn file_name(raw: &str) -> String {
-    let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    use unicode_normalization::UnicodeNormalization as _;
+    let normalized: String = raw.nfc().collect();
+    let last = normalized.rsplit(['/', '\\']).next().unwrap_or_default();
+    // Bidi controls can make `exe.pdf` display as `fdp.exe`; they have no place in a name.
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .collect();
     let cleaned = cleaned.trim();
     let cleaned = if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
         "upload"
@@ -67,6 +74,12 @@ mod tests {
         assert_eq!(file_name("C:\\Users\\a\\cv.pdf"), "cv.pdf");
         assert_eq!(file_name("a\u{0}b\nc.txt"), "abc.txt");
         assert_eq!(file_name(".."), "upload");
+        assert_eq!(file_name("cafe\u{301}.txt"), "caf\u{e9}.txt", "NFC");
+        assert_eq!(
+            file_name("invoice\u{202e}fdp.exe"),
+            "invoicefdp.exe",
+            "no bidi override"
+        );
         assert_eq!(file_name(""), "upload");
         let long = "é".repeat(200);
         let cut = file_name(&long);

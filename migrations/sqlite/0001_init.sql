@@ -84,6 +84,8 @@ CREATE TABLE packages (
     data_category          TEXT NOT NULL,
     original_name          TEXT NOT NULL,
     declared_content_type  TEXT NOT NULL,
+    sniffed_content_type   TEXT,
+    idempotency_key        TEXT,
     status                 TEXT NOT NULL CHECK (status IN
                                ('receiving', 'scanning', 'stored', 'quarantined', 'rejected', 'deleted')),
     staging_key            TEXT NOT NULL,
@@ -103,6 +105,7 @@ CREATE TABLE packages (
         AND encryption_key_id IS NOT NULL AND wrapped_key IS NOT NULL))
 );
 CREATE INDEX packages_by_user ON packages (user_id, created_at DESC, id DESC);
+CREATE UNIQUE INDEX packages_idempotency ON packages (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX packages_in_flight ON packages (updated_at) WHERE status IN ('receiving', 'scanning');
 
 -- Every downstream read: who read which package, for what purpose, which bytes, when.

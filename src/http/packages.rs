@@ -40,6 +40,8 @@ pub struct Package {
     pub original_name: String,
     /// The declared `Content-Type`.
     pub content_type: String,
+    /// The type sniffed from the content's magic bytes, when recognizable.
+    pub sniffed_content_type: Option<String>,
     pub size_bytes: Option<u64>,
     /// Lowercase hex SHA-256 of the plaintext.
     pub sha256: Option<String>,
@@ -65,6 +67,7 @@ impl From<PackageRecord> for Package {
             data_category: p.data_category,
             original_name: p.original_name,
             content_type: p.declared_content_type,
+            sniffed_content_type: p.sniffed_content_type,
             size_bytes: p.size_bytes,
             sha256: p.sha256.map(hex::encode),
             storage_uri: p.storage_uri,
@@ -108,7 +111,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         (status = 400, body = Problem),
         (status = 401, body = Problem),
         (status = 403, body = Problem, description = "no active consent covers the data category"),
+        (status = 409, body = Problem, description = "the Idempotency-Key's first request is still running"),
         (status = 413, body = Problem),
+        (status = 415, body = Problem, description = "the content's type is not accepted for the data category"),
         (status = 422, body = Problem, description = "malware detected; the upload is quarantined"),
         (status = 503, body = Problem),
     ),
@@ -137,11 +142,30 @@ pub async fn upload(
             }
         },
     };
-    if declared_length(&headers).is_some_and(|len| len > state.ingest.max_bytes) {
-        return Err(IngestError::TooLarge {
-            limit: state.ingest.max_bytes,
+    let limit = state.ingest.limit_for(&params.data_category);
+    if declared_length(&headers).is_some_and(|len| len > limit) {
+        return Err(IngestError::TooLarge { limit }.into());
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| validate::label(k).is_ok() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-idempotency-key",
+                        "Idempotency-Key must be 1-255 printable characters",
+                    )
+                })?;
+            Some(key.to_owned())
         }
-        .into());
+    };
+    if let Some(key) = &idempotency_key
+        && let Some(first) = state.packages.find_by_idempotency_key(&principal.subject, key).await?
+    {
+        return replay(first);
     }
     let consent = state.consents.state(&principal.subject).await?;
     let admitted = consent
@@ -160,11 +184,28 @@ pub async fn upload(
         original_name: validate::file_name(params.filename.as_deref().unwrap_or_default()),
         content_type,
         metadata,
+        idempotency_key,
     };
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let record = state.ingest.receive(request, stream).await?;
     state.relay_wake.notify_one();
     Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// The answer to a retried upload: the first request's package, if it was stored.
+fn replay(first: PackageRecord) -> Result<(StatusCode, Json<Package>), ApiError> {
+    if first.status == PackageStatus::Stored {
+        Ok((StatusCode::CREATED, Json(first.into())))
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-use",
+            "Conflict",
+            format!("the request with this Idempotency-Key is {} ", first.status.as_str())
+                .trim()
+                .to_owned(),
+        ))
+    }
 }
 
 /// One of the caller's packages.

@@ -121,6 +121,12 @@ impl From<PortError> for ApiError {
         match e {
             PortError::NotFound(what) => Self::not_found(format!("{what} not found")),
             PortError::Conflict(detail) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail),
+            PortError::AlreadyExists(_) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                "a request with the same identity is already being processed",
+            ),
             PortError::Unavailable { .. } => {
                 tracing::warn!(error = %error_chain(&e), "dependency unavailable");
                 Self::new(
@@ -186,6 +192,12 @@ impl From<IngestError> for ApiError {
                     "the malware scanner is unavailable, so nothing can be admitted now; retry later",
                 )
             }
+            IngestError::ContentRefused(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-content",
+                "Unsupported media type",
+                e.to_string(),
+            ),
             IngestError::Port(port) => port.into(),
             IngestError::Envelope(_) => Self::internal(&e),
         }

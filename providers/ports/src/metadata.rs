@@ -55,6 +55,8 @@ pub struct NewPackage {
     pub data_category: String,
     pub original_name: String,
     pub declared_content_type: String,
+    /// A client's retry key: a second request with it gets the first one's package.
+    pub idempotency_key: Option<String>,
     /// Where the object is written while it is incomplete; the cleanup path after a crash.
     pub staging_key: String,
     pub metadata: serde_json::Value,
@@ -70,6 +72,8 @@ pub struct StoredObject {
     pub sha256: [u8; 32],
     pub encryption_key_id: String,
     pub wrapped_key: Vec<u8>,
+    /// The type sniffed from the content's magic bytes, when recognizable.
+    pub sniffed_content_type: Option<String>,
     /// `clean`, `not_scanned` or `too_large_admitted`.
     pub scan_status: String,
     /// The scanner's detail (why a file was not scanned).
@@ -86,6 +90,7 @@ pub struct PackageRecord {
     pub data_category: String,
     pub original_name: String,
     pub declared_content_type: String,
+    pub sniffed_content_type: Option<String>,
     pub status: PackageStatus,
     pub staging_key: String,
     pub object_key: Option<String>,
@@ -158,6 +163,7 @@ pub struct OutboxEntry {
 pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records the user on first contact; later calls are no-ops.
     async fn ensure_user(&self, user_id: &str) -> Result<()>;
+    /// `AlreadyExists` when the user already has a package with the same idempotency key.
     async fn create_package(&self, package: &NewPackage) -> Result<()>;
     async fn mark_stored(
         &self,
@@ -176,6 +182,8 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// A `stored` package by id, whoever owns it: only for downstream readers (`udim:read`),
     /// whose access is scoped by the owner's consent, checked by the caller.
     async fn get_stored(&self, id: Uuid) -> Result<Option<PackageRecord>>;
+    /// The caller's package created with `key` as its `Idempotency-Key`, in any status.
+    async fn find_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<PackageRecord>>;
     /// Records that `reader` read `package_id` for `purpose` (bytes `range`, if partial).
     async fn record_read(&self, read: &PackageRead) -> Result<()>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;

@@ -48,7 +48,7 @@ const SQLITE_SQL: EngineSql = EngineSql {
 macro_rules! package_columns {
     () => {
         "id, user_id, consent_entry_id, data_category, original_name, declared_content_type, \
-         status, staging_key, object_key, storage_uri, size_bytes, sha256, encryption_key_id, \
+         sniffed_content_type, status, staging_key, object_key, storage_uri, size_bytes, sha256, encryption_key_id, \
          wrapped_key, scan_status, scan_detail, metadata, created_at, updated_at"
     };
 }
@@ -136,6 +136,7 @@ macro_rules! sql_store {
                     data_category: row.try_get("data_category").map_err(db_err)?,
                     original_name: row.try_get("original_name").map_err(db_err)?,
                     declared_content_type: row.try_get("declared_content_type").map_err(db_err)?,
+                    sniffed_content_type: row.try_get("sniffed_content_type").map_err(db_err)?,
                     status: PackageStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
                     staging_key: row.try_get("staging_key").map_err(db_err)?,
                     object_key: row.try_get("object_key").map_err(db_err)?,
@@ -220,8 +221,8 @@ macro_rules! sql_store {
             async fn create_package(&self, p: &NewPackage) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO packages (id, user_id, consent_entry_id, data_category, original_name, \
-                     declared_content_type, status, staging_key, metadata, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, $8, $9, $9)",
+                     declared_content_type, status, staging_key, metadata, created_at, updated_at, idempotency_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, $8, $9, $9, $10)",
                 )
                 .bind(p.id)
                 .bind(&p.user_id)
@@ -232,6 +233,7 @@ macro_rules! sql_store {
                 .bind(&p.staging_key)
                 .bind(Json(&p.metadata))
                 .bind(p.created_at)
+                .bind(&p.idempotency_key)
                 .execute(&self.pool)
                 .await
                 .map_err(db_err)?;
@@ -249,7 +251,7 @@ macro_rules! sql_store {
                 let row = sqlx::query(concat!(
                     "UPDATE packages SET status = 'stored', object_key = $3, storage_uri = $4, \
                      size_bytes = $5, sha256 = $6, encryption_key_id = $7, wrapped_key = $8, \
-                     updated_at = $9, scan_status = $10, scan_detail = $11 \
+                     updated_at = $9, scan_status = $10, scan_detail = $11, sniffed_content_type = $12 \
                      WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning') \
                      RETURNING ",
                     package_columns!()
@@ -265,6 +267,7 @@ macro_rules! sql_store {
                 .bind(object.stored_at)
                 .bind(&object.scan_status)
                 .bind(&object.scan_detail)
+                .bind(&object.sniffed_content_type)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?
@@ -360,6 +363,21 @@ macro_rules! sql_store {
                     .map_err(db_err)?
                     .map(|row| Self::package_from_row(&row))
                     .transpose()
+            }
+
+            async fn find_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<PackageRecord>> {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    package_columns!(),
+                    " FROM packages WHERE user_id = $1 AND idempotency_key = $2"
+                ))
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+                .map(|row| Self::package_from_row(&row))
+                .transpose()
             }
 
             async fn record_read(&self, read: &PackageRead) -> Result<()> {

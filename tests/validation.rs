@@ -1,0 +1,233 @@
+//! Content validation: the real type is sniffed and checked against the data category's
+//! allow-list, per-category size caps, hostile file names, and `Idempotency-Key` retries.
+//! Every refusal is a problem response and leaves nothing stored.
+
+mod common;
+
+use common::{Db, Options, TestApp};
+use serde_json::Value;
+use udim::content::{CategoryPolicy, MismatchPolicy};
+
+const PNG: &[u8] = &[
+    0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R',
+];
+const PDF: &[u8] = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n";
+
+async fn app(mismatch: MismatchPolicy) -> TestApp {
+    TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.upload.categories.insert(
+                    "images".into(),
+                    CategoryPolicy {
+                        allowed_types: vec!["image/*".into()],
+                        max_bytes: Some(4096),
+                    },
+                );
+                s.upload.type_mismatch = mismatch;
+            })),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn upload(app: &TestApp, token: &str, query: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    app.http
+        .post(format!("{}/v1/packages?{query}", app.base))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn padded(magic: &[u8], len: usize) -> Vec<u8> {
+    let mut body = magic.to_vec();
+    body.resize(len, 0x20);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sniffed_type_must_be_allowed_for_the_category() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["images", "documents"]).await;
+
+    let png = upload(
+        &app,
+        &alice,
+        "data_category=images&filename=a.png",
+        "image/png",
+        padded(PNG, 2000),
+    )
+    .await;
+    assert_eq!(png.status(), 201);
+    let png: Value = png.json().await.unwrap();
+    assert_eq!(png["sniffed_content_type"], "image/png");
+
+    for (declared, body) in [("image/png", padded(PDF, 2000)), ("application/pdf", padded(PDF, 2000))] {
+        let response = upload(&app, &alice, "data_category=images&filename=x.png", declared, body).await;
+        assert_eq!(response.status(), 415, "a PDF is not an image, whatever it is called");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:udim:problem:unsupported-content");
+    }
+    let recorded = upload(
+        &app,
+        &alice,
+        "data_category=documents&filename=x.png",
+        "image/png",
+        padded(PDF, 2000),
+    )
+    .await;
+    assert_eq!(
+        recorded.status(),
+        201,
+        "unconfigured categories admit any type, recording both"
+    );
+    let recorded: Value = recorded.json().await.unwrap();
+    assert_eq!(
+        (
+            recorded["content_type"].as_str(),
+            recorded["sniffed_content_type"].as_str()
+        ),
+        (Some("image/png"), Some("application/pdf"))
+    );
+
+    assert_eq!(
+        app.packages(&alice).await.len(),
+        2,
+        "only the two admitted uploads exist"
+    );
+    assert_eq!(app.object_files().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_type_that_lies_is_refused_under_the_reject_policy() {
+    let app = app(MismatchPolicy::Reject).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let response = upload(&app, &alice, "data_category=documents", "text/plain", padded(PNG, 100)).await;
+    assert_eq!(response.status(), 415);
+    let octet = upload(
+        &app,
+        &alice,
+        "data_category=documents",
+        "application/octet-stream",
+        padded(PNG, 100),
+    )
+    .await;
+    assert_eq!(octet.status(), 201, "octet-stream declares nothing");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn category_size_caps_apply_to_declared_and_streamed_bodies() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["images"]).await;
+    let declared = upload(&app, &alice, "data_category=images", "image/png", padded(PNG, 5000)).await;
+    assert_eq!(declared.status(), 413);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..5)
+        .map(|i| {
+            Ok(bytes::Bytes::from(if i == 0 {
+                padded(PNG, 1000)
+            } else {
+                vec![0x20; 1000]
+            }))
+        })
+        .collect();
+    let streamed = app
+        .http
+        .post(format!("{}/v1/packages?data_category=images", app.base))
+        .bearer_auth(&alice)
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 413);
+    assert!(app.packages(&alice).await.is_empty() && app.object_files().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_file_names_are_sanitized_before_they_are_stored_or_echoed() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    for (raw, expected) in [
+        ("..%2F..%2Fetc%2Fpasswd", "passwd"),
+        ("C%3A%5CWindows%5Cevil.dll", "evil.dll"),
+        ("a%00b%0Ac.txt", "abc.txt"),
+        ("invoice%E2%80%AEfdp.exe", "invoicefdp.exe"),
+        ("cafe%CC%81.txt", "caf\u{e9}.txt"),
+        ("..", "upload"),
+    ] {
+        let response = upload(
+            &app,
+            &alice,
+            &format!("data_category=documents&filename={raw}"),
+            "text/plain",
+            b"x".to_vec(),
+        )
+        .await;
+        assert_eq!(response.status(), 201, "{raw}");
+        let package: Value = response.json().await.unwrap();
+        assert_eq!(package["original_name"], expected, "{raw}");
+    }
+    let long = "%C3%A9".repeat(300);
+    let response = upload(
+        &app,
+        &alice,
+        &format!("data_category=documents&filename={long}"),
+        "text/plain",
+        b"x".to_vec(),
+    )
+    .await;
+    let package: Value = response.json().await.unwrap();
+    assert!(package["original_name"].as_str().unwrap().len() <= 255);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_first_result_instead_of_a_second_package() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    let bob = app.uploader("bob");
+    app.grant(&alice, &["documents"]).await;
+    app.grant(&bob, &["documents"]).await;
+    let send = |token: String, key: &'static str, body: &'static str| {
+        app.http
+            .post(format!("{}/v1/packages?data_category=documents", app.base))
+            .bearer_auth(token)
+            .header("content-type", "text/plain")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let first: Value = send(alice.clone(), "retry-1", "first")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = send(alice.clone(), "retry-1", "first").await.unwrap();
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "the retry gets the first package");
+    assert_eq!(app.packages(&alice).await.len(), 1);
+    let bobs: Value = send(bob.clone(), "retry-1", "bob's")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(bobs["id"], first["id"], "keys are per user");
+    let bad = send(alice.clone(), "bad\u{7}key", "x").await;
+    assert!(bad.is_err() || bad.unwrap().status() == 400);
+    app.stop().await;
+}
