@@ -69,6 +69,9 @@ pub fn sniff(prefix: &[u8]) -> Option<String> {
         Err(e) if e.error_len().is_none() => std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?,
         Err(_) => return None,
     };
+    if text.is_empty() {
+        return None;
+    }
     let binary = text
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}'));
