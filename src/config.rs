@@ -55,6 +55,9 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// How long shutdown waits for in-flight requests (uploads) to finish.
     pub shutdown_grace_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. a web app running Uppy. Empty:
+    /// no cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +65,7 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 30,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

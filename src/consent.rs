@@ -27,6 +27,27 @@ pub struct Grant {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+impl Grant {
+    /// The record of this scope, lists normalized so equal scopes encode equally.
+    fn into_record(self, record_id: Uuid, consent_id: Uuid, user_id: &str, event: ConsentEvent) -> ConsentRecord {
+        ConsentRecord {
+            record_id,
+            consent_id,
+            subject: user_id.to_owned(),
+            event,
+            purposes: normalized(self.purposes),
+            data_categories: normalized(self.data_categories),
+            recipients: normalized(self.recipients),
+            policy_version: self.policy_version,
+            policy_url: self.policy_url,
+            jurisdiction: self.jurisdiction,
+            collection_method: self.collection_method,
+            recorded_at: now_micros(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// A ledger entry with its decoded record.
 #[derive(Debug, Clone)]
 pub struct RecordedConsent {
@@ -149,44 +170,16 @@ impl ConsentService {
     /// Appends a `given` record: a new consent.
     pub async fn grant(&self, user_id: &str, grant: Grant) -> Result<AppendedConsent> {
         let id = Uuid::now_v7();
-        self.append(ConsentRecord {
-            record_id: id,
-            consent_id: id,
-            subject: user_id.to_owned(),
-            event: ConsentEvent::Given,
-            purposes: normalized(grant.purposes),
-            data_categories: normalized(grant.data_categories),
-            recipients: normalized(grant.recipients),
-            policy_version: grant.policy_version,
-            policy_url: grant.policy_url,
-            jurisdiction: grant.jurisdiction,
-            collection_method: grant.collection_method,
-            recorded_at: now_micros(),
-            expires_at: grant.expires_at,
-        })
-        .await
+        self.append(grant.into_record(id, id, user_id, ConsentEvent::Given))
+            .await
     }
 
     /// Appends an `updated` record: the consent `consent_id` now has the scope of `grant`.
     /// `NotFound` when the caller has no such consent; `Conflict` when it is withdrawn.
     pub async fn update(&self, user_id: &str, consent_id: Uuid, grant: Grant) -> Result<AppendedConsent> {
         self.current(user_id, consent_id).await?;
-        self.append(ConsentRecord {
-            record_id: Uuid::now_v7(),
-            consent_id,
-            subject: user_id.to_owned(),
-            event: ConsentEvent::Updated,
-            purposes: normalized(grant.purposes),
-            data_categories: normalized(grant.data_categories),
-            recipients: normalized(grant.recipients),
-            policy_version: grant.policy_version,
-            policy_url: grant.policy_url,
-            jurisdiction: grant.jurisdiction,
-            collection_method: grant.collection_method,
-            recorded_at: now_micros(),
-            expires_at: grant.expires_at,
-        })
-        .await
+        let record = grant.into_record(Uuid::now_v7(), consent_id, user_id, ConsentEvent::Updated);
+        self.append(record).await
     }
 
     /// The latest record of the caller's consent `consent_id`, which must not be withdrawn.

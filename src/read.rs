@@ -194,37 +194,11 @@ impl ContentReader {
             })
             .await?;
         let ciphertext = self.blobs.get_range(&key_name, span.ciphertext.clone()).await?;
-        let state = Decrypting {
-            ciphertext,
-            decryptor: Some(decryptor),
-            skip: span.skip,
-            remaining: span.len,
-        };
-        let stream = futures::stream::try_unfold(state, |mut st| async move {
-            loop {
-                match st.ciphertext.next().await {
-                    Some(chunk) => {
-                        let decryptor = st.decryptor.as_mut().expect("present until the end");
-                        let plaintext = decryptor.push(&chunk?)?;
-                        if let Some(out) = st.take(plaintext) {
-                            return Ok(Some((out, st)));
-                        }
-                    }
-                    None => {
-                        let Some(decryptor) = st.decryptor.take() else {
-                            return Ok(None);
-                        };
-                        let plaintext = decryptor.finish()?;
-                        return Ok(st.take(plaintext).map(|out| (out, st)));
-                    }
-                }
-            }
-        });
         Ok(Content {
             package,
             range: requested,
             size,
-            stream: stream.boxed(),
+            stream: decrypt_stream(ciphertext, decryptor, span.skip, span.len),
         })
     }
 

@@ -53,6 +53,60 @@ pub struct Application {
     grace: Duration,
     abandon_after: Duration,
     sweep_interval: Duration,
+    cors: Option<tower_http::cors::CorsLayer>,
+}
+
+/// CORS for browser clients (tus-js-client, Uppy): the listed origins may call the API with
+/// bearer tokens and read the tus response headers.
+fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o).map_err(|_| {
+                anyhow::anyhow!("configuration error: `server.cors_allowed_origins`: `{o}` is not a valid origin")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tus_headers = [
+        "authorization",
+        "content-type",
+        "tus-resumable",
+        "upload-length",
+        "upload-offset",
+        "upload-metadata",
+        "upload-checksum",
+        "upload-expires",
+        "location",
+        "udim-package-id",
+        "idempotency-key",
+        "range",
+        "tus-version",
+        "tus-extension",
+        "tus-max-size",
+        "tus-checksum-algorithm",
+        "content-range",
+    ]
+    .map(HeaderName::from_static);
+    Ok(Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(tus_headers.clone())
+            .expose_headers(tus_headers)
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 impl Application {
@@ -141,6 +195,7 @@ impl Application {
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
             sweep_interval: Duration::from_secs(settings.upload.sweep_interval_secs.max(1)),
+            cors: cors(&settings.server.cors_allowed_origins)?,
         })
     }
 
@@ -164,7 +219,10 @@ impl Application {
             stop.clone(),
         ));
 
-        let router = http::router(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let mut router = http::router(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        if let Some(cors) = self.cors {
+            router = router.layer(cors);
+        }
         let draining = CancellationToken::new();
         let drain_signal = draining.clone();
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {

@@ -170,3 +170,53 @@ async fn the_ledger_is_append_only_on_postgres() {
 async fn the_ledger_is_append_only_on_sqlite() {
     ledger_rows_cannot_be_changed_or_deleted(Db::Sqlite).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_tus_clients_get_cors_only_from_allowed_origins() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        common::Options {
+            configure: Some(Box::new(|s| {
+                s.server.cors_allowed_origins = vec!["https://app.example".into()]
+            })),
+            ..common::Options::default()
+        },
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/uploads/x", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header(
+                "access-control-request-headers",
+                "tus-resumable,upload-offset,content-type,authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("PATCH"), "{methods}");
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    let exposed = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    let expose = exposed.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        expose.contains("upload-offset") && expose.contains("location"),
+        "{expose}"
+    );
+    app.stop().await;
+}

@@ -177,6 +177,21 @@ pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<St
     (settings, pg_database)
 }
 
+/// Builds the service and serves it in the background until the returned token is cancelled.
+async fn start(
+    settings: &Settings,
+    overrides: Overrides,
+) -> (std::net::SocketAddr, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let app = Application::build_with(settings.clone(), overrides)
+        .await
+        .expect("the service builds");
+    let addr = app.local_addr();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+    (addr, stop, server)
+}
+
 impl TestApp {
     pub async fn spawn(db: Db) -> Self {
         Self::spawn_with(db, Options::default()).await
@@ -197,18 +212,10 @@ impl TestApp {
         if let Some(configure) = options.configure {
             configure(&mut settings);
         }
-        let app = Application::build_with(
-            settings.clone(),
-            Overrides {
-                storage: options.storage,
-            },
-        )
-        .await
-        .expect("the service builds");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let server = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        let overrides = Overrides {
+            storage: options.storage,
+        };
+        let (addr, stop, server) = start(&settings, overrides).await;
         Self {
             addr,
             base: format!("http://{addr}"),
@@ -318,15 +325,8 @@ impl TestApp {
     pub async fn restart(self) -> Self {
         self.stop.cancel();
         self.server.await.unwrap().unwrap();
-        let mut settings = self.settings.clone();
-        settings.server.listen = "127.0.0.1:0".parse().unwrap();
-        let app = Application::build(settings.clone())
-            .await
-            .expect("the service builds again");
-        let addr = app.local_addr();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let server = tokio::spawn(app.run_until_stopped(async move { stopped.cancelled().await }));
+        let settings = self.settings.clone();
+        let (addr, stop, server) = start(&settings, Overrides::default()).await;
         Self {
             addr,
             base: format!("http://{addr}"),

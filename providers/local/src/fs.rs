@@ -8,7 +8,7 @@ use udim_ports::{PortError, Result};
 
 /// Part size for local multipart writes: small enough to keep memory flat, large enough
 /// that per-part overhead does not matter.
-const LOCAL_PART_SIZE: usize = 8 * 1024 * 1024;
+const LOCAL_PART_SIZE: usize = 4 * 1024 * 1024;
 
 /// Builds filesystem object storage rooted at `root`, creating the directory if needed.
 pub fn build(root: &Path) -> Result<ObjectStoreBlobs> {
