@@ -106,6 +106,8 @@ pub enum StorageSettings {
         endpoint: Option<String>,
         #[serde(default)]
         allow_http: bool,
+        /// Also encrypt objects with S3 SSE-KMS under this key (on top of UDIM's own).
+        sse_kms_key_id: Option<String>,
     },
     /// Google Cloud Storage (feature `gcp`).
     Gcs { bucket: String, base_url: Option<String> },
@@ -132,7 +134,13 @@ pub enum KmsSettings {
     /// A local key file; `key_file` defaults to `<data_dir>/keys/kek.keys`.
     Local { key_file: Option<PathBuf> },
     /// AWS KMS (feature `aws`).
-    Aws { key_id: String, endpoint: Option<String> },
+    Aws {
+        /// Key id, ARN or alias; packages record the key's ARN.
+        key_id: String,
+        region: Option<String>,
+        /// A custom endpoint (a local stand-in, a VPC endpoint).
+        endpoint: Option<String>,
+    },
     /// Google Cloud KMS (feature `gcp`).
     Gcp { key_name: String },
     /// Azure Key Vault (feature `azure`).
@@ -155,7 +163,12 @@ pub enum QueueSettings {
     /// RabbitMQ with publisher confirms (feature `local`).
     Rabbitmq(RabbitMqSettings),
     /// Amazon SQS (feature `aws`).
-    Sqs { queue_url: String },
+    Sqs {
+        /// A `.fifo` URL makes the event id the deduplication id.
+        queue_url: String,
+        region: Option<String>,
+        endpoint: Option<String>,
+    },
     /// Google Pub/Sub (feature `gcp`).
     Pubsub { topic: String },
     /// Azure Queue Storage (feature `azure`).

@@ -60,6 +60,8 @@ pub struct UploadRequest {
     pub metadata: serde_json::Value,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<String>,
+    /// The body's size, when declared in advance (`Content-Length`, `Upload-Length`).
+    pub size_hint: Option<u64>,
 }
 
 /// The versioned `package.stored` event body.
@@ -129,6 +131,27 @@ pub struct Ingestor {
     pub consents: ConsentService,
     /// The global size cap; a category may set a lower one.
     pub max_bytes: u64,
+}
+
+/// The most of a refused body read and discarded, and for how long.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards a little more of a refused body, so a client still sending it can read
+/// the refusal: closing a connection with unread data makes TCP reset it, and the client then
+/// sees a broken connection instead of the 413.
+pub async fn drain<S, E>(body: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut drained = 0u64;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    while drained <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => return,
+        }
+    }
 }
 
 /// Storage key of a package's object while it is being written.
@@ -207,7 +230,9 @@ impl Ingestor {
         E: std::fmt::Display,
     {
         let staging = staging_key(id);
-        let mut writer = self.blobs.create(&staging).await?;
+        // The envelope adds 16 bytes per 64 KiB segment and a small header.
+        let object_hint = request.size_hint.map(|n| n + n / 4096 + 4096);
+        let mut writer = self.blobs.create(&staging, object_hint).await?;
         // The verdict is known before the object completes: infected or unscannable data is
         // never committed to storage.
         let refusal = match self.write(id, request, body, writer.as_mut()).await {
@@ -342,6 +367,7 @@ impl Ingestor {
             let chunk = chunk.map_err(|e| IngestError::Interrupted(e.to_string()))?;
             size += chunk.len() as u64;
             if size > limit {
+                drain(&mut body).await;
                 return Err(IngestError::TooLarge { limit });
             }
             if sniffed.is_none() {

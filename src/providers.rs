@@ -30,17 +30,18 @@ fn not_available(setting: &str, feature: &str, compiled_in: bool) -> anyhow::Err
 
 cfg_if::cfg_if! {
     if #[cfg(feature = "aws")] {
-        fn s3(bucket: &str, region: Option<&String>, endpoint: Option<&String>, allow_http: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+        fn s3(bucket: &str, region: Option<&String>, endpoint: Option<&String>, allow_http: bool, sse_kms_key_id: Option<&String>) -> anyhow::Result<Arc<dyn BlobStore>> {
             let config = udim_aws::S3Config {
                 bucket: bucket.to_owned(),
                 region: region.cloned(),
                 endpoint: endpoint.cloned(),
                 allow_http,
+                sse_kms_key_id: sse_kms_key_id.cloned(),
             };
             Ok(Arc::new(udim_aws::s3_storage(&config)?))
         }
     } else {
-        fn s3(_: &str, _: Option<&String>, _: Option<&String>, _: bool) -> anyhow::Result<Arc<dyn BlobStore>> {
+        fn s3(_: &str, _: Option<&String>, _: Option<&String>, _: bool, _: Option<&String>) -> anyhow::Result<Arc<dyn BlobStore>> {
             Err(not_enabled("storage.type = \"s3\"", "aws"))
         }
     }
@@ -104,7 +105,14 @@ pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
             region,
             endpoint,
             allow_http,
-        } => s3(bucket, region.as_ref(), endpoint.as_ref(), *allow_http),
+            sse_kms_key_id,
+        } => s3(
+            bucket,
+            region.as_ref(),
+            endpoint.as_ref(),
+            *allow_http,
+            sse_kms_key_id.as_ref(),
+        ),
         StorageSettings::Gcs { bucket, base_url } => gcs(bucket, base_url.as_ref()),
         StorageSettings::Azure {
             account,
@@ -115,8 +123,33 @@ pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
     }
 }
 
+cfg_if::cfg_if! {
+    if #[cfg(feature = "aws")] {
+        async fn aws_kms(key_id: &str, region: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<Arc<dyn KeyService>> {
+            let config = udim_aws::sdk_config(region, endpoint).await;
+            let kms = udim_aws::AwsKms::new(&config, key_id)
+                .await
+                .with_context(|| format!("cannot use AWS KMS key `{key_id}` (`kms.key_id`)"))?;
+            Ok(Arc::new(kms))
+        }
+
+        async fn sqs(queue_url: &str, region: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<Arc<dyn Notifier>> {
+            let config = udim_aws::sdk_config(region, endpoint).await;
+            Ok(Arc::new(udim_aws::SqsNotifier::new(&config, queue_url)))
+        }
+    } else {
+        async fn aws_kms(_: &str, _: Option<&str>, _: Option<&str>) -> anyhow::Result<Arc<dyn KeyService>> {
+            Err(not_enabled("kms.type = \"aws\"", "aws"))
+        }
+
+        async fn sqs(_: &str, _: Option<&str>, _: Option<&str>) -> anyhow::Result<Arc<dyn Notifier>> {
+            Err(not_enabled("queue.type = \"sqs\"", "aws"))
+        }
+    }
+}
+
 /// Key management from `kms.*`.
-pub fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
+pub async fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
     match &settings.kms {
         KmsSettings::Local { key_file } => {
             let path = key_file
@@ -126,18 +159,26 @@ pub fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
                 .with_context(|| format!("cannot use the key file {}", path.display()))?;
             Ok(Arc::new(kms))
         }
-        KmsSettings::Aws { .. } => Err(not_available("kms.type = \"aws\"", "aws", cfg!(feature = "aws"))),
+        KmsSettings::Aws {
+            key_id,
+            region,
+            endpoint,
+        } => aws_kms(key_id, region.as_deref(), endpoint.as_deref()).await,
         KmsSettings::Gcp { .. } => Err(not_available("kms.type = \"gcp\"", "gcp", cfg!(feature = "gcp"))),
         KmsSettings::Azure { .. } => Err(not_available("kms.type = \"azure\"", "azure", cfg!(feature = "azure"))),
     }
 }
 
 /// The notifier from `queue.*`; `None` when events stay in the outbox.
-pub fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Notifier>>> {
+pub async fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Notifier>>> {
     match &settings.queue {
         QueueSettings::OutboxOnly => Ok(None),
         QueueSettings::Rabbitmq(s) => rabbitmq(s).map(Some),
-        QueueSettings::Sqs { .. } => Err(not_available("queue.type = \"sqs\"", "aws", cfg!(feature = "aws"))),
+        QueueSettings::Sqs {
+            queue_url,
+            region,
+            endpoint,
+        } => sqs(queue_url, region.as_deref(), endpoint.as_deref()).await.map(Some),
         QueueSettings::Pubsub { .. } => Err(not_available("queue.type = \"pubsub\"", "gcp", cfg!(feature = "gcp"))),
         QueueSettings::AzureQueue { .. } => Err(not_available(
             "queue.type = \"azure_queue\"",

@@ -249,7 +249,11 @@ impl Resumable {
         let mut encryptor = Encryptor::new(&key, &header, binding);
         drop(key);
         let object_key = chunk_key(upload.id, offset);
-        let mut writer = self.blobs.create(&object_key).await?;
+        let remaining = upload.length - offset;
+        let mut writer = self
+            .blobs
+            .create(&object_key, Some(remaining + remaining / 4096 + 4096))
+            .await?;
         let mut digest = checksum.as_ref().map(|c| Digest::new(c.algorithm));
         let mut received: u64 = 0;
         let mut interrupted = false;
@@ -262,6 +266,7 @@ impl Resumable {
                 };
                 received += chunk.len() as u64;
                 if offset + received > upload.length {
+                    crate::ingest::drain(&mut body).await;
                     return Err(TusError::PastLength { length: upload.length });
                 }
                 if let Some(d) = &mut digest {
@@ -327,6 +332,7 @@ impl Resumable {
             content_type: upload.content_type.clone(),
             metadata: upload.metadata.clone(),
             idempotency_key: None,
+            size_hint: Some(upload.length),
         };
         let key = Arc::new(self.data_key(upload).await?);
         let stored_chunks = chunks.clone();

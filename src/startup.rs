@@ -123,8 +123,8 @@ impl Application {
             Some(storage) => storage,
             None => providers::storage(&settings)?,
         };
-        let kms = providers::kms(&settings)?;
-        let notifier = providers::notifier(&settings)?;
+        let kms = providers::kms(&settings).await?;
+        let notifier = providers::notifier(&settings).await?;
         let (scanner, scan_policy) = providers::scanner(&settings)?;
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let ledger_signer = Arc::new(LedgerSigner::load(

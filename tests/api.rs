@@ -408,9 +408,9 @@ mod faulty {
 
     #[async_trait]
     impl<S: BlobStore> BlobStore for FailingAfter<S> {
-        async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>> {
+        async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
             Ok(Box::new(Writer {
-                inner: self.inner.create(key).await?,
+                inner: self.inner.create(key, size_hint).await?,
                 written: 0,
                 limit: self.limit,
             }))

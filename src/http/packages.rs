@@ -144,6 +144,7 @@ pub async fn upload(
     };
     let limit = state.ingest.limit_for(&params.data_category);
     if declared_length(&headers).is_some_and(|len| len > limit) {
+        crate::ingest::drain(&mut body.into_data_stream()).await;
         return Err(IngestError::TooLarge { limit }.into());
     }
     let idempotency_key = match headers.get("idempotency-key") {
@@ -185,6 +186,7 @@ pub async fn upload(
         content_type,
         metadata,
         idempotency_key,
+        size_hint: declared_length(&headers),
     };
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let record = state.ingest.receive(request, stream).await?;

@@ -1,40 +1,27 @@
-//! AWS providers (feature `aws`): object storage on S3 through object_store.
+//! AWS providers (feature `aws`): object storage on S3 through object_store, data keys from
+//! AWS KMS, notifications on SQS. Credentials come from the standard AWS chain (environment,
+//! profile, web identity for Kubernetes service accounts, instance metadata).
 
-use std::sync::Arc;
+mod kms;
+mod s3;
+mod sqs;
 
-use object_store::aws::AmazonS3Builder;
-use udim_ports::storage::ObjectStoreBlobs;
-use udim_ports::{PortError, Result};
+// The SDK clients, for operators' tooling and tests that set up keys and queues.
+pub use {aws_config, aws_sdk_kms, aws_sdk_sqs};
 
-/// S3 needs every multipart part but the last to be at least 5 MiB; 16 MiB parts fit
-/// objects up to 156 GiB in S3's 10,000 parts.
-const S3_PART_SIZE: usize = 16 * 1024 * 1024;
+pub use kms::AwsKms;
+pub use s3::{S3Config, s3_storage};
+pub use sqs::SqsNotifier;
 
-/// S3 (or an S3-compatible store) settings; credentials come from the standard AWS chain
-/// (environment, profile, web identity, instance metadata).
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub allow_http: bool,
-}
-
-pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_bucket_name(&config.bucket)
-        .with_allow_http(config.allow_http);
-    if let Some(region) = &config.region {
-        builder = builder.with_region(region);
+/// Loads the shared SDK configuration: the standard credential chain, and an optional
+/// region and endpoint (for S3-compatible stores and local stand-ins).
+pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
-    if let Some(endpoint) = &config.endpoint {
-        builder = builder.with_endpoint(endpoint);
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
     }
-    let store = builder.build().map_err(|e| PortError::generic("s3", e))?;
-    Ok(ObjectStoreBlobs::new(
-        Arc::new(store),
-        "s3",
-        format!("s3://{}", config.bucket),
-        S3_PART_SIZE,
-    ))
+    loader.load().await
 }

@@ -24,7 +24,7 @@ pub async fn blob_store(store: &dyn BlobStore, object_size: usize) {
     let key = format!("{prefix}/object");
     let data: Vec<u8> = (0..object_size).map(|i| (i % 251) as u8).collect();
 
-    let mut writer = store.create(&key).await.expect("create");
+    let mut writer = store.create(&key, Some(object_size as u64)).await.expect("create");
     for piece in data.chunks(1024 * 1024 + 7) {
         writer.write(Bytes::copy_from_slice(piece)).await.expect("write");
     }
@@ -44,7 +44,7 @@ pub async fn blob_store(store: &dyn BlobStore, object_size: usize) {
     );
 
     let aborted = format!("{prefix}/aborted");
-    let mut writer = store.create(&aborted).await.expect("create");
+    let mut writer = store.create(&aborted, None).await.expect("create");
     writer.write(Bytes::from(vec![1u8; 1024])).await.expect("write");
     writer.abort().await.expect("abort");
     assert!(

@@ -46,7 +46,9 @@ pub trait BlobWriter: Send {
 /// - [`delete`](BlobStore::delete) is idempotent: deleting a missing key succeeds.
 #[async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
-    async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>>;
+    /// `size_hint`, when the object's size is known in advance, lets the provider pick a part
+    /// size that keeps a huge object within its part-count limit.
+    async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>>;
     async fn get(&self, key: &str) -> Result<ByteStream>;
     /// Bytes `range` of the object; `range` must lie within it.
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream>;
@@ -85,6 +87,16 @@ impl ObjectStoreBlobs {
 
     fn path(&self, key: &str) -> Result<Path> {
         Path::parse(key).map_err(|e| PortError::generic(self.provider, e))
+    }
+
+    /// The part size for an object of about `size_hint` bytes: the configured one, or larger
+    /// so the object fits in S3's 10,000 parts (with slack for the envelope's overhead),
+    /// never over S3's 5 GiB part limit. Memory per writer grows with it.
+    fn part_size_for(&self, size_hint: Option<u64>) -> usize {
+        const PARTS: u64 = 9_900;
+        const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+        let needed = size_hint.map_or(0, |n| n.div_ceil(PARTS)).min(MAX_PART);
+        (self.part_size as u64).max(needed) as usize
     }
 
     fn map(&self, key: &str, e: object_store::Error) -> PortError {
@@ -143,11 +155,11 @@ impl BlobWriter for MultipartWriter {
 
 #[async_trait]
 impl BlobStore for ObjectStoreBlobs {
-    async fn create(&self, key: &str) -> Result<Box<dyn BlobWriter>> {
+    async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
         let path = self.path(key)?;
         let upload = self.store.put_multipart(&path).await.map_err(|e| self.map(key, e))?;
         Ok(Box::new(MultipartWriter {
-            inner: WriteMultipart::new_with_chunk_size(upload, self.part_size),
+            inner: WriteMultipart::new_with_chunk_size(upload, self.part_size_for(size_hint)),
             provider: self.provider,
             key: key.to_owned(),
             written: 0,
@@ -208,5 +220,25 @@ impl BlobStore for ObjectStoreBlobs {
 
     fn uri(&self, key: &str) -> String {
         format!("{}/{}", self.uri_prefix.trim_end_matches('/'), key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_five_tebibytes_fit_in_ten_thousand() {
+        let blobs = ObjectStoreBlobs::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "memory",
+            "memory://",
+            16 << 20,
+        );
+        assert_eq!(blobs.part_size_for(None), 16 << 20);
+        assert_eq!(blobs.part_size_for(Some(1 << 30)), 16 << 20);
+        let five_tib: u64 = 5 << 40;
+        let part = blobs.part_size_for(Some(five_tib)) as u64;
+        assert!(five_tib.div_ceil(part) <= 10_000 && part <= 5 << 30, "{part}");
     }
 }

@@ -1,0 +1,45 @@
+//! Object storage on S3 (or an S3-compatible store) through object_store.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use udim_ports::storage::ObjectStoreBlobs;
+use udim_ports::{PortError, Result};
+
+/// S3 needs every multipart part but the last to be at least 5 MiB; 16 MiB parts fit
+/// objects up to 156 GiB in S3's 10,000 parts.
+const S3_PART_SIZE: usize = 16 * 1024 * 1024;
+
+/// S3 (or an S3-compatible store) settings; credentials come from the standard AWS chain
+/// (environment, profile, web identity, instance metadata).
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
+    /// Adds S3's own SSE-KMS encryption with this key on top of UDIM's envelope encryption.
+    pub sse_kms_key_id: Option<String>,
+}
+
+pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&config.bucket)
+        .with_allow_http(config.allow_http);
+    if let Some(region) = &config.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(key) = &config.sse_kms_key_id {
+        builder = builder.with_sse_kms_encryption(key);
+    }
+    let store = builder.build().map_err(|e| PortError::generic("s3", e))?;
+    Ok(ObjectStoreBlobs::new(
+        Arc::new(store),
+        "s3",
+        format!("s3://{}", config.bucket),
+        S3_PART_SIZE,
+    ))
+}

@@ -1,0 +1,195 @@
+//! The whole upload path on the `aws` build against moto (S3, KMS, SQS) and real PostgreSQL:
+//! consent → upload → ciphertext object in S3 → metadata → event on SQS.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Db, Options, TestApp};
+use serde_json::Value;
+use udim::config::{KmsSettings, QueueSettings, StorageSettings};
+
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn moto() -> (Moto, String) {
+    let binary = std::env::var("UDIM_TEST_MOTO")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server").into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (scripts/test puts it in .venv; UDIM_TEST_MOTO)");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let moto = Moto(child);
+    for _ in 0..100 {
+        if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
+            // SAFETY: set before any AWS client exists, the same values in every test here.
+            unsafe {
+                std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+            }
+            return (moto, endpoint);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("moto did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
+    let (_moto, endpoint) = moto().await;
+    let bucket = format!("udim-{}", uuid::Uuid::new_v4().simple());
+    reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&endpoint)).await;
+    let key_id = udim_aws::aws_sdk_kms::Client::new(&config)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_owned();
+    let sqs = udim_aws::aws_sdk_sqs::Client::new(&config);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name("udim-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+
+    let (b, e, q) = (bucket.clone(), endpoint.clone(), queue_url.clone());
+    let app = TestApp::spawn_with(
+        Db::Postgres,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.storage = StorageSettings::S3 {
+                    bucket: b,
+                    region: Some("us-east-1".into()),
+                    endpoint: Some(e.clone()),
+                    allow_http: true,
+                    sse_kms_key_id: None,
+                };
+                s.kms = KmsSettings::Aws {
+                    key_id,
+                    region: Some("us-east-1".into()),
+                    endpoint: Some(e.clone()),
+                };
+                s.queue = QueueSettings::Sqs {
+                    queue_url: q,
+                    region: Some("us-east-1".into()),
+                    endpoint: Some(e),
+                };
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let plaintext = common::distinctive_bytes(500_000);
+    let response = app.upload(&alice, "audio", plaintext.clone()).await;
+    assert_eq!(response.status(), 201);
+    let package: Value = response.json().await.unwrap();
+    let id = package["id"].as_str().unwrap();
+    assert!(
+        package["storage_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket}/packages/"))
+    );
+    assert!(
+        package["encryption_key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:kms:")
+    );
+
+    let s3 = udim_aws::s3_storage(&udim_aws::S3Config {
+        bucket: bucket.clone(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.clone()),
+        allow_http: true,
+        sse_kms_key_id: None,
+    })
+    .unwrap();
+    use futures::TryStreamExt as _;
+    use udim_ports::storage::BlobStore as _;
+    let chunks: Vec<bytes::Bytes> = s3
+        .get(&format!("packages/{id}"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let object = chunks.concat();
+    assert!(object.len() > plaintext.len());
+    for offset in (0..plaintext.len() - 32).step_by(4096) {
+        assert!(
+            memchr::memmem::find(&object, &plaintext[offset..offset + 32]).is_none(),
+            "plaintext at {offset} in S3"
+        );
+    }
+
+    let mut event = None;
+    for _ in 0..20 {
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if let Some(m) = got.messages().first() {
+            event = Some(m.clone());
+            break;
+        }
+    }
+    let event = event.expect("the package.stored event reaches SQS");
+    let body: Value = serde_json::from_str(event.body().unwrap()).unwrap();
+    assert_eq!(body["package_id"], id);
+    assert_eq!(body["sha256"], package["sha256"]);
+    assert_eq!(body["encryption_key_id"], package["encryption_key_id"]);
+    assert_eq!(
+        event.message_attributes().unwrap()["event_type"].string_value(),
+        Some("package.stored")
+    );
+
+    let reader = app.token("pipeline", &["udim:read"]);
+    let read = app
+        .http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(
+        read.bytes().await.unwrap().as_ref(),
+        plaintext.as_slice(),
+        "decrypted through AWS KMS"
+    );
+    app.stop().await;
+}
