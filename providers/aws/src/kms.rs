@@ -41,6 +41,12 @@ where
     }
 }
 
+/// The 32-byte data key in a KMS answer.
+fn key_bytes(blob: Option<&Blob>, operation: &str) -> Result<[u8; 32]> {
+    blob.and_then(|b| b.as_ref().try_into().ok())
+        .ok_or_else(|| PortError::generic(PROVIDER, format!("{operation} returned no 32-byte key")))
+}
+
 impl AwsKms {
     /// Resolves `key_id` (id, ARN or alias) to the key's ARN.
     pub async fn new(config: &aws_config::SdkConfig, key_id: &str) -> Result<Self> {
@@ -68,11 +74,7 @@ impl KeyService for AwsKms {
             .send()
             .await
             .map_err(sdk_error)?;
-        let plaintext: [u8; 32] = out
-            .plaintext()
-            .map(|b| b.as_ref())
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| PortError::generic(PROVIDER, "GenerateDataKey returned no 32-byte key"))?;
+        let plaintext = key_bytes(out.plaintext(), "GenerateDataKey")?;
         let wrapped = out
             .ciphertext_blob()
             .ok_or_else(|| PortError::generic(PROVIDER, "GenerateDataKey returned no ciphertext"))?
@@ -98,12 +100,7 @@ impl KeyService for AwsKms {
             .send()
             .await
             .map_err(sdk_error)?;
-        let plaintext: [u8; 32] = out
-            .plaintext()
-            .map(|b| b.as_ref())
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| PortError::Integrity("Decrypt returned no 32-byte key".into()))?;
-        Ok(PlainKey::from_bytes(plaintext))
+        Ok(PlainKey::from_bytes(key_bytes(out.plaintext(), "Decrypt")?))
     }
 
     fn current_key_id(&self) -> &str {
