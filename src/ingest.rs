@@ -154,12 +154,11 @@ where
     }
 }
 
-/// Storage key of a package's object while it is being written.
-pub fn staging_key(id: Uuid) -> String {
-    format!("staging/{id}")
-}
-
-/// Storage key of a stored package's object.
+/// Storage key of a package's object. It is written there directly: a `BlobWriter` makes
+/// nothing visible until it finishes (a multipart upload completes atomically on every
+/// backend), so no rename is needed — and none would work above S3's 5 GB copy limit. An
+/// upload that crashes leaves an incomplete multipart upload (removed by abort, or by the
+/// bucket's AbortIncompleteMultipartUpload rule) and a `receiving` row the sweeper cleans.
 pub fn object_key(id: Uuid) -> String {
     format!("packages/{id}")
 }
@@ -195,7 +194,6 @@ impl Ingestor {
         E: std::fmt::Display,
     {
         let id = Uuid::now_v7();
-        let staging = staging_key(id);
         self.packages
             .create_package(&NewPackage {
                 id,
@@ -205,7 +203,7 @@ impl Ingestor {
                 original_name: request.original_name.clone(),
                 declared_content_type: request.content_type.clone(),
                 idempotency_key: request.idempotency_key.clone(),
-                staging_key: staging.clone(),
+                staging_key: object_key(id),
                 metadata: request.metadata.clone(),
                 created_at: now_micros(),
             })
@@ -229,10 +227,10 @@ impl Ingestor {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let staging = staging_key(id);
+        let final_key = object_key(id);
         // The envelope adds 16 bytes per 64 KiB segment and a small header.
         let object_hint = request.size_hint.map(|n| n + n / 4096 + 4096);
-        let mut writer = self.blobs.create(&staging, object_hint).await?;
+        let mut writer = self.blobs.create(&final_key, object_hint).await?;
         // The verdict is known before the object completes: infected or unscannable data is
         // never committed to storage.
         let refusal = match self.write(id, request, body, writer.as_mut()).await {
@@ -260,8 +258,6 @@ impl Ingestor {
                 return Err(e);
             }
         };
-        let final_key = object_key(id);
-        self.blobs.rename(&staging, &final_key).await?;
 
         // A withdrawal that landed while the bytes streamed wins: nothing is stored.
         let state = self.consents.state(&request.user_id).await?;
@@ -480,19 +476,20 @@ impl Ingestor {
         }
     }
 
-    /// Deletes a package's staging and final objects; false if one could not be deleted.
+    /// Deletes a package's object; false if it could not be deleted.
     async fn delete_objects(&self, id: Uuid) -> bool {
-        for key in [staging_key(id), object_key(id)] {
-            if let Err(e) = self.blobs.delete(&key).await {
-                tracing::warn!(package_id = %id, key, error = %e, "could not delete an object of a failed upload");
-                return false;
+        let key = object_key(id);
+        match self.blobs.delete(&key).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(package_id = %id, key, error = %e, "could not delete the object of a failed upload");
+                false
             }
         }
-        true
     }
 
     /// Cleans up uploads abandoned by a crash: rows still `receiving`/`scanning` after
-    /// `abandon_after`, with their staging and final objects. Returns how many went.
+    /// `abandon_after`, with their objects. Returns how many went.
     pub async fn sweep_abandoned(&self, abandon_after: std::time::Duration) -> Result<usize, PortError> {
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(abandon_after).map_err(|e| PortError::generic("sweeper", e))?;

@@ -424,9 +424,6 @@ mod faulty {
         async fn exists(&self, key: &str) -> Result<bool> {
             self.inner.exists(key).await
         }
-        async fn rename(&self, from: &str, to: &str) -> Result<()> {
-            self.inner.rename(from, to).await
-        }
         async fn delete(&self, key: &str) -> Result<()> {
             self.inner.delete(key).await
         }

@@ -41,8 +41,6 @@ pub trait BlobWriter: Send {
 ///   object), in parts when it is large.
 /// - [`get`](BlobStore::get) of a missing key is [`PortError::NotFound`];
 ///   [`get_range`](BlobStore::get_range) streams exactly the bytes asked for.
-/// - [`rename`](BlobStore::rename) moves an object so that afterwards only `to` exists; a
-///   reader sees either no object or the complete one under `to`.
 /// - [`delete`](BlobStore::delete) is idempotent: deleting a missing key succeeds.
 #[async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
@@ -53,7 +51,6 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Bytes `range` of the object; `range` must lie within it.
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream>;
     async fn exists(&self, key: &str) -> Result<bool>;
-    async fn rename(&self, from: &str, to: &str) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
     /// The URI recorded as a package's storage URI (e.g. `file:///…`, `s3://bucket/…`).
     fn uri(&self, key: &str) -> String;
@@ -200,14 +197,6 @@ impl BlobStore for ObjectStoreBlobs {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.map(key, e)),
         }
-    }
-
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let (from_path, to_path) = (self.path(from)?, self.path(to)?);
-        self.store
-            .rename(&from_path, &to_path)
-            .await
-            .map_err(|e| self.map(from, e))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
