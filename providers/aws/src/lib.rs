@@ -2,6 +2,7 @@
 //! AWS KMS, notifications on SQS. Credentials come from the standard AWS chain (environment,
 //! profile, web identity for Kubernetes service accounts, instance metadata).
 
+mod credentials;
 mod kms;
 mod s3;
 mod sqs;

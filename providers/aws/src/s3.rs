@@ -6,12 +6,15 @@ use object_store::aws::AmazonS3Builder;
 use udim_ports::storage::ObjectStoreBlobs;
 use udim_ports::{PortError, Result};
 
-/// S3 needs every multipart part but the last to be at least 5 MiB; 16 MiB parts fit
-/// objects up to 156 GiB in S3's 10,000 parts.
+use crate::credentials::SdkChainCredentials;
+
+/// S3 needs every multipart part but the last to be at least 5 MiB. 16 MiB parts fit objects
+/// up to 156 GiB in S3's 10,000 parts; the store grows parts for larger declared sizes.
 const S3_PART_SIZE: usize = 16 * 1024 * 1024;
 
-/// S3 (or an S3-compatible store) settings; credentials come from the standard AWS chain
-/// (environment, profile, web identity, instance metadata).
+/// S3 (or an S3-compatible store) settings; credentials come from the AWS SDK's default chain
+/// (environment, shared profiles with assume-role and `credential_process`, web identity, ECS and
+/// EKS container credentials, instance metadata), as for KMS and SQS.
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub bucket: String,
@@ -25,7 +28,8 @@ pub struct S3Config {
 pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
-        .with_allow_http(config.allow_http);
+        .with_allow_http(config.allow_http)
+        .with_credentials(Arc::new(SdkChainCredentials::new(config.region.clone())));
     if let Some(region) = &config.region {
         builder = builder.with_region(region);
     }
