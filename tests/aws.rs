@@ -3,55 +3,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+#[path = "support/moto.rs"]
+mod moto;
 
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 use udim::config::{KmsSettings, QueueSettings, StorageSettings};
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn moto() -> (Moto, String) {
-    let binary = std::env::var("UDIM_TEST_MOTO")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server").into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server must be installed (scripts/test puts it in .venv; UDIM_TEST_MOTO)");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let moto = Moto(child);
-    for _ in 0..100 {
-        if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
-            // SAFETY: set before any AWS client exists, the same values in every test here.
-            unsafe {
-                std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-                std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            }
-            return (moto, endpoint);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("moto did not start");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
-    let (_moto, endpoint) = moto().await;
+    let moto = moto::start().await;
+    let endpoint = moto.endpoint.clone();
     let bucket = format!("udim-{}", uuid::Uuid::new_v4().simple());
     reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))

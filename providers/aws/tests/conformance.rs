@@ -3,60 +3,16 @@
 //!
 //! Needs moto: `scripts/test` installs it into `.venv` (override with `UDIM_TEST_MOTO`).
 
-use std::process::{Child, Command, Stdio};
+#[path = "../../../tests/support/moto.rs"]
+mod moto;
+
 use std::time::Duration;
 
 use udim_ports::conformance;
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_binary() -> String {
-    std::env::var("UDIM_TEST_MOTO")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/moto_server").into())
-}
-
-async fn moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_binary())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server must be installed (scripts/test puts it in .venv; UDIM_TEST_MOTO)");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let moto = Moto { child, endpoint };
-    for _ in 0..100 {
-        if reqwest::get(format!("{}/moto-api/", moto.endpoint)).await.is_ok() {
-            // SAFETY: set before any client reads them, identical in every test of this binary.
-            unsafe {
-                std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-                std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-                std::env::set_var("AWS_REGION", "us-east-1");
-            }
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("moto did not start");
-}
-
 #[tokio::test]
 async fn s3_storage_conforms_with_a_multipart_object() {
-    let moto = moto().await;
+    let moto = moto::start().await;
     let bucket = format!("udim-{}", uuid::Uuid::new_v4().simple());
     let created = reqwest::Client::new()
         .put(format!("{}/{bucket}", moto.endpoint))
@@ -94,7 +50,7 @@ async fn s3_storage_conforms_with_a_multipart_object() {
 
 #[tokio::test]
 async fn aws_kms_conforms_and_binds_the_encryption_context() {
-    let moto = moto().await;
+    let moto = moto::start().await;
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
     let key = aws_sdk_kms_create_key(&config).await;
     let kms = udim_aws::AwsKms::new(&config, &key).await.unwrap();
@@ -110,7 +66,7 @@ async fn aws_sdk_kms_create_key(config: &aws_config::SdkConfig) -> String {
 
 #[tokio::test]
 async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dead_letter_queue() {
-    let moto = moto().await;
+    let moto = moto::start().await;
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let dlq = sqs
