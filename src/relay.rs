@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use udim_ports::metadata::Outbox;
+use udim_ports::metadata::{Outbox, OutboxMessage};
 use udim_ports::queue::Notifier;
 
 use crate::config::OutboxSettings;
@@ -52,20 +52,23 @@ impl Relay {
                 return (0, true);
             }
         };
+        let messages: Vec<&OutboxMessage> = batch.iter().map(|entry| &entry.message).collect();
+        let mut results = self.notifier.publish_batch(&messages).await.into_iter();
         let mut sent = 0;
         let mut failed = false;
-        for entry in batch {
+        for entry in &batch {
             let message = &entry.message;
-            if failed {
-                // The broker just failed; give the rest of the batch back untried.
+            let Some(result) = results.next() else {
+                // The broker failed part-way; give the rest of the batch back untried.
+                failed = true;
                 let retry_at = Utc::now() + chrono::Duration::from_std(backoff(&self.settings, 1)).unwrap_or_default();
                 let _ = self
                     .outbox
                     .mark_failed(message.id, "not attempted: broker failing", retry_at)
                     .await;
                 continue;
-            }
-            match self.notifier.publish(message).await {
+            };
+            match result {
                 Ok(()) => {
                     sent += 1;
                     if let Err(e) = self.outbox.mark_sent(message.id, Utc::now()).await {

@@ -1,16 +1,28 @@
 //! Notifications on Amazon SQS: the versioned event JSON as the body, with the event type,
 //! schema version, package id and event id as message attributes. FIFO queues get the
 //! package as message group and the event id as deduplication id.
+//!
+//! Events go out with `SendMessageBatch`, up to ten per call, which the relay's batches fill
+//! whenever events pile up (after an outage, under load). A single event is a batch of one,
+//! so there is one code path; IAM authorizes both calls with `sqs:SendMessage`.
+
+use std::ops::Range;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
+use aws_sdk_sqs::types::builders::SendMessageBatchRequestEntryBuilder;
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use tokio::sync::OnceCell;
 use udim_ports::metadata::OutboxMessage;
 use udim_ports::queue::Notifier;
 use udim_ports::{PortError, Result};
 
 const PROVIDER: &str = "sqs";
-/// SQS refuses bodies over 256 KiB; UDIM's events are a few hundred bytes.
-const MAX_BODY: usize = 256 * 1024;
+/// Entries per `SendMessageBatch` call: SQS's fixed limit.
+const MAX_BATCH_ENTRIES: usize = 10;
+/// The total payload of one `SendMessageBatch` call: SQS's limit (1 MiB since 2025-08), which
+/// is also the largest `MaximumMessageSize` a queue can have.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// [`Notifier`] on SQS.
 #[derive(Debug, Clone)]
@@ -18,6 +30,9 @@ pub struct SqsNotifier {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     fifo: bool,
+    /// The queue's `MaximumMessageSize`, read once: an operator can lower it below the
+    /// service limit, and a message over it would fail the whole batch it is in.
+    max_message: OnceCell<usize>,
 }
 
 fn sdk_error<E>(e: aws_sdk_sqs::error::SdkError<E>) -> PortError
@@ -40,56 +55,311 @@ fn attribute(value: impl Into<String>) -> Result<MessageAttributeValue> {
         .map_err(|e| PortError::generic(PROVIDER, e))
 }
 
+/// Splits consecutive messages of the given sizes into `SendMessageBatch` calls of at most
+/// `max_entries` entries and `max_bytes` in total. Every size must be at most `max_bytes`.
+pub(crate) fn plan_batches(sizes: &[usize], max_entries: usize, max_bytes: usize) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && (i - start == max_entries || bytes + size > max_bytes) {
+            batches.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
+}
+
+/// One result per entry of a batch call whose entries were given the ids `"0"`, `"1"`, ...
+/// An entry SQS blames on the sender would fail the same way again; any other failure, or
+/// an entry SQS did not report on, is retried later.
+fn entry_results(entries: usize, output: &SendMessageBatchOutput) -> Vec<Result<()>> {
+    let mut results: Vec<Option<Result<()>>> = (0..entries).map(|_| None).collect();
+    let slot = |id: &str| id.parse::<usize>().ok().filter(|&i| i < entries);
+    for ok in output.successful() {
+        if let Some(i) = slot(ok.id()) {
+            results[i] = Some(Ok(()));
+        }
+    }
+    for failed in output.failed() {
+        if let Some(i) = slot(failed.id()) {
+            let why = format!("{}: {}", failed.code(), failed.message().unwrap_or("no message"));
+            results[i] = Some(Err(if failed.sender_fault() {
+                PortError::generic(PROVIDER, why)
+            } else {
+                PortError::unavailable(PROVIDER, why)
+            }));
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(PortError::unavailable(
+                    PROVIDER,
+                    "SendMessageBatch did not report on the entry",
+                ))
+            })
+        })
+        .collect()
+}
+
 impl SqsNotifier {
     pub fn new(config: &aws_config::SdkConfig, queue_url: &str) -> Self {
         Self {
             client: aws_sdk_sqs::Client::new(config),
             queue_url: queue_url.to_owned(),
             fifo: queue_url.ends_with(".fifo"),
+            max_message: OnceCell::new(),
         }
+    }
+
+    async fn max_message(&self) -> Result<usize> {
+        self.max_message
+            .get_or_try_init(|| async {
+                let attributes = self
+                    .client
+                    .get_queue_attributes()
+                    .queue_url(&self.queue_url)
+                    .attribute_names(QueueAttributeName::MaximumMessageSize)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                let size = attributes
+                    .attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(MAX_BATCH_BYTES);
+                Ok(size.min(MAX_BATCH_BYTES))
+            })
+            .await
+            .copied()
+    }
+
+    /// The batch entry for `message`, still without its id, and its size as SQS counts it
+    /// (the body plus each attribute's name, type and value).
+    fn entry(&self, message: &OutboxMessage) -> Result<(SendMessageBatchRequestEntryBuilder, usize)> {
+        let body = serde_json::to_string(&message.payload).map_err(|e| PortError::generic(PROVIDER, e))?;
+        let schema_version = message
+            .payload
+            .get("schema_version")
+            .map_or_else(|| "1".into(), |v| v.to_string());
+        let attributes = [
+            ("event_id", message.id.to_string()),
+            ("event_type", message.event_type.clone()),
+            ("schema_version", schema_version),
+            ("package_id", message.aggregate_id.to_string()),
+        ];
+        let mut size = body.len();
+        let mut entry = SendMessageBatchRequestEntry::builder().message_body(body);
+        for (name, value) in attributes {
+            size += name.len() + "String".len() + value.len();
+            entry = entry.message_attributes(name, attribute(value)?);
+        }
+        if self.fifo {
+            entry = entry
+                .message_group_id(message.aggregate_id.to_string())
+                .message_deduplication_id(message.id.to_string());
+        }
+        Ok((entry, size))
+    }
+
+    /// Sends `run` in as few batch calls as the limits allow, appending one result per
+    /// message to `results`, and empties it. Returns false after a call failed as a whole:
+    /// that call's messages failed, and the rest of `run` was not attempted.
+    async fn send_run(
+        &self,
+        run: &mut Vec<(SendMessageBatchRequestEntryBuilder, usize)>,
+        results: &mut Vec<Result<()>>,
+    ) -> bool {
+        let sizes: Vec<usize> = run.iter().map(|(_, size)| *size).collect();
+        let mut entries = std::mem::take(run).into_iter();
+        for batch in plan_batches(&sizes, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
+            let built: Result<Vec<SendMessageBatchRequestEntry>> = entries
+                .by_ref()
+                .take(batch.len())
+                .enumerate()
+                .map(|(id, (entry, _))| {
+                    entry
+                        .id(id.to_string())
+                        .build()
+                        .map_err(|e| PortError::generic(PROVIDER, e))
+                })
+                .collect();
+            let sent = match built {
+                Ok(built) => self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(built))
+                    .send()
+                    .await
+                    .map_err(sdk_error),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(output) => results.extend(entry_results(batch.len(), &output)),
+                Err(e) => {
+                    let why = e.to_string();
+                    let transient = e.is_transient();
+                    results.push(Err(e));
+                    results.extend((1..batch.len()).map(|_| {
+                        Err(if transient {
+                            PortError::unavailable(PROVIDER, why.clone())
+                        } else {
+                            PortError::generic(PROVIDER, why.clone())
+                        })
+                    }));
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 
 #[async_trait]
 impl Notifier for SqsNotifier {
     async fn publish(&self, message: &OutboxMessage) -> Result<()> {
-        let body = serde_json::to_string(&message.payload).map_err(|e| PortError::generic(PROVIDER, e))?;
-        if body.len() > MAX_BODY {
-            return Err(PortError::generic(
-                PROVIDER,
-                format!("event {} is over the SQS size limit", message.id),
-            ));
+        self.publish_batch(&[message])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(PortError::unavailable(PROVIDER, "the event was not sent")))
+    }
+
+    async fn publish_batch(&self, messages: &[&OutboxMessage]) -> Vec<Result<()>> {
+        let max_message = match self.max_message().await {
+            Ok(max) => max,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut results = Vec::with_capacity(messages.len());
+        // Runs of sendable messages, each cut into batch calls; a message that can never be
+        // sent fails alone and does not hold up the others.
+        let mut run = Vec::new();
+        for message in messages {
+            let built = self.entry(message).and_then(|(entry, size)| {
+                if size > max_message {
+                    Err(PortError::generic(
+                        PROVIDER,
+                        format!(
+                            "event {} is {size} bytes, over the queue's {max_message}-byte limit",
+                            message.id
+                        ),
+                    ))
+                } else {
+                    Ok((entry, size))
+                }
+            });
+            match built {
+                Ok(entry) => run.push(entry),
+                Err(e) => {
+                    if !self.send_run(&mut run, &mut results).await {
+                        return results;
+                    }
+                    results.push(Err(e));
+                }
+            }
         }
-        let schema_version = message
-            .payload
-            .get("schema_version")
-            .map_or_else(|| "1".into(), |v| v.to_string());
-        let mut send = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .message_attributes("event_id", attribute(message.id.to_string())?)
-            .message_attributes("event_type", attribute(&message.event_type)?)
-            .message_attributes("schema_version", attribute(schema_version)?)
-            .message_attributes("package_id", attribute(message.aggregate_id.to_string())?);
-        if self.fifo {
-            send = send
-                .message_group_id(message.aggregate_id.to_string())
-                .message_deduplication_id(message.id.to_string());
-        }
-        send.send().await.map_err(sdk_error)?;
-        Ok(())
+        self.send_run(&mut run, &mut results).await;
+        results
     }
 
     async fn ping(&self) -> Result<()> {
         self.client
             .get_queue_attributes()
             .queue_url(&self.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
             .map_err(sdk_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sqs::types::{BatchResultErrorEntry, SendMessageBatchResultEntry};
+
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_ten_entries_and_the_byte_limit() {
+        assert_eq!(plan_batches(&[], 10, 100), Vec::<Range<usize>>::new());
+        assert_eq!(plan_batches(&[1; 23], 10, 100), vec![0..10, 10..20, 20..23]);
+        assert_eq!(
+            plan_batches(&[40, 40, 40, 100, 1], 10, 100),
+            vec![0..2, 2..3, 3..4, 4..5]
+        );
+        assert_eq!(plan_batches(&[50, 50, 1], 10, 100), vec![0..2, 2..3]);
+        let sizes = [7, 90, 3, 3, 99, 100, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 60, 41];
+        let plan = plan_batches(&sizes, 10, 100);
+        let covered: Vec<usize> = plan.iter().flat_map(Clone::clone).collect();
+        assert_eq!(
+            covered,
+            (0..sizes.len()).collect::<Vec<_>>(),
+            "every message once, in order"
+        );
+        for batch in &plan {
+            assert!(
+                batch.len() <= 10 && sizes[batch.clone()].iter().sum::<usize>() <= 100,
+                "{batch:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_entry_gets_its_own_result() {
+        let output = SendMessageBatchOutput::builder()
+            .successful(
+                SendMessageBatchResultEntry::builder()
+                    .id("2")
+                    .message_id("m2")
+                    .md5_of_message_body("x")
+                    .build()
+                    .unwrap(),
+            )
+            .successful(
+                SendMessageBatchResultEntry::builder()
+                    .id("0")
+                    .message_id("m0")
+                    .md5_of_message_body("x")
+                    .build()
+                    .unwrap(),
+            )
+            .failed(
+                BatchResultErrorEntry::builder()
+                    .id("1")
+                    .sender_fault(true)
+                    .code("InvalidMessageContents")
+                    .build()
+                    .unwrap(),
+            )
+            .failed(
+                BatchResultErrorEntry::builder()
+                    .id("3")
+                    .sender_fault(false)
+                    .code("InternalError")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let results = entry_results(5, &output);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(
+            matches!(&results[1], Err(e) if !e.is_transient()),
+            "a sender fault is permanent"
+        );
+        assert!(
+            matches!(&results[3], Err(e) if e.is_transient()),
+            "a server fault is retried"
+        );
+        assert!(
+            matches!(&results[4], Err(e) if e.is_transient()),
+            "an unreported entry is retried"
+        );
     }
 }

@@ -134,3 +134,109 @@ async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dea
     }
     assert!(dead.is_some(), "the poison message ends in the dead-letter queue");
 }
+
+async fn queue_with_max_message_size(sqs: &aws_sdk_sqs::Client, name: &str, max: usize) -> String {
+    sqs.create_queue()
+        .queue_name(name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            max.to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}
+
+/// Receives one message, deletes it, and returns its event id attribute and body.
+async fn take_one(sqs: &aws_sdk_sqs::Client, queue: &str) -> Option<(String, serde_json::Value)> {
+    let received = sqs
+        .receive_message()
+        .queue_url(queue)
+        .message_attribute_names("All")
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .ok()?;
+    let message = received.messages().first()?.clone();
+    sqs.delete_message()
+        .queue_url(queue)
+        .receipt_handle(message.receipt_handle()?)
+        .send()
+        .await
+        .unwrap();
+    let event_id = message.message_attributes()?["event_id"].string_value()?.to_owned();
+    Some((event_id, serde_json::from_str(message.body()?).ok()?))
+}
+
+fn event(payload: serde_json::Value) -> udim_ports::metadata::OutboxMessage {
+    udim_ports::metadata::OutboxMessage {
+        id: uuid::Uuid::new_v4(),
+        event_type: "package.stored".into(),
+        aggregate_id: uuid::Uuid::new_v4(),
+        payload,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
+    let moto = moto::start().await;
+    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queue = sqs
+        .create_queue()
+        .queue_name("udim-batched")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let notifier = udim_aws::SqsNotifier::new(&config, &queue);
+    conformance::notifier_batch(&notifier, async || take_one(&sqs, &queue).await).await;
+
+    // Twelve 200 KiB events: ten of them would be 2 MiB, and SQS (and moto) refuse a batch
+    // call over 1 MiB in total, so this passes only if batches are cut by size as well.
+    let events: Vec<_> = (0..12)
+        .map(|n| event(serde_json::json!({"n": n, "pad": "x".repeat(200 * 1024)})))
+        .collect();
+    let refs: Vec<_> = events.iter().collect();
+    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &refs).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut arrived = 0;
+    while take_one(&sqs, &queue).await.is_some() {
+        arrived += 1;
+    }
+    assert_eq!(arrived, events.len());
+}
+
+#[tokio::test]
+async fn an_event_over_the_queue_limit_fails_alone_and_the_rest_of_the_batch_is_sent() {
+    let moto = moto::start().await;
+    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queue = queue_with_max_message_size(&sqs, "udim-small", 1024).await;
+    let notifier = udim_aws::SqsNotifier::new(&config, &queue);
+    let small = event(serde_json::json!({"n": 1}));
+    let huge = event(serde_json::json!({"pad": "x".repeat(2000)}));
+    let after = event(serde_json::json!({"n": 3}));
+    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after]).await;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(e) if !e.is_transient()),
+        "the oversized event fails permanently: {:?}",
+        results[1]
+    );
+    let mut arrived = Vec::new();
+    while let Some((id, _)) = take_one(&sqs, &queue).await {
+        arrived.push(id);
+    }
+    arrived.sort();
+    let mut sent = vec![small.id.to_string(), after.id.to_string()];
+    sent.sort();
+    assert_eq!(arrived, sent, "the events around the oversized one arrive, it does not");
+}

@@ -49,7 +49,9 @@ fn the_key_file_is_owner_only() {
 mod rabbitmq {
     use std::time::Duration;
 
-    use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+    use lapin::options::{
+        BasicAckOptions, BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    };
     use lapin::{Connection, ConnectionProperties};
     use udim_local::rabbitmq::{RabbitMqConfig, RabbitMqNotifier};
     use udim_ports::conformance;
@@ -121,6 +123,26 @@ mod rabbitmq {
             dead.is_some(),
             "a message rejected without requeue ends in the dead-letter queue"
         );
+        clean_up(&channel, &c).await;
+    }
+
+    #[tokio::test]
+    async fn rabbitmq_notifier_publishes_a_batch_through_the_default_method() {
+        let c = config();
+        let notifier = RabbitMqNotifier::new(c.clone());
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must be running (UDIM_TEST_AMQP_URL)");
+        let channel = conn.create_channel().await.unwrap();
+        conformance::notifier_batch(&notifier, async || {
+            let d = get(&channel, &c.queue).await?;
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            Some((
+                d.properties.message_id().as_ref()?.to_string(),
+                serde_json::from_slice(&d.data).ok()?,
+            ))
+        })
+        .await;
         clean_up(&channel, &c).await;
     }
 

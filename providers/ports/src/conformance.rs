@@ -140,3 +140,38 @@ where
     assert_eq!(id, message.id.to_string(), "the message id is the event id");
     assert_eq!(body, message.payload, "the body is the payload unchanged");
 }
+
+/// Notifier batches: 23 messages in one `publish_batch` all succeed and all arrive, each
+/// with its own body. `receive` returns the next message's (message id, body), or `None`
+/// once nothing more arrives.
+pub async fn notifier_batch<F>(notifier: &dyn Notifier, mut receive: F)
+where
+    F: AsyncFnMut() -> Option<(String, serde_json::Value)>,
+{
+    let messages: Vec<OutboxMessage> = (0..23)
+        .map(|n| OutboxMessage {
+            id: Uuid::new_v4(),
+            event_type: "package.stored".into(),
+            aggregate_id: Uuid::new_v4(),
+            payload: serde_json::json!({"conformance": "batch", "n": n}),
+            created_at: chrono::Utc::now(),
+        })
+        .collect();
+    let refs: Vec<&OutboxMessage> = messages.iter().collect();
+    let results = notifier.publish_batch(&refs).await;
+    assert_eq!(results.len(), messages.len(), "one result per message");
+    for (n, result) in results.iter().enumerate() {
+        assert!(result.is_ok(), "message {n} of the batch failed: {result:?}");
+    }
+    let mut expected: std::collections::HashMap<String, serde_json::Value> =
+        messages.iter().map(|m| (m.id.to_string(), m.payload.clone())).collect();
+    while !expected.is_empty() {
+        let Some((id, body)) = receive().await else {
+            panic!("{} of the batch's messages never arrived", expected.len());
+        };
+        let Some(sent) = expected.remove(&id) else {
+            panic!("message {id} arrived twice or was never sent");
+        };
+        assert_eq!(body, sent, "message {id} arrived with another message's body");
+    }
+}

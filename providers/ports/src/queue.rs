@@ -16,9 +16,27 @@ use crate::metadata::OutboxMessage;
 ///   message metadata where the broker has any.
 /// - A broker that cannot be reached gives [`crate::PortError::Unavailable`]; the notifier
 ///   reconnects by itself on a later call.
+/// - `publish_batch` gives one result per message, in order, with the same meaning as
+///   `publish`'s; a result list shorter than the input means the rest were not attempted
+///   (the broker was failing). Brokers with a batch call override it to save round trips.
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     async fn publish(&self, message: &OutboxMessage) -> Result<()>;
+
+    /// Publishes `messages` in order, stopping at the first failure.
+    async fn publish_batch(&self, messages: &[&OutboxMessage]) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            let result = self.publish(message).await;
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
+    }
+
     /// Checks that the broker is reachable now (for readiness probes).
     async fn ping(&self) -> Result<()>;
 }
