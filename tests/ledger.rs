@@ -1,6 +1,7 @@
 //! The verifiable consent ledger on real databases: proofs from the running service checked
 //! with only the verifier library, 16 concurrent writers on PostgreSQL, the service role's
-//! missing privileges, and a superuser's tampering caught by `udim ledger verify`.
+//! missing privileges, a superuser's tampering caught by `udim ledger verify`, and the
+//! ledger port's conformance suite on both databases.
 
 mod common;
 
@@ -193,6 +194,33 @@ async fn instance(url: &str, data_dir: &Path) -> ConsentService {
     db.migrate().await.unwrap();
     let signer = Arc::new(LedgerSigner::load(ORIGIN, None, &data_dir.join("secrets/ledger-signing-key")).unwrap());
     ConsentService::new(db.ledger.clone(), Sequencer::start(db.ledger.clone(), signer, 256))
+}
+
+/// The ledger port's conformance suite, the one the QLDB legacy provider also passes.
+async fn sql_ledger_conforms(url: &str) {
+    let db = udim_sql::connect(&udim_sql::DbOptions {
+        url: url.into(),
+        max_connections: 4,
+        acquire_timeout: std::time::Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    db.migrate().await.unwrap();
+    udim_ports::conformance::consent_ledger(db.ledger.clone(), 300).await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_ledger_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    sql_ledger_conforms(&format!("sqlite://{}", dir.path().join("ledger.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_ledger_conforms() {
+    let (name, url) = common::create_postgres_database().await;
+    sql_ledger_conforms(&url).await;
+    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,8 +40,10 @@ fn share(error: &PortError) -> PortError {
 }
 
 impl Sequencer {
-    /// Starts the task. `max_batch` bounds one transaction's size.
+    /// Starts the task. `max_batch` bounds one transaction's size, and so does the ledger's
+    /// own limit.
     pub fn start(ledger: Arc<dyn ConsentLedger>, signer: Arc<LedgerSigner>, max_batch: usize) -> Self {
+        let max_batch = max_batch.min(ledger.max_batch()).max(1);
         let (requests, mut queue) = mpsc::channel::<Request>(max_batch * 4);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);

@@ -97,6 +97,11 @@ pub trait CheckpointSigner: Send + Sync {
 #[async_trait]
 pub trait ConsentLedger: Send + Sync + std::fmt::Debug {
     async fn append_batch(&self, entries: &[NewLedgerEntry], signer: &dyn CheckpointSigner) -> Result<AppendedBatch>;
+    /// The most entries one `append_batch` takes: a store with a per-transaction limit
+    /// says so here, and the sequencer cuts its batches to fit.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
     async fn entries_for_user(&self, user_id: &str) -> Result<Vec<LedgerEntry>>;
     async fn nodes(&self, ids: &[(u8, u64)]) -> Result<Vec<Option<Hash>>>;
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
