@@ -163,7 +163,8 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
         return Ok(());
     }
     let db = connect_database(&settings).await?;
-    let ledger = db.ledger.as_ref();
+    let store = crate::providers::ledger(&settings, &db).await?;
+    let ledger = store.as_ref();
     match command {
         LedgerCommand::Checkpoint => {
             let checkpoint = ledger.latest_checkpoint().await?.context("the ledger is empty")?;
@@ -181,7 +182,7 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
             println!("{}", serde_json::to_string_pretty(&proof)?);
         }
         LedgerCommand::Verify => {
-            let report = crate::ledger::audit::audit(db.ledger.clone(), signer.verifier()).await?;
+            let report = crate::ledger::audit::audit(store.clone(), signer.verifier()).await?;
             println!(
                 "ledger sound: {} entries ({} redacted), {} checkpoints verified",
                 report.entries, report.redacted, report.checkpoints

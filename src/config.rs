@@ -336,6 +336,8 @@ pub struct LedgerSettings {
     pub signing_key: Option<SecretString>,
     /// Most entries appended (and signed) in one transaction.
     pub max_batch: usize,
+    /// Where the log is stored.
+    pub store: LedgerStore,
 }
 
 impl Default for LedgerSettings {
@@ -344,8 +346,27 @@ impl Default for LedgerSettings {
             origin: "udim.local/consent-ledger".into(),
             signing_key: None,
             max_batch: 256,
+            store: LedgerStore::default(),
         }
     }
+}
+
+/// Where the consent ledger is stored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LedgerStore {
+    /// The service's database (PostgreSQL; SQLite in the embedded default): the supported
+    /// ledger of every build.
+    #[default]
+    Database,
+    /// Amazon QLDB (feature `qldb`). LEGACY: QLDB reached end of support on 2025-07-31; it is
+    /// here only for deployments migrating off the original stack.
+    Qldb {
+        ledger_name: String,
+        region: Option<String>,
+        /// A custom endpoint (a VPC endpoint, or a test stand-in).
+        endpoint: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]

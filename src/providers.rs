@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use udim_ports::kms::KeyService;
+use udim_ports::ledger::ConsentLedger;
 use udim_ports::queue::Notifier;
 use udim_ports::scanner::{MalwareScanner, ScanningDisabled};
 use udim_ports::storage::BlobStore;
 
-use crate::config::{KmsSettings, QueueSettings, ScannerSettings, Settings, StorageSettings};
+use crate::config::{KmsSettings, LedgerStore, QueueSettings, ScannerSettings, Settings, StorageSettings};
 use crate::ingest::ScanPolicy;
 
 fn not_enabled(setting: &str, feature: &str) -> anyhow::Error {
@@ -145,6 +146,40 @@ cfg_if::cfg_if! {
         async fn sqs(_: &str, _: Option<&str>, _: Option<&str>) -> anyhow::Result<Arc<dyn Notifier>> {
             Err(not_enabled("queue.type = \"sqs\"", "aws"))
         }
+    }
+}
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "qldb")] {
+        async fn qldb(ledger_name: &str, region: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<Arc<dyn ConsentLedger>> {
+            tracing::warn!(
+                ledger_name,
+                "the consent ledger is on Amazon QLDB, which reached end of support on 2025-07-31; \
+                 move it to the PostgreSQL ledger (docs/ledger.md)"
+            );
+            let config = udim_aws::sdk_config(region, endpoint).await;
+            let client = udim_qldb::aws_sdk_qldbsession::Client::new(&config);
+            let ledger = udim_qldb::QldbLedger::connect(client, ledger_name)
+                .await
+                .with_context(|| format!("cannot use the QLDB ledger {ledger_name}"))?;
+            Ok(Arc::new(ledger))
+        }
+    } else {
+        async fn qldb(_: &str, _: Option<&str>, _: Option<&str>) -> anyhow::Result<Arc<dyn ConsentLedger>> {
+            Err(not_enabled("ledger.store.type = \"qldb\"", "qldb"))
+        }
+    }
+}
+
+/// The consent ledger from `ledger.store`: the database's, or a legacy QLDB ledger.
+pub async fn ledger(settings: &Settings, database: &udim_sql::Database) -> anyhow::Result<Arc<dyn ConsentLedger>> {
+    match &settings.ledger.store {
+        LedgerStore::Database => Ok(database.ledger.clone()),
+        LedgerStore::Qldb {
+            ledger_name,
+            region,
+            endpoint,
+        } => qldb(ledger_name, region.as_deref(), endpoint.as_deref()).await,
     }
 }
 

@@ -132,12 +132,9 @@ impl Application {
             settings.ledger.signing_key.as_ref(),
             &settings.ledger_key_file(),
         )?);
-        let sequencer = Sequencer::start(
-            database.ledger.clone(),
-            ledger_signer.clone(),
-            settings.ledger.max_batch,
-        );
-        let consents = ConsentService::new(database.ledger.clone(), sequencer);
+        let ledger = providers::ledger(&settings, &database).await?;
+        let sequencer = Sequencer::start(ledger.clone(), ledger_signer.clone(), settings.ledger.max_batch);
+        let consents = ConsentService::new(ledger, sequencer);
         let relay_wake = Arc::new(Notify::new());
         let reader = Arc::new(crate::read::ContentReader {
             blobs: blobs.clone(),

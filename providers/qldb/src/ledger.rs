@@ -356,11 +356,7 @@ impl QldbLedger {
             .await?;
         txn.execute(
             &format!("UPDATE {HEAD} SET size = ?, root = ?, note = ?"),
-            vec![
-                ion_int(new_size)?,
-                Element::blob(root),
-                Element::string(note.as_str()),
-            ],
+            vec![ion_int(new_size)?, Element::blob(root), Element::string(note.as_str())],
         )
         .await?;
 

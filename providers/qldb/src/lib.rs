@@ -11,5 +11,6 @@ pub mod digest;
 mod ledger;
 mod session;
 
-pub use aws_sdk_qldbsession;
+// The clients and value types callers and tests need to talk to a ledger.
 pub use ledger::{MAX_BATCH, QldbLedger};
+pub use {aws_sdk_qldbsession, ion_rs};

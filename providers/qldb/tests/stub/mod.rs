@@ -5,6 +5,8 @@
 //! optimistic concurrency (a commit fails with `OccConflictException` if a table it read was
 //! changed by another commit since it began), the commit digest, and paged results.
 //!
+//! Used by the provider's tests and, through `#[path]`, by the service's `qldb` test.
+//!
 //! Its PartiQL is only the handful of statement shapes the provider sends; anything else is
 //! a `BadRequestException`. It is a fake, not QLDB: the provider's statements were written
 //! against QLDB's PartiQL reference and were never run on the real service.
@@ -17,9 +19,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ion_rs::{Element, Struct};
 use serde_json::{Value, json};
 use udim_qldb::digest::CommitDigest;
+use udim_qldb::ion_rs::{self, Element, Struct};
 
 /// Values per result page: small, so the provider's paging is exercised.
 const PAGE: usize = 5;
@@ -454,16 +456,16 @@ impl Stub {
     }
 
     /// A client for the stub with the SDK's own retries off, so the provider's are tested.
-    pub fn client(&self) -> aws_sdk_qldbsession::Client {
-        use aws_sdk_qldbsession::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-        let config = aws_sdk_qldbsession::Config::builder()
+    pub fn client(&self) -> udim_qldb::aws_sdk_qldbsession::Client {
+        use udim_qldb::aws_sdk_qldbsession::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+        let config = udim_qldb::aws_sdk_qldbsession::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("AKIDSTUB", "stub-secret", None, None, "stub"))
             .endpoint_url(&self.endpoint)
             .retry_config(RetryConfig::disabled())
             .build();
-        aws_sdk_qldbsession::Client::from_conf(config)
+        udim_qldb::aws_sdk_qldbsession::Client::from_conf(config)
     }
 
     /// How many commits failed on an optimistic-concurrency conflict.
