@@ -138,9 +138,22 @@ async fn a_tampered_object_never_releases_the_tampered_segment() {
     std::fs::write(&path, raw).unwrap();
 
     let pipeline = app.token("pipeline", &["udim:read"]);
-    let response = read(&app, &pipeline, id, "model-training", None).await;
-    assert_eq!(response.status(), 200, "headers go out before the body streams");
-    let body = response.bytes().await;
+    let sent = app
+        .http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&pipeline)
+        .send()
+        .await;
+    // The tampered segment is found while the first one is still in the server's write
+    // buffer, sometimes before even the headers leave: the connection is then cut with no
+    // response at all, which releases nothing either.
+    let body = match sent {
+        Err(e) => Err(e),
+        Ok(response) => {
+            assert_eq!(response.status(), 200, "headers go out before the body streams");
+            response.bytes().await
+        }
+    };
     match body {
         Err(_) => {}
         Ok(bytes) => {
