@@ -237,7 +237,7 @@ async fn a_failing_object_write_leaves_no_stored_row(db: Db) {
     let response = app.upload(&dave, "video", vec![7u8; 1_000_000]).await;
     assert!(response.status().is_server_error(), "got {}", response.status());
     let problem: Value = response.json().await.unwrap();
-    assert_eq!(problem["status"], 500);
+    assert_eq!(problem["status"], 503, "a storage failure is worth retrying: {problem}");
     assert!(
         app.packages(&dave).await.is_empty(),
         "no package row, stored or otherwise"
@@ -394,7 +394,8 @@ mod faulty {
         async fn write(&mut self, data: Bytes) -> Result<()> {
             self.written += data.len() as u64;
             if self.written > self.limit {
-                return Err(PortError::generic("faulty storage", "injected write failure"));
+                // As the port's contract has it: a failed write is the store being unavailable.
+                return Err(PortError::unavailable("faulty storage", "injected write failure"));
             }
             self.inner.write(data).await
         }

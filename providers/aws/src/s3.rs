@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::ClientConfigKey;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use udim_ports::storage::ObjectStoreBlobs;
 use udim_ports::{PortError, Result};
 
@@ -11,6 +12,12 @@ use crate::credentials::SdkChainCredentials;
 /// S3 needs every multipart part but the last to be at least 5 MiB. 16 MiB parts fit objects
 /// up to 156 GiB in S3's 10,000 parts; the store grows parts for larger declared sizes.
 const S3_PART_SIZE: usize = 16 * 1024 * 1024;
+
+/// Per request. object_store's default of 30 s is too short for `CompleteMultipartUpload`,
+/// which S3 documents can take minutes for a large object; a timed-out completion is retried,
+/// and the retry can find the upload already gone. Measured: moto took over 30 s to
+/// complete a 5.3 GiB object, and the upload failed until this was raised.
+const REQUEST_TIMEOUT: &str = "600s";
 
 /// S3 (or an S3-compatible store) settings; credentials come from the AWS SDK's default chain
 /// (environment, shared profiles with assume-role and `credential_process`, web identity, ECS and
@@ -27,6 +34,7 @@ pub struct S3Config {
 
 pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
     let mut builder = AmazonS3Builder::from_env()
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), REQUEST_TIMEOUT)
         .with_bucket_name(&config.bucket)
         .with_allow_http(config.allow_http)
         .with_credentials(Arc::new(SdkChainCredentials::new(config.region.clone())));

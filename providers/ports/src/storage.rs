@@ -22,7 +22,8 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 /// # Contract
 /// Nothing is visible under the key until [`BlobWriter::finish`] returns `Ok`; after
 /// [`BlobWriter::abort`] (or a writer dropped without `finish`) nothing is visible and the
-/// provider holds no parts that it will not clean up.
+/// provider holds no parts that it will not clean up. A failed `write` or `finish` is
+/// [`PortError::Unavailable`] (the object was not stored; the whole write may be retried).
 #[async_trait]
 pub trait BlobWriter: Send {
     /// Appends bytes. May apply back-pressure by waiting for earlier parts to upload.
@@ -112,6 +113,16 @@ fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Er
     }
 }
 
+/// A failed part upload or completion means the object was not stored, whatever the store
+/// said: even `NotFound` (the upload vanished under a retried completion) is the store's
+/// fault, not a missing item of the caller's, so the caller may retry the whole write.
+fn write_error(provider: &'static str, key: &str, e: object_store::Error) -> PortError {
+    match map_object_store_error(provider, key, e) {
+        unsupported @ PortError::Unsupported(_) => unsupported,
+        other => PortError::unavailable(provider, format!("writing {key} failed: {other}")),
+    }
+}
+
 struct MultipartWriter {
     inner: WriteMultipart,
     provider: &'static str,
@@ -126,7 +137,7 @@ impl BlobWriter for MultipartWriter {
         self.inner
             .wait_for_capacity(2)
             .await
-            .map_err(|e| map_object_store_error(self.provider, &self.key, e))?;
+            .map_err(|e| write_error(self.provider, &self.key, e))?;
         self.written += data.len() as u64;
         self.inner.put(data);
         Ok(())
@@ -137,7 +148,7 @@ impl BlobWriter for MultipartWriter {
         this.inner
             .finish()
             .await
-            .map_err(|e| map_object_store_error(this.provider, &this.key, e))?;
+            .map_err(|e| write_error(this.provider, &this.key, e))?;
         Ok(this.written)
     }
 
@@ -229,5 +240,18 @@ mod tests {
         let five_tib: u64 = 5 << 40;
         let part = blobs.part_size_for(Some(five_tib)) as u64;
         assert!(five_tib.div_ceil(part) <= 10_000 && part <= 5 << 30, "{part}");
+    }
+
+    #[test]
+    fn a_failed_write_is_the_store_being_unavailable_even_when_it_says_not_found() {
+        let vanished = object_store::Error::NotFound {
+            path: "packages/x".into(),
+            source: "NoSuchUpload".into(),
+        };
+        assert!(write_error("s3", "packages/x", vanished).is_transient());
+        assert!(matches!(
+            write_error("s3", "packages/x", object_store::Error::NotImplemented),
+            PortError::Unsupported(_)
+        ));
     }
 }
