@@ -250,7 +250,13 @@ mod tests {
         };
         assert!(write_error("s3", "packages/x", vanished).is_transient());
         assert!(matches!(
-            write_error("s3", "packages/x", object_store::Error::NotImplemented),
+            write_error(
+                "s3",
+                "packages/x",
+                object_store::Error::NotSupported {
+                    source: "no multipart here".into()
+                }
+            ),
             PortError::Unsupported(_)
         ));
     }
