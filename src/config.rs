@@ -58,6 +58,9 @@ pub struct ServerSettings {
     /// Browser origins allowed to call the API (CORS), e.g. a web app running Uppy. Empty:
     /// no cross-origin access.
     pub cors_allowed_origins: Vec<String>,
+    /// Serve Prometheus metrics at `GET /metrics` (no authentication: restrict it to the
+    /// scraper at the network layer).
+    pub metrics: bool,
 }
 
 impl Default for ServerSettings {
@@ -66,6 +69,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 30,
             cors_allowed_origins: Vec::new(),
+            metrics: true,
         }
     }
 }

@@ -49,6 +49,26 @@ pub enum IngestError {
     Envelope(#[from] EnvelopeError),
 }
 
+/// Counts an upload's outcome; a refusal is the uploader's (4xx), a failure ours (5xx).
+fn count_upload(result: &Result<PackageRecord, IngestError>) {
+    let outcome = match result {
+        Ok(record) => {
+            metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(record.size_bytes.unwrap_or(0));
+            "stored"
+        }
+        Err(IngestError::Malware(_)) => "quarantined",
+        Err(
+            IngestError::TooLarge { .. }
+            | IngestError::Interrupted(_)
+            | IngestError::ConsentWithdrawn(_)
+            | IngestError::TooLargeToScan { .. }
+            | IngestError::ContentRefused(_),
+        ) => "refused",
+        Err(IngestError::ScannerUnavailable(_) | IngestError::Port(_) | IngestError::Envelope(_)) => "failed",
+    };
+    metrics::counter!(crate::metrics::UPLOADS, "outcome" => outcome).increment(1);
+}
+
 /// What the uploader told us about the file.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
@@ -208,7 +228,7 @@ impl Ingestor {
                 created_at: now_micros(),
             })
             .await?;
-        match self.store(id, &request, body).await {
+        let result = match self.store(id, &request, body).await {
             Ok(record) => Ok(record),
             // The quarantined row stays, as the record of what was refused; no object does.
             Err(e @ IngestError::Malware(_)) => {
@@ -219,7 +239,9 @@ impl Ingestor {
                 self.clean_up(&request.user_id, id).await;
                 Err(e)
             }
-        }
+        };
+        count_upload(&result);
+        result
     }
 
     async fn store<S, E>(&self, id: Uuid, request: &UploadRequest, body: S) -> Result<PackageRecord, IngestError>

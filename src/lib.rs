@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod http;
 pub mod ingest;
 pub mod ledger;
+pub mod metrics;
 pub mod providers;
 pub mod read;
 pub mod relay;

@@ -226,6 +226,12 @@ pub async fn open_envelope(
     Err(EnvelopeError::Truncated.into())
 }
 
+/// A stored object failed authentication: tampering or corruption at rest, worth an alert.
+fn unauthentic(error: &EnvelopeError) {
+    metrics::counter!(crate::metrics::READ_INTEGRITY_FAILURES).increment(1);
+    tracing::error!(%error, "a stored object failed authentication while streaming; the read was cut");
+}
+
 /// Decrypts a ciphertext stream as it flows, releasing each segment's plaintext only after
 /// it authenticates; delivers `len` bytes after skipping `skip`.
 pub fn decrypt_stream(
@@ -245,7 +251,7 @@ pub fn decrypt_stream(
             match st.ciphertext.next().await {
                 Some(chunk) => {
                     let decryptor = st.decryptor.as_mut().expect("present until the end");
-                    let plaintext = decryptor.push(&chunk?)?;
+                    let plaintext = decryptor.push(&chunk?).inspect_err(unauthentic)?;
                     if let Some(out) = st.take(plaintext) {
                         return Ok(Some((out, st)));
                     }
@@ -254,7 +260,7 @@ pub fn decrypt_stream(
                     let Some(decryptor) = st.decryptor.take() else {
                         return Ok(None);
                     };
-                    let plaintext = decryptor.finish()?;
+                    let plaintext = decryptor.finish().inspect_err(unauthentic)?;
                     return Ok(st.take(plaintext).map(|out| (out, st)));
                 }
             }

@@ -180,6 +180,11 @@ impl Application {
             reader,
             resumable,
             relay_wake,
+            metrics: if settings.server.metrics {
+                crate::metrics::handle()
+            } else {
+                None
+            },
         };
         let listener = TcpListener::bind(settings.server.listen)
             .await

@@ -42,6 +42,8 @@ pub struct AppState {
     pub resumable: Arc<crate::resumable::Resumable>,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub relay_wake: Arc<Notify>,
+    /// Renders `GET /metrics`; `None` when metrics are off.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 struct BearerAuth;
@@ -100,6 +102,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::outbox))
         .split_for_parts();
     let api = Arc::new(api);
+    let router = match state.metrics.clone() {
+        Some(handle) => router.route(
+            "/metrics",
+            axum::routing::get(move || crate::metrics::render(handle.clone())),
+        ),
+        None => router,
+    };
     router
         .route(
             "/openapi.json",
@@ -110,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }
 
