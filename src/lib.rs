@@ -13,6 +13,7 @@ pub mod config;
 pub mod consent;
 pub mod content;
 pub mod envelope;
+pub mod erasure;
 pub mod http;
 pub mod ingest;
 pub mod ledger;

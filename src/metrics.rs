@@ -18,6 +18,7 @@ pub const HTTP_REQUESTS: &str = "udim_http_requests_total";
 pub const HTTP_DURATION: &str = "udim_http_request_duration_seconds";
 pub const UPLOADS: &str = "udim_uploads_total";
 pub const UPLOAD_BYTES: &str = "udim_upload_bytes_total";
+pub const PACKAGES_DELETED: &str = "udim_packages_deleted_total";
 pub const READ_INTEGRITY_FAILURES: &str = "udim_read_integrity_failures_total";
 pub const EVENTS_PUBLISHED: &str = "udim_events_published_total";
 pub const EVENT_FAILURES: &str = "udim_event_publish_failures_total";
@@ -78,6 +79,7 @@ fn describe() {
         "Uploads by outcome: stored, quarantined, refused (4xx), failed (5xx)"
     );
     describe_counter!(UPLOAD_BYTES, metrics::Unit::Bytes, "Plaintext bytes of stored packages");
+    describe_counter!(PACKAGES_DELETED, "Packages erased at their owner's request");
     describe_counter!(
         READ_INTEGRITY_FAILURES,
         "Reads cut because a stored object failed authentication (tampering or corruption)"

@@ -163,6 +163,12 @@ impl Application {
             ingest: ingest.clone(),
             expire_after: Duration::from_secs(settings.upload.resumable_expire_after_secs),
         });
+        let eraser = Arc::new(crate::erasure::Eraser {
+            packages: database.packages.clone(),
+            blobs: ingest.blobs.clone(),
+            consents: consents.clone(),
+            relay_wake: relay_wake.clone(),
+        });
         let relay = notifier.as_ref().map(|notifier| Relay {
             outbox: database.outbox.clone(),
             notifier: notifier.clone(),
@@ -180,6 +186,7 @@ impl Application {
             reader,
             resumable,
             relay_wake,
+            eraser,
             metrics: if settings.server.metrics {
                 crate::metrics::handle()
             } else {
@@ -216,6 +223,7 @@ impl Application {
         tasks.spawn(sweep_loop(
             self.state.ingest.clone(),
             self.state.resumable.clone(),
+            self.state.eraser.clone(),
             self.abandon_after,
             self.sweep_interval,
             stop.clone(),
@@ -250,6 +258,7 @@ impl Application {
 async fn sweep_loop(
     ingest: Arc<Ingestor>,
     resumable: Arc<crate::resumable::Resumable>,
+    eraser: Arc<crate::erasure::Eraser>,
     abandon_after: Duration,
     interval: Duration,
     stop: CancellationToken,
@@ -264,6 +273,11 @@ async fn sweep_loop(
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "removed expired resumable uploads"),
             Err(e) => tracing::warn!(error = %e, "expiring resumable uploads failed"),
+        }
+        match eraser.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "removed objects of erased packages"),
+            Err(e) => tracing::warn!(error = %e, "removing objects of erased packages failed"),
         }
         tokio::select! {
             () = stop.cancelled() => return,

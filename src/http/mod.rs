@@ -6,6 +6,7 @@ mod consents;
 pub mod extract;
 mod health;
 mod ledger;
+mod me;
 mod packages;
 pub mod problem;
 mod uploads;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub resumable: Arc<crate::resumable::Resumable>,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub relay_wake: Arc<Notify>,
+    pub eraser: Arc<crate::erasure::Eraser>,
     /// Renders `GET /metrics`; `None` when metrics are off.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -75,6 +77,7 @@ impl Modify for BearerAuth {
         (name = "ledger", description = "The verifiable consent log: checkpoints and proofs"),
         (name = "packages", description = "Uploads and their metadata"),
         (name = "uploads", description = "Resumable uploads (tus 1.0.0)"),
+        (name = "me", description = "The caller's own data: erasure and export"),
         (name = "admin", description = "Operator endpoints"),
         (name = "operations", description = "Health and readiness"),
     )
@@ -95,7 +98,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ledger::consistency))
         .routes(routes!(ledger::entries))
         .routes(routes!(packages::upload, packages::list))
-        .routes(routes!(packages::get))
+        .routes(routes!(packages::get, packages::delete))
+        .routes(routes!(me::erase))
+        .routes(routes!(me::export))
         .routes(routes!(packages::content))
         .routes(routes!(uploads::options, uploads::create))
         .routes(routes!(uploads::head, uploads::patch, uploads::terminate))

@@ -388,3 +388,28 @@ pub async fn content(
     }
     Ok(response)
 }
+
+/// Erases one of the caller's packages: its data key, metadata and object go, and a
+/// `package.deleted` event tells the pipeline to purge what it derived. Repeating it is
+/// harmless.
+#[utoipa::path(
+    delete,
+    path = "/v1/packages/{id}",
+    tag = "packages",
+    params(("id" = Uuid, Path, description = "package id")),
+    responses(
+        (status = 204, description = "erased (or already erased)"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "still being uploaded")
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let principal = caller.require(Scope::Upload)?;
+    state.eraser.delete_package(&principal.subject, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -136,6 +136,12 @@ impl From<PortError> for ApiError {
                     "a backing service is unavailable; retry later",
                 )
             }
+            PortError::Unsupported(detail) => Self::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "Not implemented",
+                format!("not supported by this deployment: {detail}"),
+            ),
             other => Self::internal(&other),
         }
     }

@@ -113,4 +113,8 @@ pub trait ConsentLedger: Send + Sync + std::fmt::Debug {
     async fn audit_rows(&self, from_index: u64, limit: u32) -> Result<Vec<AuditRow>>;
     /// Number of entries in the log.
     async fn size(&self) -> Result<u64>;
+    /// Erasure: removes the bodies (records and salts) of all of `user_id`'s entries and
+    /// records each redaction, in one transaction; leaves, nodes and checkpoints stay, so the
+    /// log still verifies. Returns how many entries were newly redacted; idempotent.
+    async fn redact_user(&self, user_id: &str) -> Result<u64>;
 }

@@ -159,6 +159,12 @@ pub struct OutboxEntry {
 ///   happen or neither. It fails with `Conflict` from any other status.
 /// - `discard` removes a package that never reached `stored` (bad input, failed write); it
 ///   refuses (`Conflict`) to remove a stored one.
+/// - `mark_deleted` is ONE transaction: a `stored` or `quarantined` package becomes `deleted`
+///   with its wrapped data key, content hash, names, types and metadata cleared (so its
+///   ciphertext can never be decrypted again, even from a backup of the object) AND `event`
+///   is inserted into the outbox. The row stays as a tombstone holding the object key until
+///   `object_removed` says the object is gone, so a crash in between leaves a cleanup path
+///   (`deleted_objects`).
 #[async_trait]
 pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records the user on first contact; later calls are no-ops.
@@ -187,6 +193,14 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records that `reader` read `package_id` for `purpose` (bytes `range`, if partial).
     async fn record_read(&self, read: &PackageRead) -> Result<()>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
+    /// Erases a package (see the contract). Returns the object key still to delete, or
+    /// `None` when the package was already deleted; `NotFound` when the user has no such
+    /// package; `Conflict` while it is still being received.
+    async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Option<String>>;
+    /// Deleted packages whose object is not yet known to be gone, oldest first.
+    async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>>;
+    /// Records that a deleted package's object is gone.
+    async fn object_removed(&self, id: Uuid) -> Result<()>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:
     /// uploads abandoned by a crash, to be cleaned up.
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>>;

@@ -513,4 +513,12 @@ impl ConsentLedger for QldbLedger {
     async fn size(&self) -> Result<u64> {
         Ok(transact!(self.driver, |txn| head(txn).await).await?.0)
     }
+
+    async fn redact_user(&self, _user_id: &str) -> Result<u64> {
+        Err(PortError::Unsupported(
+            "erasing consent records from the legacy QLDB ledger (QLDB keeps every revision in its journal; \
+             move the ledger to PostgreSQL)"
+                .into(),
+        ))
+    }
 }

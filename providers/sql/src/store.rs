@@ -434,6 +434,66 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Option<String>> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let status: Option<String> = sqlx::query("SELECT status FROM packages WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .map(|row| row.try_get("status"))
+                    .transpose()
+                    .map_err(db_err)?;
+                match status.as_deref() {
+                    None => return Err(PortError::NotFound(format!("package {id}"))),
+                    Some("deleted") => return Ok(None),
+                    Some("stored" | "quarantined") => {}
+                    Some(_) => return Err(PortError::Conflict(format!("package {id} is still being received"))),
+                }
+                // The object key stays until the object is confirmed gone: the cleanup path.
+                let object_key: Option<String> = sqlx::query(
+                    "UPDATE packages SET status = 'deleted', original_name = '', declared_content_type = '', \
+                     sniffed_content_type = NULL, storage_uri = NULL, sha256 = NULL, encryption_key_id = NULL, \
+                     wrapped_key = NULL, scan_detail = NULL, metadata = '{}', idempotency_key = NULL, updated_at = $3 \
+                     WHERE id = $1 AND user_id = $2 RETURNING object_key",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(Utc::now())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .try_get("object_key")
+                .map_err(db_err)?;
+                Self::insert_event(&mut tx, event).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(object_key)
+            }
+
+            async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>> {
+                sqlx::query(
+                    "SELECT id, object_key FROM packages WHERE status = 'deleted' AND object_key IS NOT NULL \
+                     ORDER BY updated_at LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|row| Ok((row.try_get("id").map_err(db_err)?, row.try_get("object_key").map_err(db_err)?)))
+                .collect()
+            }
+
+            async fn object_removed(&self, id: Uuid) -> Result<()> {
+                sqlx::query("UPDATE packages SET object_key = NULL WHERE id = $1 AND status = 'deleted'")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
             async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>> {
                 sqlx::query(concat!(
                     "SELECT ",
@@ -1065,6 +1125,29 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn redact_user(&self, user_id: &str) -> Result<u64> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                // The redaction goes on record first: the trigger lets a body go only then.
+                sqlx::query(
+                    "INSERT INTO ledger_redactions (entry_id, redacted_at) \
+                     SELECT id, $2 FROM consent_records WHERE user_id = $1 \
+                     AND id NOT IN (SELECT entry_id FROM ledger_redactions)",
+                )
+                .bind(user_id)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let removed = sqlx::query("DELETE FROM consent_records WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected();
+                tx.commit().await.map_err(db_err)?;
+                Ok(removed)
             }
 
             async fn size(&self) -> Result<u64> {

@@ -1,0 +1,2 @@
+-- Erasure: deleted packages whose object is not yet confirmed gone (the cleanup path).
+CREATE INDEX packages_deleted_objects ON packages (updated_at) WHERE status = 'deleted' AND object_key IS NOT NULL;

@@ -1,0 +1,146 @@
+//! Erasure: a user deletes one package, or everything they gave.
+//!
+//! A package is erased by crypto-shredding first: in one transaction its wrapped data key,
+//! content hash, names and metadata are cleared and a `package.deleted` event goes into the
+//! outbox, so the downstream pipeline learns to purge what it derived. From that commit on,
+//! the ciphertext can never be decrypted again, wherever a copy of it survives (S3 object
+//! versions, backups). The object itself is deleted right after; if that fails, the sweeper
+//! retries from the tombstone until it succeeds.
+//!
+//! Erasing everything also redacts the user's consent-ledger entries: their bodies go, their
+//! leaves stay, and the log still verifies.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Notify;
+use udim_ports::PortError;
+use udim_ports::metadata::{OutboxMessage, PackageQuery, PackageStatus, PackageStore};
+use udim_ports::storage::BlobStore;
+use uuid::Uuid;
+
+use crate::consent::ConsentService;
+use crate::ingest::EVENT_SCHEMA_VERSION;
+
+pub const PACKAGE_DELETED: &str = "package.deleted";
+
+/// The versioned `package.deleted` event body.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageDeletedEvent<'a> {
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    pub package_id: Uuid,
+    pub user_id: &'a str,
+    /// `user_request`: the owner asked; everything derived from the package must go.
+    pub reason: &'static str,
+}
+
+/// What erasing everything removed.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ErasureReport {
+    /// Packages erased by this request (already-deleted ones are not counted).
+    pub packages_deleted: u64,
+    /// Consent-ledger entries whose bodies were redacted by this request.
+    pub ledger_entries_redacted: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Eraser {
+    pub packages: Arc<dyn PackageStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub consents: ConsentService,
+    pub relay_wake: Arc<Notify>,
+}
+
+impl Eraser {
+    /// Erases one of `user_id`'s packages. `Ok(false)` when it was already deleted.
+    pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<bool, PortError> {
+        let event_id = Uuid::now_v7();
+        let occurred_at = crate::consent::now_micros();
+        let payload = PackageDeletedEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            event_id,
+            event_type: PACKAGE_DELETED,
+            occurred_at,
+            package_id: id,
+            user_id,
+            reason: "user_request",
+        };
+        let event = OutboxMessage {
+            id: event_id,
+            event_type: PACKAGE_DELETED.into(),
+            aggregate_id: id,
+            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
+            created_at: occurred_at,
+        };
+        let Some(object_key) = self.packages.mark_deleted(user_id, id, &event).await? else {
+            return Ok(false);
+        };
+        self.relay_wake.notify_one();
+        self.remove_object(id, &object_key).await;
+        metrics::counter!(crate::metrics::PACKAGES_DELETED).increment(1);
+        Ok(true)
+    }
+
+    /// Erases every package of `user_id` and redacts their consent-ledger entries.
+    pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport, PortError> {
+        let mut report = ErasureReport::default();
+        for status in [PackageStatus::Stored, PackageStatus::Quarantined] {
+            loop {
+                let page = self
+                    .packages
+                    .list_packages(
+                        user_id,
+                        &PackageQuery {
+                            status: Some(status),
+                            limit: 200,
+                            ..PackageQuery::default()
+                        },
+                    )
+                    .await?;
+                if page.is_empty() {
+                    break;
+                }
+                for package in page {
+                    if self.delete_package(user_id, package.id).await? {
+                        report.packages_deleted += 1;
+                    }
+                }
+            }
+        }
+        report.ledger_entries_redacted = self.consents.ledger().redact_user(user_id).await?;
+        tracing::info!(
+            packages = report.packages_deleted,
+            ledger_entries = report.ledger_entries_redacted,
+            "erased a user's data on request"
+        );
+        Ok(report)
+    }
+
+    /// Deletes an erased package's object; on failure the tombstone keeps it for the sweeper.
+    async fn remove_object(&self, id: Uuid, key: &str) {
+        let removed = match self.blobs.delete(key).await {
+            Ok(()) => self.packages.object_removed(id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(package_id = %id, error = %e, "deleting an erased package's object failed; the sweeper retries");
+        }
+    }
+
+    /// Retries object deletions that an earlier erasure could not finish. Returns how many
+    /// objects it removed.
+    pub async fn sweep(&self) -> Result<usize, PortError> {
+        let pending = self.packages.deleted_objects(500).await?;
+        let mut removed = 0;
+        for (id, key) in pending {
+            self.blobs.delete(&key).await?;
+            self.packages.object_removed(id).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,242 @@
+//! Erasure and export on both databases: one package (crypto-shredded, object gone,
+//! `package.deleted` announced, no longer readable), everything of one user (packages and
+//! ledger bodies, the log still verifying, nobody else touched), a failed object deletion
+//! finished later by the sweeper, and the export of what the service holds.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Db, Options, TestApp};
+use serde_json::Value;
+
+async fn delete(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
+    app.http
+        .delete(format!("{}{path}", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn read_status(app: &TestApp, id: &str) -> u16 {
+    let pipeline = app.token("pipeline", &["udim:read"]);
+    app.http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&pipeline)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn upload(app: &TestApp, token: &str, bytes: Vec<u8>) -> String {
+    let response = app.upload(token, "audio", bytes).await;
+    assert_eq!(response.status(), 201);
+    let package: Value = response.json().await.unwrap();
+    package["id"].as_str().unwrap().to_owned()
+}
+
+async fn erasure(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (alice, bob) = (app.uploader("alice"), app.uploader("bob"));
+    app.grant(&alice, &["audio"]).await;
+    app.grant(&bob, &["audio"]).await;
+    let first = upload(&app, &alice, common::distinctive_bytes(100_000)).await;
+    let second = upload(&app, &alice, common::distinctive_bytes(50_000)).await;
+    let bobs = upload(&app, &bob, common::distinctive_bytes(70_000)).await;
+    let objects = app.objects_dir().join("packages");
+
+    let (status, export) = app.get_json(&alice, "/v1/me/export").await;
+    assert_eq!(status, 200);
+    assert_eq!(export["subject"], "alice");
+    assert_eq!(export["consents"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        export["packages"].as_array().unwrap().len(),
+        2,
+        "alice's two, not bob's"
+    );
+
+    // One package.
+    assert_eq!(
+        delete(&app, &bob, &format!("/v1/packages/{first}")).await.status(),
+        404,
+        "not bob's to delete"
+    );
+    assert_eq!(
+        delete(&app, &alice, &format!("/v1/packages/{first}")).await.status(),
+        204
+    );
+    assert_eq!(
+        delete(&app, &alice, &format!("/v1/packages/{first}")).await.status(),
+        204,
+        "repeatable"
+    );
+    let (status, tombstone) = app.get_json(&alice, &format!("/v1/packages/{first}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(tombstone["status"], "deleted");
+    for cleared in ["sha256", "encryption_key_id", "storage_uri", "sniffed_content_type"] {
+        assert!(tombstone[cleared].is_null(), "{cleared} is cleared: {tombstone}");
+    }
+    assert_eq!(tombstone["original_name"], "");
+    assert!(!objects.join(&first).exists(), "the object is gone");
+    assert_eq!(read_status(&app, &first).await, 404, "an erased package cannot be read");
+    assert_eq!(read_status(&app, &second).await, 200);
+    let outbox = app.outbox().await;
+    let deleted: Vec<&Value> = outbox.iter().filter(|e| e["event_type"] == "package.deleted").collect();
+    assert_eq!(deleted.len(), 1, "one event, even for two requests");
+    assert_eq!(deleted[0]["payload"]["package_id"], first.as_str());
+    assert_eq!(deleted[0]["payload"]["reason"], "user_request");
+
+    // Everything of alice's.
+    let response = delete(&app, &alice, "/v1/me").await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        report["packages_deleted"], 1,
+        "the second package; the first was gone already"
+    );
+    assert_eq!(report["ledger_entries_redacted"], 1);
+    assert!(!objects.join(&second).exists());
+    let (_, consents) = app.get_json(&alice, "/v1/consents").await;
+    assert_eq!(
+        consents["history"].as_array().unwrap().len(),
+        0,
+        "no consent record is left readable"
+    );
+    assert_eq!(
+        app.upload(&alice, "audio", vec![1u8; 10]).await.status(),
+        403,
+        "and none is in force"
+    );
+    let again: Value = delete(&app, &alice, "/v1/me").await.json().await.unwrap();
+    assert_eq!(
+        (
+            again["packages_deleted"].as_u64(),
+            again["ledger_entries_redacted"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+
+    // Bob is untouched, and the log still verifies with alice's entry redacted.
+    assert_eq!(read_status(&app, &bobs).await, 200);
+    assert!(objects.join(&bobs).exists());
+    let (_, bobs_consents) = app.get_json(&bob, "/v1/consents").await;
+    assert_eq!(bobs_consents["history"].as_array().unwrap().len(), 1);
+    let audit = udim::ledger::audit::audit(app_ledger(&app).await, &ledger_key(&app).await)
+        .await
+        .expect("the log verifies after erasure");
+    assert_eq!((audit.entries, audit.redacted), (2, 1));
+    app.stop().await;
+}
+
+async fn app_ledger(app: &TestApp) -> Arc<dyn udim_ports::ledger::ConsentLedger> {
+    use secrecy::ExposeSecret as _;
+    let db = udim_sql::connect(&udim_sql::DbOptions {
+        url: app.settings.database_url().expose_secret().to_owned(),
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    db.ledger.clone()
+}
+
+async fn ledger_key(app: &TestApp) -> udim_ledger::note::VerifierKey {
+    let key = reqwest::get(format!("{}/v1/ledger/key", app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    udim_ledger::note::VerifierKey::parse(key.trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_on_sqlite() {
+    erasure(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_on_postgres() {
+    erasure(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = udim_local::fs::build(&dir.path().join("objects")).unwrap();
+    let refuse = Arc::new(AtomicBool::new(true));
+    let store = Arc::new(undeletable::RefusingDeletes {
+        inner: real,
+        refuse: refuse.clone(),
+    });
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            storage: Some(store),
+            configure: Some(Box::new(|s| s.upload.sweep_interval_secs = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let id = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let object = dir.path().join("objects/packages").join(&id);
+    assert_eq!(delete(&app, &alice, &format!("/v1/packages/{id}")).await.status(), 204);
+    assert!(object.exists(), "the store refused the deletion");
+    assert_eq!(read_status(&app, &id).await, 404, "but the package is erased already");
+    refuse.store(false, Ordering::SeqCst);
+    for _ in 0..100 {
+        if !object.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!object.exists(), "the sweeper finished the deletion");
+    app.stop().await;
+}
+
+mod undeletable {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use udim_ports::storage::{BlobStore, BlobWriter, ByteStream};
+    use udim_ports::{PortError, Result};
+
+    /// A real store whose deletes fail while `refuse` is set: an outage during erasure.
+    #[derive(Debug)]
+    pub struct RefusingDeletes<S> {
+        pub inner: S,
+        pub refuse: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl<S: BlobStore> BlobStore for RefusingDeletes<S> {
+        async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
+            self.inner.create(key, size_hint).await
+        }
+        async fn get(&self, key: &str) -> Result<ByteStream> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
+            self.inner.get_range(key, range).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool> {
+            self.inner.exists(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(PortError::unavailable("refusing store", "injected outage"));
+            }
+            self.inner.delete(key).await
+        }
+        fn uri(&self, key: &str) -> String {
+            self.inner.uri(key)
+        }
+    }
+}
