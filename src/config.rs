@@ -492,6 +492,16 @@ impl Settings {
         if self.ledger.max_batch == 0 || self.ledger.max_batch > 4096 {
             return Err(ConfigError::new("`ledger.max_batch` must be 1-4096"));
         }
+        if let Some((category, _)) = self
+            .upload
+            .categories
+            .iter()
+            .find(|(_, policy)| policy.retention_days == Some(0))
+        {
+            return Err(ConfigError::new(format!(
+                "`upload.categories.{category}.retention_days` must be at least 1"
+            )));
+        }
         if self.outbox.batch_size == 0 {
             return Err(ConfigError::new("`outbox.batch_size` must be at least 1"));
         }
@@ -575,6 +585,25 @@ mod tests {
             jail.set_env("UDIM_PROFILE", "nope");
             let err = Settings::load(Path::new(".")).unwrap_err().to_string();
             assert!(err.contains("UDIM_PROFILE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_zero_day_retention_would_erase_everything_and_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "default.toml",
+                "[upload.categories.audio]\nallowed_types = [\"audio/*\"]\nretention_days = 0\n",
+            )?;
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("upload.categories.audio.retention_days"), "{err}");
+            jail.create_file(
+                "default.toml",
+                "[upload.categories.audio]\nallowed_types = [\"audio/*\"]\nretention_days = 30\n",
+            )?;
+            let s = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(s.upload.categories["audio"].retention_days, Some(30));
             Ok(())
         });
     }

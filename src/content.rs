@@ -17,6 +17,9 @@ pub struct CategoryPolicy {
     /// A cap below the global `upload.max_bytes`.
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// Packages of this category are erased this many days after their upload.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 /// What happens when the declared `Content-Type` and the sniffed type disagree.
@@ -122,6 +125,7 @@ mod tests {
             CategoryPolicy {
                 allowed_types: vec!["image/*".into()],
                 max_bytes: Some(10),
+                retention_days: None,
             },
         );
         categories.insert(
@@ -129,6 +133,7 @@ mod tests {
             CategoryPolicy {
                 allowed_types: vec!["application/pdf".into(), "text/*".into()],
                 max_bytes: None,
+                retention_days: None,
             },
         );
         ContentPolicy { categories, mismatch }

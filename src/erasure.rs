@@ -34,7 +34,8 @@ pub struct PackageDeletedEvent<'a> {
     pub occurred_at: DateTime<Utc>,
     pub package_id: Uuid,
     pub user_id: &'a str,
-    /// `user_request`: the owner asked; everything derived from the package must go.
+    /// Why: `user_request` (the owner asked) or `retention_expired` (the data category's
+    /// retention limit ran out). Either way, everything derived from the package must go.
     pub reason: &'static str,
 }
 
@@ -53,11 +54,18 @@ pub struct Eraser {
     pub blobs: Arc<dyn BlobStore>,
     pub consents: ConsentService,
     pub relay_wake: Arc<Notify>,
+    /// Data categories with a retention limit, and the limit.
+    pub retention: Vec<(String, chrono::Duration)>,
 }
 
 impl Eraser {
-    /// Erases one of `user_id`'s packages. `Ok(false)` when it was already deleted.
+    /// Erases one of `user_id`'s packages at their request. `Ok(false)` when it was already
+    /// deleted.
     pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<bool, PortError> {
+        self.erase(user_id, id, "user_request").await
+    }
+
+    async fn erase(&self, user_id: &str, id: Uuid, reason: &'static str) -> Result<bool, PortError> {
         let event_id = Uuid::now_v7();
         let occurred_at = crate::consent::now_micros();
         let payload = PackageDeletedEvent {
@@ -67,7 +75,7 @@ impl Eraser {
             occurred_at,
             package_id: id,
             user_id,
-            reason: "user_request",
+            reason,
         };
         let event = OutboxMessage {
             id: event_id,
@@ -81,7 +89,7 @@ impl Eraser {
         };
         self.relay_wake.notify_one();
         self.remove_object(id, &object_key).await;
-        metrics::counter!(crate::metrics::PACKAGES_DELETED).increment(1);
+        metrics::counter!(crate::metrics::PACKAGES_DELETED, "reason" => reason).increment(1);
         Ok(true)
     }
 
@@ -129,6 +137,27 @@ impl Eraser {
         if let Err(e) = removed {
             tracing::warn!(package_id = %id, error = %e, "deleting an erased package's object failed; the sweeper retries");
         }
+    }
+
+    /// Erases the packages whose category's retention limit has run out as of `now`.
+    /// Returns how many it erased.
+    pub async fn expire(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
+        let mut erased = 0;
+        for (category, keep) in &self.retention {
+            let before = now - *keep;
+            loop {
+                let due = self.packages.expired_packages(category, before, 200).await?;
+                if due.is_empty() {
+                    break;
+                }
+                for (user_id, id) in due {
+                    if self.erase(&user_id, id, "retention_expired").await? {
+                        erased += 1;
+                    }
+                }
+            }
+        }
+        Ok(erased)
     }
 
     /// Retries object deletions that an earlier erasure could not finish. Returns how many

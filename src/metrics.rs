@@ -79,7 +79,10 @@ fn describe() {
         "Uploads by outcome: stored, quarantined, refused (4xx), failed (5xx)"
     );
     describe_counter!(UPLOAD_BYTES, metrics::Unit::Bytes, "Plaintext bytes of stored packages");
-    describe_counter!(PACKAGES_DELETED, "Packages erased at their owner's request");
+    describe_counter!(
+        PACKAGES_DELETED,
+        "Packages erased, by reason: user_request or retention_expired"
+    );
     describe_counter!(
         READ_INTEGRITY_FAILURES,
         "Reads cut because a stored object failed authentication (tampering or corruption)"

@@ -168,6 +168,16 @@ impl Application {
             blobs: ingest.blobs.clone(),
             consents: consents.clone(),
             relay_wake: relay_wake.clone(),
+            retention: settings
+                .upload
+                .categories
+                .iter()
+                .filter_map(|(category, policy)| {
+                    policy
+                        .retention_days
+                        .map(|days| (category.clone(), chrono::Duration::days(i64::from(days))))
+                })
+                .collect(),
         });
         let relay = notifier.as_ref().map(|notifier| Relay {
             outbox: database.outbox.clone(),
@@ -273,6 +283,11 @@ async fn sweep_loop(
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "removed expired resumable uploads"),
             Err(e) => tracing::warn!(error = %e, "expiring resumable uploads failed"),
+        }
+        match eraser.expire(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "erased packages past their retention limit"),
+            Err(e) => tracing::warn!(error = %e, "erasing packages past their retention limit failed"),
         }
         match eraser.sweep().await {
             Ok(0) => {}

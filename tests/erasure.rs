@@ -200,6 +200,76 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_past_their_categorys_retention_limit_are_erased() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio", "text"]).await;
+    let audio = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let text = app
+        .http
+        .post(format!("{}/v1/packages?data_category=text&filename=a.txt", app.base))
+        .bearer_auth(&alice)
+        .header("content-type", "text/plain")
+        .body("hello, kept forever")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 201);
+    let text: Value = text.json().await.unwrap();
+
+    // The service's eraser, on the app's database and objects, with audio kept 30 days.
+    use secrecy::ExposeSecret as _;
+    let db = udim_sql::connect(&udim_sql::DbOptions {
+        url: app.settings.database_url().expose_secret().to_owned(),
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let signer = Arc::new(
+        udim::ledger::signer::LedgerSigner::load(&app.settings.ledger.origin, None, &app.settings.ledger_key_file())
+            .unwrap(),
+    );
+    let eraser = udim::erasure::Eraser {
+        packages: db.packages.clone(),
+        blobs: Arc::new(udim_local::fs::build(&app.objects_dir()).unwrap()),
+        consents: udim::consent::ConsentService::new(
+            db.ledger.clone(),
+            udim::ledger::sequencer::Sequencer::start(db.ledger.clone(), signer, 16),
+        ),
+        relay_wake: Arc::new(tokio::sync::Notify::new()),
+        retention: vec![("audio".into(), chrono::Duration::days(30))],
+    };
+    let now = chrono::Utc::now();
+    assert_eq!(
+        eraser.expire(now + chrono::Duration::days(29)).await.unwrap(),
+        0,
+        "not yet"
+    );
+    assert_eq!(eraser.expire(now + chrono::Duration::days(31)).await.unwrap(), 1);
+    assert_eq!(
+        eraser.expire(now + chrono::Duration::days(31)).await.unwrap(),
+        0,
+        "once"
+    );
+
+    let (_, expired) = app.get_json(&alice, &format!("/v1/packages/{audio}")).await;
+    assert_eq!(expired["status"], "deleted");
+    assert!(!app.objects_dir().join("packages").join(&audio).exists());
+    let (_, kept) = app
+        .get_json(&alice, &format!("/v1/packages/{}", text["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(kept["status"], "stored", "a category without a limit is kept");
+    let outbox = app.outbox().await;
+    let event = outbox
+        .iter()
+        .find(|e| e["event_type"] == "package.deleted")
+        .expect("a package.deleted event");
+    assert_eq!(event["payload"]["reason"], "retention_expired");
+    app.stop().await;
+}
+
 mod undeletable {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -23,6 +23,7 @@ async fn app(mismatch: MismatchPolicy) -> TestApp {
                     CategoryPolicy {
                         allowed_types: vec!["image/*".into()],
                         max_bytes: Some(4096),
+                        retention_days: None,
                     },
                 );
                 s.upload.type_mismatch = mismatch;

@@ -197,6 +197,14 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// `None` when the package was already deleted; `NotFound` when the user has no such
     /// package; `Conflict` while it is still being received.
     async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Option<String>>;
+    /// `(user_id, id)` of `stored` packages of `data_category` uploaded before `before`,
+    /// oldest first: those a retention limit has run out on.
+    async fn expired_packages(
+        &self,
+        data_category: &str,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, Uuid)>>;
     /// Deleted packages whose object is not yet known to be gone, oldest first.
     async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>>;
     /// Records that a deleted package's object is gone.

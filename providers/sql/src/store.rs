@@ -471,6 +471,27 @@ macro_rules! sql_store {
                 Ok(object_key)
             }
 
+            async fn expired_packages(
+                &self,
+                data_category: &str,
+                before: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<(String, Uuid)>> {
+                sqlx::query(
+                    "SELECT user_id, id FROM packages WHERE status = 'stored' AND data_category = $1 \
+                     AND created_at < $2 ORDER BY created_at LIMIT $3",
+                )
+                .bind(data_category)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|row| Ok((row.try_get("user_id").map_err(db_err)?, row.try_get("id").map_err(db_err)?)))
+                .collect()
+            }
+
             async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>> {
                 sqlx::query(
                     "SELECT id, object_key FROM packages WHERE status = 'deleted' AND object_key IS NOT NULL \
