@@ -1,6 +1,6 @@
-//! Resumable uploads speak tus 1.0.0: a stock client from PyPI (tuspy) uploads in chunks, is
-//! interrupted, the service restarts, the client resumes, and the stored package's SHA-256
-//! matches; concurrent PATCHes, expiry, termination and bad headers behave as the protocol
+//! Resumable uploads speak tus 1.0.0: stock clients (tuspy from PyPI, tus-js-client from npm)
+//! upload in chunks, are interrupted, the service restarts, the client resumes, and the stored
+//! package's SHA-256 matches; concurrent PATCHes, expiry, termination and bad headers behave as the protocol
 //! says and leave nothing behind.
 
 mod common;
@@ -113,6 +113,66 @@ async fn tuspy_resumes_across_a_restart_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuspy_resumes_across_a_restart_on_postgres() {
     a_stock_tus_client_resumes_across_a_restart(Db::Postgres).await;
+}
+
+fn tus_js_client(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
+    let node = std::env::var("UDIM_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let mut cmd = Command::new(node);
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/js/client.mjs"))
+        .arg(endpoint)
+        .arg(token)
+        .arg(file)
+        .arg((192 * 1024).to_string())
+        .arg(stop_at.to_string());
+    if let Some(url) = url {
+        cmd.arg(url);
+    }
+    let output = cmd
+        .output()
+        .expect("node with tus-js-client (scripts/test installs it into tests/tus/js; UDIM_TEST_NODE)");
+    assert!(
+        output.status.success(),
+        "tus-js-client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tus_js_client_resumes_across_a_restart() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let mut data = b"%PDF-1.7\n".to_vec();
+    data.extend(common::distinctive_bytes(2 * 1024 * 1024 + 12_345));
+    let file = app.data_dir().join("notes.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let endpoint = format!("{}/v1/uploads", app.base);
+
+    let first = tus_js_client(&endpoint, &alice, &file, 1024 * 1024, None);
+    let offset = first["offset"].as_u64().unwrap();
+    assert!(
+        (1024 * 1024..data.len() as u64).contains(&offset),
+        "interrupted part-way: {first}"
+    );
+    assert!(first["packageId"].is_null());
+    let path = reqwest::Url::parse(first["url"].as_str().unwrap())
+        .unwrap()
+        .path()
+        .to_owned();
+
+    let app = app.restart().await;
+    let url = format!("{}{path}", app.base);
+    let done = tus_js_client(&format!("{}/v1/uploads", app.base), &alice, &file, u64::MAX, Some(&url));
+    assert_eq!(done["offset"], data.len() as u64);
+    let package_id = done["packageId"].as_str().expect("the last PATCH names the package");
+    let (status, package) = app.get_json(&alice, &format!("/v1/packages/{package_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(package["status"], "stored");
+    assert_eq!(package["sha256"], sha256_hex(&data));
+    assert_eq!(package["original_name"], "notes.pdf");
+    assert_eq!(package["sniffed_content_type"], "application/pdf");
+    app.stop().await;
 }
 
 async fn create(app: &TestApp, token: &str, length: u64) -> String {
