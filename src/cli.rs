@@ -36,6 +36,29 @@ enum Command {
         #[arg(long, required = true)]
         scope: Vec<String>,
     },
+    /// Upload a file to a running service, resumably (tus), with a progress bar; prints the
+    /// stored package as JSON.
+    Upload {
+        file: PathBuf,
+        /// The service's base URL.
+        #[arg(long, env = "UDIM_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// A bearer token with the `udim:upload` scope.
+        #[arg(long, env = "UDIM_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The data category; an active consent must cover it.
+        #[arg(long)]
+        category: String,
+        /// The file's media type.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+        /// Bytes per PATCH, in MiB.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        chunk_mib: u16,
+        /// Continue the upload at this URL (printed by an earlier, interrupted run).
+        #[arg(long)]
+        resume: Option<String>,
+    },
     /// Operator tasks.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -107,6 +130,29 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Ledger(LedgerCommand::VerifyConsistency { key, proof })) => {
             return crate::ledger::cli::verify_consistency(key, proof);
         }
+        // A client of a service somewhere: no settings of its own.
+        Some(Command::Upload {
+            file,
+            server,
+            token,
+            category,
+            content_type,
+            chunk_mib,
+            resume,
+        }) => {
+            let package = crate::upload_client::upload(&crate::upload_client::UploadJob {
+                server: server.clone(),
+                token: token.clone(),
+                file: file.clone(),
+                data_category: category.clone(),
+                content_type: content_type.clone(),
+                chunk_bytes: usize::from(*chunk_mib) * 1024 * 1024,
+                resume: resume.clone(),
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&package)?);
+            return Ok(());
+        }
         _ => {}
     }
     let settings = Settings::load(&cli.config_dir)?;
@@ -137,6 +183,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ledger(command) => ledger(settings, command).await,
+        Command::Upload { .. } => unreachable!("handled before any settings are loaded"),
         Command::Admin(AdminCommand::RotateKey) => match &settings.kms {
             crate::config::KmsSettings::Local { key_file } => {
                 let path = key_file

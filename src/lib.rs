@@ -25,4 +25,5 @@ pub mod resumable;
 pub mod startup;
 pub mod telemetry;
 pub mod tus;
+pub mod upload_client;
 pub mod validate;

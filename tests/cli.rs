@@ -197,3 +197,100 @@ async fn migrate_creates_the_schema_on_postgres_and_is_idempotent() {
     drop(conn);
     common::drop_postgres_database(&name).await;
 }
+
+/// `udim upload` against a running service (a TestApp in this process).
+fn upload_client(app: &common::TestApp, token: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(UDIM)
+        .env_clear()
+        .env("UDIM_TOKEN", token)
+        .args([
+            "upload",
+            "--server",
+            &app.base,
+            "--category",
+            "documents",
+            "--chunk-mib",
+            "1",
+        ])
+        .args(["--content-type", "application/pdf"])
+        .args(extra)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_client_sends_a_file_in_chunks_and_resumes_an_interrupted_upload() {
+    use base64::Engine as _;
+    let app = common::TestApp::spawn(common::Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let mut data = b"%PDF-1.7\n".to_vec();
+    data.extend(common::distinctive_bytes(3 * 1024 * 1024 + 777));
+    let file = app.data_dir().join("report.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data));
+
+    let output = upload_client(&app, &alice, &file, &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let package: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(package["status"], "stored");
+    assert_eq!(package["sha256"], sha256.as_str());
+    assert_eq!(package["original_name"], "report.pdf");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--resume"));
+
+    // An upload some earlier run left at 1 MiB: the client asks where it is and finishes it.
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", data.len().to_string())
+        .header(
+            "upload-metadata",
+            format!(
+                "filename {},filetype {},data_category {}",
+                base64::engine::general_purpose::STANDARD.encode("report.pdf"),
+                base64::engine::general_purpose::STANDARD.encode("application/pdf"),
+                base64::engine::general_purpose::STANDARD.encode("documents"),
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
+    let first = app
+        .http
+        .patch(&url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[..1024 * 1024].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 204);
+    let output = upload_client(&app, &alice, &file, &["--resume", &url]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let resumed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(resumed["sha256"], sha256.as_str());
+    assert_ne!(resumed["id"], package["id"], "a second package");
+
+    // Refusals are explained: no consent covers `video`.
+    let output = Command::new(UDIM)
+        .env_clear()
+        .env("UDIM_TOKEN", &alice)
+        .args(["upload", "--server", &app.base, "--category", "video"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("403") && stderr.to_lowercase().contains("consent"),
+        "{stderr}"
+    );
+    app.stop().await;
+}
