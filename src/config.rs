@@ -49,6 +49,9 @@ impl Default for Settings {
     }
 }
 
+/// A century: a longer retention is a typo, not a policy.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
@@ -496,10 +499,10 @@ impl Settings {
             .upload
             .categories
             .iter()
-            .find(|(_, policy)| policy.retention_days == Some(0))
+            .find(|(_, policy)| policy.retention_days.is_some_and(|d| d == 0 || d > MAX_RETENTION_DAYS))
         {
             return Err(ConfigError::new(format!(
-                "`upload.categories.{category}.retention_days` must be at least 1"
+                "`upload.categories.{category}.retention_days` must be 1-{MAX_RETENTION_DAYS}"
             )));
         }
         if self.outbox.batch_size == 0 {

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 use udim_ports::PortError;
-use udim_ports::metadata::{OutboxMessage, PackageQuery, PackageStatus, PackageStore};
+use udim_ports::metadata::{Erasure, OutboxMessage, PackageQuery, PackageStatus, PackageStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
@@ -53,6 +53,7 @@ pub struct Eraser {
     pub packages: Arc<dyn PackageStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub consents: ConsentService,
+    pub resumable: Arc<crate::resumable::Resumable>,
     pub relay_wake: Arc<Notify>,
     /// Data categories with a retention limit, and the limit.
     pub retention: Vec<(String, chrono::Duration)>,
@@ -84,18 +85,33 @@ impl Eraser {
             payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
             created_at: occurred_at,
         };
-        let Some(object_key) = self.packages.mark_deleted(user_id, id, &event).await? else {
+        let Erasure::Erased { object_key } = self.packages.mark_deleted(user_id, id, &event).await? else {
             return Ok(false);
         };
         self.relay_wake.notify_one();
-        self.remove_object(id, &object_key).await;
+        // A quarantined package never had an object.
+        if let Some(key) = object_key {
+            self.remove_object(id, &key).await;
+        }
         metrics::counter!(crate::metrics::PACKAGES_DELETED, "reason" => reason).increment(1);
         Ok(true)
     }
 
-    /// Erases every package of `user_id` and redacts their consent-ledger entries.
+    /// Erases everything of `user_id`'s: consent-ledger bodies, unfinished uploads, packages.
     pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport, PortError> {
-        let mut report = ErasureReport::default();
+        // The ledger first: a store that cannot redact fails the request before anything
+        // else is gone, and without consent records no upload in flight can be admitted.
+        let mut report = ErasureReport {
+            ledger_entries_redacted: self.consents.ledger().redact_user(user_id).await?,
+            packages_deleted: 0,
+        };
+        // One being written to right now is refused at its end (no consent is left) and
+        // expires like any abandoned upload.
+        for upload in self.resumable.uploads.open_uploads(user_id).await? {
+            if let Err(e) = self.resumable.terminate(user_id, upload.id).await {
+                tracing::info!(upload_id = %upload.id, error = %e, "an unfinished upload is left to expire");
+            }
+        }
         for status in [PackageStatus::Stored, PackageStatus::Quarantined] {
             loop {
                 let page = self
@@ -119,7 +135,6 @@ impl Eraser {
                 }
             }
         }
-        report.ledger_entries_redacted = self.consents.ledger().redact_user(user_id).await?;
         tracing::info!(
             packages = report.packages_deleted,
             ledger_entries = report.ledger_entries_redacted,
@@ -161,14 +176,21 @@ impl Eraser {
     }
 
     /// Retries object deletions that an earlier erasure could not finish. Returns how many
-    /// objects it removed.
+    /// objects it removed; one that fails again does not hold up the others.
     pub async fn sweep(&self) -> Result<usize, PortError> {
         let pending = self.packages.deleted_objects(500).await?;
         let mut removed = 0;
         for (id, key) in pending {
-            self.blobs.delete(&key).await?;
-            self.packages.object_removed(id).await?;
-            removed += 1;
+            let done = match self.blobs.delete(&key).await {
+                Ok(()) => self.packages.object_removed(id).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(package_id = %id, error = %e, "removing an erased package's object failed again")
+                }
+            }
         }
         Ok(removed)
     }

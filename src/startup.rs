@@ -167,6 +167,7 @@ impl Application {
             packages: database.packages.clone(),
             blobs: ingest.blobs.clone(),
             consents: consents.clone(),
+            resumable: resumable.clone(),
             relay_wake: relay_wake.clone(),
             retention: settings
                 .upload

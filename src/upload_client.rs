@@ -96,6 +96,8 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
     }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        // A stalled connection counts as a dropped one; a whole chunk may take long.
+        .read_timeout(Duration::from_secs(120))
         .build()?;
     let headers = tus_headers(&job.token)?;
     let base = reqwest::Url::parse(&job.server).context("--server is not a URL")?;
@@ -173,7 +175,12 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
                 if failures >= MAX_ATTEMPTS {
                     return Err(refusal("the upload keeps failing", response).await);
                 }
-                offset = retry_offset(&client, &headers, &url, length, failures).await?;
+                let resumed_at = retry_offset(&client, &headers, &url, length, failures).await?;
+                // Progress despite the failure (e.g. a dropped reply): not a failure streak.
+                if resumed_at > offset {
+                    failures = 0;
+                }
+                offset = resumed_at;
             }
             Ok(response) => return Err(refusal("the server refused the upload", response).await),
             Err(e) => {
@@ -181,7 +188,11 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
                 if failures >= MAX_ATTEMPTS {
                     return Err(anyhow!(e).context("the upload keeps failing"));
                 }
-                offset = retry_offset(&client, &headers, &url, length, failures).await?;
+                let resumed_at = retry_offset(&client, &headers, &url, length, failures).await?;
+                if resumed_at > offset {
+                    failures = 0;
+                }
+                offset = resumed_at;
             }
         }
     }

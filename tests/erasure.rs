@@ -39,8 +39,17 @@ async fn upload(app: &TestApp, token: &str, bytes: Vec<u8>) -> String {
     package["id"].as_str().unwrap().to_owned()
 }
 
-async fn erasure(db: Db) {
-    let app = TestApp::spawn(db).await;
+/// With `relayed`, events go to RabbitMQ before the erasure (and are scrubbed from the
+/// outbox); without, they are still unsent (and are dropped).
+async fn erasure(db: Db, relayed: bool) {
+    let app = TestApp::spawn_with(
+        db,
+        Options {
+            rabbitmq: relayed,
+            ..Options::default()
+        },
+    )
+    .await;
     let (alice, bob) = (app.uploader("alice"), app.uploader("bob"));
     app.grant(&alice, &["audio"]).await;
     app.grant(&bob, &["audio"]).await;
@@ -58,6 +67,15 @@ async fn erasure(db: Db) {
         2,
         "alice's two, not bob's"
     );
+
+    if relayed {
+        for _ in 0..100 {
+            if app.outbox().await.iter().all(|e| !e["sent_at"].is_null()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 
     // One package.
     assert_eq!(
@@ -89,6 +107,30 @@ async fn erasure(db: Db) {
     assert_eq!(deleted.len(), 1, "one event, even for two requests");
     assert_eq!(deleted[0]["payload"]["package_id"], first.as_str());
     assert_eq!(deleted[0]["payload"]["reason"], "user_request");
+    let earlier: Vec<&Value> = outbox
+        .iter()
+        .filter(|e| e["aggregate_id"] == first.as_str() && e["event_type"] == "package.stored")
+        .collect();
+    if relayed {
+        assert_eq!(earlier.len(), 1, "the sent package.stored stays, as an id");
+        assert_eq!(earlier[0]["payload"], serde_json::json!({"erased": true}));
+    } else {
+        assert!(earlier.is_empty(), "an unsent package.stored is dropped: {earlier:?}");
+    }
+
+    // An unfinished resumable upload of alice's.
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1000")
+        .header("upload-metadata", "filename YS5iaW4=,data_category YXVkaW8=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let upload_url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
 
     // Everything of alice's.
     let response = delete(&app, &alice, "/v1/me").await;
@@ -100,6 +142,15 @@ async fn erasure(db: Db) {
     );
     assert_eq!(report["ledger_entries_redacted"], 1);
     assert!(!objects.join(&second).exists());
+    let head = app
+        .http
+        .head(&upload_url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404, "the unfinished upload is gone too");
     let (_, consents) = app.get_json(&alice, "/v1/consents").await;
     assert_eq!(
         consents["history"].as_array().unwrap().len(),
@@ -156,12 +207,12 @@ async fn ledger_key(app: &TestApp) -> udim_ledger::note::VerifierKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_on_sqlite() {
-    erasure(Db::Sqlite).await;
+    erasure(Db::Sqlite, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erasure_on_postgres() {
-    erasure(Db::Postgres).await;
+async fn erasure_on_postgres_with_events_relayed() {
+    erasure(Db::Postgres, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,11 +252,29 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packages_past_their_categorys_retention_limit_are_erased() {
-    let app = TestApp::spawn(Db::Sqlite).await;
+async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.upload.sweep_interval_secs = 1;
+                s.upload.categories.insert(
+                    "audio".into(),
+                    udim::content::CategoryPolicy {
+                        allowed_types: vec!["*/*".into()],
+                        max_bytes: None,
+                        retention_days: Some(30),
+                    },
+                );
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["audio", "text"]).await;
-    let audio = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let old = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let young = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
     let text = app
         .http
         .post(format!("{}/v1/packages?data_category=text&filename=a.txt", app.base))
@@ -218,55 +287,43 @@ async fn packages_past_their_categorys_retention_limit_are_erased() {
     assert_eq!(text.status(), 201);
     let text: Value = text.json().await.unwrap();
 
-    // The service's eraser, on the app's database and objects, with audio kept 30 days.
+    // Age two packages past 30 days, as if uploaded a month ago.
     use secrecy::ExposeSecret as _;
-    let db = udim_sql::connect(&udim_sql::DbOptions {
-        url: app.settings.database_url().expose_secret().to_owned(),
-        max_connections: 2,
-        acquire_timeout: std::time::Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
-    let signer = Arc::new(
-        udim::ledger::signer::LedgerSigner::load(&app.settings.ledger.origin, None, &app.settings.ledger_key_file())
-            .unwrap(),
-    );
-    let eraser = udim::erasure::Eraser {
-        packages: db.packages.clone(),
-        blobs: Arc::new(udim_local::fs::build(&app.objects_dir()).unwrap()),
-        consents: udim::consent::ConsentService::new(
-            db.ledger.clone(),
-            udim::ledger::sequencer::Sequencer::start(db.ledger.clone(), signer, 16),
-        ),
-        relay_wake: Arc::new(tokio::sync::Notify::new()),
-        retention: vec![("audio".into(), chrono::Duration::days(30))],
-    };
-    let now = chrono::Utc::now();
+    use sqlx::Connection as _;
+    let mut db = sqlx::SqliteConnection::connect(app.settings.database_url().expose_secret())
+        .await
+        .unwrap();
+    let month_ago = chrono::Utc::now() - chrono::Duration::days(31);
+    for id in [old.as_str(), text["id"].as_str().unwrap()] {
+        sqlx::query("UPDATE packages SET created_at = $1 WHERE id = $2")
+            .bind(month_ago)
+            .bind(uuid::Uuid::parse_str(id).unwrap())
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let status = async |id: &str| app.get_json(&alice, &format!("/v1/packages/{id}")).await.1["status"].clone();
+    for _ in 0..100 {
+        if status(&old).await == "deleted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&old).await, "deleted", "audio keeps 30 days");
+    assert!(!app.objects_dir().join("packages").join(&old).exists());
+    assert_eq!(status(&young).await, "stored", "a young package stays");
     assert_eq!(
-        eraser.expire(now + chrono::Duration::days(29)).await.unwrap(),
-        0,
-        "not yet"
+        status(text["id"].as_str().unwrap()).await,
+        "stored",
+        "text has no limit"
     );
-    assert_eq!(eraser.expire(now + chrono::Duration::days(31)).await.unwrap(), 1);
-    assert_eq!(
-        eraser.expire(now + chrono::Duration::days(31)).await.unwrap(),
-        0,
-        "once"
-    );
-
-    let (_, expired) = app.get_json(&alice, &format!("/v1/packages/{audio}")).await;
-    assert_eq!(expired["status"], "deleted");
-    assert!(!app.objects_dir().join("packages").join(&audio).exists());
-    let (_, kept) = app
-        .get_json(&alice, &format!("/v1/packages/{}", text["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(kept["status"], "stored", "a category without a limit is kept");
     let outbox = app.outbox().await;
     let event = outbox
         .iter()
         .find(|e| e["event_type"] == "package.deleted")
         .expect("a package.deleted event");
     assert_eq!(event["payload"]["reason"], "retention_expired");
+    assert_eq!(event["payload"]["package_id"], old.as_str());
     app.stop().await;
 }
 

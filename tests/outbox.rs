@@ -1,6 +1,7 @@
 //! Faults delay notifications but lose none: with RabbitMQ unreachable the event waits in
 //! the outbox, and is delivered once the broker is back. The outage is real: the service
-//! talks to RabbitMQ through a TCP relay the test opens and closes.
+//! talks to RabbitMQ through a TCP relay the test opens and closes. And a package's events
+//! leave the outbox in order, also when one of them fails.
 
 mod common;
 
@@ -127,4 +128,94 @@ async fn the_embedded_default_keeps_events_in_the_outbox_for_operators() {
     assert_eq!(outbox[0]["payload"]["package_id"], package["id"]);
     assert!(outbox[0]["sent_at"].is_null(), "no queue: the event stays pending");
     app.stop().await;
+}
+
+/// The outbox hands out a package's events in order: while an earlier event of a package
+/// waits for its retry, the package's later events wait too; other packages' do not.
+async fn a_packages_events_are_claimed_in_order(url: &str) {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    let db = udim_sql::connect(&udim_sql::DbOptions {
+        url: url.into(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    db.migrate().await.unwrap();
+    let (package, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let mut ids = Vec::new();
+    for (n, aggregate) in [package, package, other].into_iter().enumerate() {
+        let id = uuid::Uuid::new_v4();
+        ids.push(id);
+        let now = Utc::now();
+        let insert = "INSERT INTO outbox (id, event_type, aggregate_id, payload, created_at, next_attempt_at) \
+                      VALUES ($1, 'package.stored', $2, $3, $4, $4)";
+        let payload = sqlx::types::Json(serde_json::json!({ "n": n }));
+        if url.starts_with("sqlite") {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(insert)
+                .bind(id)
+                .bind(aggregate)
+                .bind(payload)
+                .bind(now)
+                .execute(&pool)
+                .await
+                .unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(insert)
+                .bind(id)
+                .bind(aggregate)
+                .bind(payload)
+                .bind(now)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+    let lease = Duration::from_secs(60);
+    let claimed: Vec<_> = db
+        .outbox
+        .claim_due(Utc::now(), lease, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        [ids[0], ids[2]],
+        "the package's second event waits behind its first"
+    );
+    // The first fails and is scheduled for later: the second still may not overtake it.
+    db.outbox
+        .mark_failed(ids[0], "broker down", Utc::now() + chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    db.outbox.mark_sent(ids[2], Utc::now()).await.unwrap();
+    let later = Utc::now() + chrono::Duration::minutes(2);
+    assert!(db.outbox.claim_due(later, lease, 10).await.unwrap().is_empty());
+    // Once the first is sent, the second goes.
+    let due = Utc::now() + chrono::Duration::minutes(6);
+    let retried: Vec<_> = db.outbox.claim_due(due, lease, 10).await.unwrap();
+    assert_eq!(retried.iter().map(|e| e.message.id).collect::<Vec<_>>(), [ids[0]]);
+    db.outbox.mark_sent(ids[0], due).await.unwrap();
+    let last: Vec<_> = db.outbox.claim_due(due, lease, 10).await.unwrap();
+    assert_eq!(last.iter().map(|e| e.message.id).collect::<Vec<_>>(), [ids[1]]);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_package_are_claimed_in_order_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_packages_events_are_claimed_in_order(&format!("sqlite://{}", dir.path().join("outbox.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_package_are_claimed_in_order_on_postgres() {
+    let (name, url) = common::create_postgres_database().await;
+    a_packages_events_are_claimed_in_order(&url).await;
+    common::drop_postgres_database(&name).await;
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+// The provider's own tests use more of the stub (fault injection) than this one does.
 #[allow(dead_code)]
 #[path = "../providers/qldb/tests/stub/mod.rs"]
 mod stub;

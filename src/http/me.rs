@@ -22,7 +22,7 @@ use udim_ports::metadata::PackageQuery;
     delete,
     path = "/v1/me",
     tag = "me",
-    responses((status = 200, body = ErasureReport), (status = 501, body = Problem, description = "the ledger store cannot redact")),
+    responses((status = 200, body = ErasureReport), (status = 501, body = Problem, description = "the ledger store cannot redact; nothing was erased")),
     security(("bearer" = []))
 )]
 pub async fn erase(State(state): State<AppState>, caller: Caller) -> Result<Json<ErasureReport>, ApiError> {

@@ -6,6 +6,7 @@
 //! whenever events pile up (after an outage, under load). A single event is a batch of one,
 //! so there is one code path; IAM authorizes both calls with `sqs:SendMessage`.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use tokio::sync::OnceCell;
 use udim_ports::metadata::OutboxMessage;
 use udim_ports::queue::Notifier;
 use udim_ports::{PortError, Result};
+use uuid::Uuid;
 
 const PROVIDER: &str = "sqs";
 /// Entries per `SendMessageBatch` call: SQS's fixed limit.
@@ -56,12 +58,20 @@ fn attribute(value: impl Into<String>) -> Result<MessageAttributeValue> {
 }
 
 /// Splits consecutive messages of the given sizes into `SendMessageBatch` calls of at most
-/// `max_entries` entries and `max_bytes` in total. Every size must be at most `max_bytes`.
-pub(crate) fn plan_batches(sizes: &[usize], max_entries: usize, max_bytes: usize) -> Vec<Range<usize>> {
+/// `max_entries` entries and `max_bytes` in total, never two messages with the same key (the
+/// package) in one call: SQS may accept the second of them and fail the first, which would
+/// reorder that package's events. Every size must be at most `max_bytes`.
+pub(crate) fn plan_batches<K: PartialEq>(
+    sizes: &[usize],
+    keys: &[K],
+    max_entries: usize,
+    max_bytes: usize,
+) -> Vec<Range<usize>> {
     let mut batches = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, &size) in sizes.iter().enumerate() {
-        if i > start && (i - start == max_entries || bytes + size > max_bytes) {
+        let repeats = keys[start..i].contains(&keys[i]);
+        if i > start && (i - start == max_entries || bytes + size > max_bytes || repeats) {
             batches.push(start..i);
             (start, bytes) = (i, 0);
         }
@@ -168,57 +178,96 @@ impl SqsNotifier {
     }
 
     /// Sends `run` in as few batch calls as the limits allow, appending one result per
-    /// message to `results`, and empties it. Returns false after a call failed as a whole:
-    /// that call's messages failed, and the rest of `run` was not attempted.
+    /// message to `results`, and empties it. An event of a package whose earlier event failed
+    /// in this call (listed in `failed`) is held back, so a package's events never overtake
+    /// each other. Returns false after a call failed as a whole: that call's messages failed,
+    /// and the rest of `run` was not attempted.
     async fn send_run(
         &self,
-        run: &mut Vec<(SendMessageBatchRequestEntryBuilder, usize)>,
+        run: &mut Vec<Pending>,
+        failed: &mut HashSet<Uuid>,
         results: &mut Vec<Result<()>>,
     ) -> bool {
-        let sizes: Vec<usize> = run.iter().map(|(_, size)| *size).collect();
-        let mut entries = std::mem::take(run).into_iter();
-        for batch in plan_batches(&sizes, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
-            let built: Result<Vec<SendMessageBatchRequestEntry>> = entries
-                .by_ref()
-                .take(batch.len())
-                .enumerate()
-                .map(|(id, (entry, _))| {
-                    entry
-                        .id(id.to_string())
-                        .build()
-                        .map_err(|e| PortError::generic(PROVIDER, e))
-                })
-                .collect();
-            let sent = match built {
-                Ok(built) => self
+        let sizes: Vec<usize> = run.iter().map(|p| p.size).collect();
+        let keys: Vec<Uuid> = run.iter().map(|p| p.package).collect();
+        let mut pending = std::mem::take(run).into_iter();
+        for batch in plan_batches(&sizes, &keys, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
+            let mut outcome: Vec<Option<Result<()>>> = Vec::with_capacity(batch.len());
+            let mut sendable = Vec::with_capacity(batch.len());
+            let mut packages = Vec::with_capacity(batch.len());
+            for p in pending.by_ref().take(batch.len()) {
+                if failed.contains(&p.package) {
+                    outcome.push(Some(Err(PortError::unavailable(
+                        PROVIDER,
+                        format!("held back: an earlier event of package {} failed", p.package),
+                    ))));
+                    continue;
+                }
+                let id = sendable.len();
+                match p.entry.id(id.to_string()).build() {
+                    Ok(entry) => {
+                        sendable.push(entry);
+                        packages.push(p.package);
+                        outcome.push(None);
+                    }
+                    Err(e) => {
+                        failed.insert(p.package);
+                        outcome.push(Some(Err(PortError::generic(PROVIDER, e))));
+                    }
+                }
+            }
+            let sent = if sendable.is_empty() {
+                Vec::new()
+            } else {
+                match self
                     .client
                     .send_message_batch()
                     .queue_url(&self.queue_url)
-                    .set_entries(Some(built))
+                    .set_entries(Some(sendable))
                     .send()
                     .await
-                    .map_err(sdk_error),
-                Err(e) => Err(e),
+                    .map_err(sdk_error)
+                {
+                    Ok(output) => entry_results(packages.len(), &output),
+                    Err(e) => {
+                        let why = e.to_string();
+                        let transient = e.is_transient();
+                        let mut errors = Some(e);
+                        for slot in outcome.iter_mut().filter(|slot| slot.is_none()) {
+                            *slot = Some(Err(errors.take().unwrap_or_else(|| {
+                                if transient {
+                                    PortError::unavailable(PROVIDER, why.clone())
+                                } else {
+                                    PortError::generic(PROVIDER, why.clone())
+                                }
+                            })));
+                        }
+                        results.extend(outcome.into_iter().flatten());
+                        return false;
+                    }
+                }
             };
-            match sent {
-                Ok(output) => results.extend(entry_results(batch.len(), &output)),
-                Err(e) => {
-                    let why = e.to_string();
-                    let transient = e.is_transient();
-                    results.push(Err(e));
-                    results.extend((1..batch.len()).map(|_| {
-                        Err(if transient {
-                            PortError::unavailable(PROVIDER, why.clone())
-                        } else {
-                            PortError::generic(PROVIDER, why.clone())
-                        })
-                    }));
-                    return false;
+            let mut sent = sent.into_iter().zip(packages);
+            for slot in &mut outcome {
+                if slot.is_none() {
+                    let (result, package) = sent.next().expect("one result per sent entry");
+                    if result.is_err() {
+                        failed.insert(package);
+                    }
+                    *slot = Some(result);
                 }
             }
+            results.extend(outcome.into_iter().flatten());
         }
         true
     }
+}
+
+/// A message ready for a batch call, still without its id.
+struct Pending {
+    entry: SendMessageBatchRequestEntryBuilder,
+    size: usize,
+    package: Uuid,
 }
 
 #[async_trait]
@@ -237,8 +286,9 @@ impl Notifier for SqsNotifier {
         };
         let mut results = Vec::with_capacity(messages.len());
         // Runs of sendable messages, each cut into batch calls; a message that can never be
-        // sent fails alone and does not hold up the others.
+        // sent fails alone and holds up only its own package's later events.
         let mut run = Vec::new();
+        let mut failed = HashSet::new();
         for message in messages {
             let built = self.entry(message).and_then(|(entry, size)| {
                 if size > max_message {
@@ -254,16 +304,21 @@ impl Notifier for SqsNotifier {
                 }
             });
             match built {
-                Ok(entry) => run.push(entry),
+                Ok((entry, size)) => run.push(Pending {
+                    entry,
+                    size,
+                    package: message.aggregate_id,
+                }),
                 Err(e) => {
-                    if !self.send_run(&mut run, &mut results).await {
+                    if !self.send_run(&mut run, &mut failed, &mut results).await {
                         return results;
                     }
+                    failed.insert(message.aggregate_id);
                     results.push(Err(e));
                 }
             }
         }
-        self.send_run(&mut run, &mut results).await;
+        self.send_run(&mut run, &mut failed, &mut results).await;
         results
     }
 
@@ -287,27 +342,34 @@ mod tests {
 
     #[test]
     fn batches_hold_at_most_ten_entries_and_the_byte_limit() {
-        assert_eq!(plan_batches(&[], 10, 100), Vec::<Range<usize>>::new());
-        assert_eq!(plan_batches(&[1; 23], 10, 100), vec![0..10, 10..20, 20..23]);
-        assert_eq!(
-            plan_batches(&[40, 40, 40, 100, 1], 10, 100),
-            vec![0..2, 2..3, 3..4, 4..5]
-        );
-        assert_eq!(plan_batches(&[50, 50, 1], 10, 100), vec![0..2, 2..3]);
+        let distinct: Vec<usize> = (0..100).collect();
+        let plan = |sizes: &[usize]| plan_batches(sizes, &distinct[..sizes.len()], 10, 100);
+        assert_eq!(plan(&[]), Vec::<Range<usize>>::new());
+        assert_eq!(plan(&[1; 23]), vec![0..10, 10..20, 20..23]);
+        assert_eq!(plan(&[40, 40, 40, 100, 1]), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(plan(&[50, 50, 1]), vec![0..2, 2..3]);
         let sizes = [7, 90, 3, 3, 99, 100, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 60, 41];
-        let plan = plan_batches(&sizes, 10, 100);
-        let covered: Vec<usize> = plan.iter().flat_map(Clone::clone).collect();
+        let batches = plan(&sizes);
+        let covered: Vec<usize> = batches.iter().flat_map(Clone::clone).collect();
         assert_eq!(
             covered,
             (0..sizes.len()).collect::<Vec<_>>(),
             "every message once, in order"
         );
-        for batch in &plan {
+        for batch in &batches {
             assert!(
                 batch.len() <= 10 && sizes[batch.clone()].iter().sum::<usize>() <= 100,
                 "{batch:?}"
             );
         }
+    }
+
+    #[test]
+    fn two_events_of_one_package_never_share_a_batch() {
+        assert_eq!(
+            plan_batches(&[1; 6], &['a', 'b', 'a', 'c', 'b', 'c'], 10, 100),
+            vec![0..2, 2..5, 5..6]
+        );
     }
 
     #[test]

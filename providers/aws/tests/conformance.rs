@@ -214,7 +214,7 @@ async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
 }
 
 #[tokio::test]
-async fn an_event_over_the_queue_limit_fails_alone_and_the_rest_of_the_batch_is_sent() {
+async fn an_event_over_the_queue_limit_holds_back_only_its_package_and_the_rest_is_sent() {
     let moto = moto::start().await;
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
@@ -223,13 +223,21 @@ async fn an_event_over_the_queue_limit_fails_alone_and_the_rest_of_the_batch_is_
     let small = event(serde_json::json!({"n": 1}));
     let huge = event(serde_json::json!({"pad": "x".repeat(2000)}));
     let after = event(serde_json::json!({"n": 3}));
-    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after]).await;
-    assert_eq!(results.len(), 3);
+    // The same package's next event must not overtake the one that failed.
+    let mut same_package = event(serde_json::json!({"n": 4}));
+    same_package.aggregate_id = huge.aggregate_id;
+    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after, &same_package]).await;
+    assert_eq!(results.len(), 4);
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert!(
         matches!(&results[1], Err(e) if !e.is_transient()),
         "the oversized event fails permanently: {:?}",
         results[1]
+    );
+    assert!(
+        matches!(&results[3], Err(e) if e.is_transient()),
+        "its package's next event is held back, to be retried: {:?}",
+        results[3]
     );
     let mut arrived = Vec::new();
     while let Some((id, _)) = take_one(&sqs, &queue).await {
@@ -238,5 +246,8 @@ async fn an_event_over_the_queue_limit_fails_alone_and_the_rest_of_the_batch_is_
     arrived.sort();
     let mut sent = vec![small.id.to_string(), after.id.to_string()];
     sent.sort();
-    assert_eq!(arrived, sent, "the events around the oversized one arrive, it does not");
+    assert_eq!(
+        arrived, sent,
+        "the other packages' events arrive; the failed package's do not"
+    );
 }

@@ -149,6 +149,15 @@ pub struct OutboxEntry {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// What [`PackageStore::mark_deleted`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasure {
+    /// The package was erased now; its object, if it has one, is still to delete.
+    Erased { object_key: Option<String> },
+    /// An earlier request erased it.
+    AlreadyDeleted,
+}
+
 /// Package metadata port.
 ///
 /// # Contract
@@ -161,10 +170,12 @@ pub struct OutboxEntry {
 ///   refuses (`Conflict`) to remove a stored one.
 /// - `mark_deleted` is ONE transaction: a `stored` or `quarantined` package becomes `deleted`
 ///   with its wrapped data key, content hash, names, types and metadata cleared (so its
-///   ciphertext can never be decrypted again, even from a backup of the object) AND `event`
-///   is inserted into the outbox. The row stays as a tombstone holding the object key until
-///   `object_removed` says the object is gone, so a crash in between leaves a cleanup path
-///   (`deleted_objects`).
+///   ciphertext can never be decrypted again, even from a backup of the object); the
+///   resumable upload it came from, if any, is removed with its wrapped key; the package's
+///   earlier events are scrubbed from the outbox (sent ones keep only their ids, unsent ones
+///   are dropped: nobody needs to hear of a package that is gone); AND `event` is inserted.
+///   The row stays as a tombstone holding the object key until `object_removed` says the
+///   object is gone, so a crash in between leaves a cleanup path (`deleted_objects`).
 #[async_trait]
 pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records the user on first contact; later calls are no-ops.
@@ -193,12 +204,11 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records that `reader` read `package_id` for `purpose` (bytes `range`, if partial).
     async fn record_read(&self, read: &PackageRead) -> Result<()>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
-    /// Erases a package (see the contract). Returns the object key still to delete, or
-    /// `None` when the package was already deleted; `NotFound` when the user has no such
-    /// package; `Conflict` while it is still being received.
-    async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Option<String>>;
-    /// `(user_id, id)` of `stored` packages of `data_category` uploaded before `before`,
-    /// oldest first: those a retention limit has run out on.
+    /// Erases a package (see the contract). `NotFound` when the user has no such package;
+    /// `Conflict` while it is still being received (or was rejected, and so never stored).
+    async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Erasure>;
+    /// `(user_id, id)` of `stored` or `quarantined` packages of `data_category` uploaded
+    /// before `before`, oldest first: those a retention limit has run out on.
     async fn expired_packages(
         &self,
         data_category: &str,
@@ -221,7 +231,8 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
 /// # Contract
 /// - `claim_due` leases up to `limit` unsent messages (counting the attempt) whose next attempt is due, oldest
 ///   first, for `lease`; a leased message is not handed to another claimer until the lease
-///   runs out, so several relays can run at once. Delivery is at least once.
+///   runs out, so several relays can run at once. Delivery is at least once, and in order
+///   per aggregate: no message is handed out while an earlier one of its aggregate is unsent.
 /// - `mark_sent` and `mark_failed` end the lease; `mark_failed` schedules the next attempt.
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
@@ -302,4 +313,6 @@ pub trait UploadStore: Send + Sync + std::fmt::Debug {
     async fn delete_upload(&self, id: Uuid) -> Result<()>;
     /// Unfinished uploads whose expiry has passed.
     async fn expired_uploads(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>>;
+    /// The user's unfinished uploads.
+    async fn open_uploads(&self, user_id: &str) -> Result<Vec<UploadRecord>>;
 }

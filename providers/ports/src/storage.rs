@@ -113,12 +113,15 @@ fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Er
     }
 }
 
-/// A failed part upload or completion means the object was not stored, whatever the store
-/// said: even `NotFound` (the upload vanished under a retried completion) is the store's
-/// fault, not a missing item of the caller's, so the caller may retry the whole write.
+/// A failed part upload or completion means the object was not stored: even `NotFound`
+/// (the upload vanished under a retried completion) is the store's fault, not a missing item
+/// of the caller's, so the caller may retry the whole write. Refused credentials or
+/// permissions are a misconfiguration that a retry will not mend.
 fn write_error(provider: &'static str, key: &str, e: object_store::Error) -> PortError {
-    match map_object_store_error(provider, key, e) {
-        unsupported @ PortError::Unsupported(_) => unsupported,
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => PortError::generic(provider, e),
+        E::NotSupported { .. } | E::NotImplemented { .. } => PortError::Unsupported(format!("{provider}: {e}")),
         other => PortError::unavailable(provider, format!("writing {key} failed: {other}")),
     }
 }
@@ -249,6 +252,14 @@ mod tests {
             source: "NoSuchUpload".into(),
         };
         assert!(write_error("s3", "packages/x", vanished).is_transient());
+        let denied = object_store::Error::PermissionDenied {
+            path: "packages/x".into(),
+            source: "AccessDenied".into(),
+        };
+        assert!(
+            !write_error("s3", "packages/x", denied).is_transient(),
+            "a retry will not help"
+        );
         assert!(matches!(
             write_error(
                 "s3",

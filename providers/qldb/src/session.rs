@@ -278,8 +278,13 @@ impl Txn {
         let out = match self.send(|c| c.commit_transaction(request)).await {
             Ok(out) => out,
             // A conflict or an expired session means nothing was committed; after any other
-            // failure the outcome is unknown and starting over could append twice.
-            Err(e @ (TxnError::Conflict(_) | TxnError::Session(_))) => return Err(e),
+            // failure the outcome is unknown and starting over could append twice. After a
+            // conflict the session itself is sound, and concurrent appends conflict often.
+            Err(e @ TxnError::Conflict(_)) => {
+                self.driver.release(self.session);
+                return Err(e);
+            }
+            Err(e @ TxnError::Session(_)) => return Err(e),
             Err(e) => {
                 return Err(TxnError::Fatal(PortError::unavailable(
                     PROVIDER,

@@ -14,8 +14,8 @@ use udim_ports::ledger::{
     AppendedBatch, AuditRow, CheckpointSigner, ConsentLedger, Hash, LedgerEntry, NewLedgerEntry, StoredCheckpoint,
 };
 use udim_ports::metadata::{
-    NewPackage, NewUpload, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRead, PackageRecord, PackageStatus,
-    PackageStore, StoredObject, UploadChunk, UploadRecord, UploadStore,
+    Erasure, NewPackage, NewUpload, Outbox, OutboxEntry, OutboxMessage, PackageQuery, PackageRead, PackageRecord,
+    PackageStatus, PackageStore, StoredObject, UploadChunk, UploadRecord, UploadStore,
 };
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
@@ -26,11 +26,15 @@ struct EngineSql {
     claim_outbox: &'static str,
 }
 
+// A package's events go out in order: none is handed out while an earlier one of the same
+// package is still unsent (failed and waiting, or leased to another relay).
 const PG_SQL: EngineSql = EngineSql {
     claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
-        WHERE seq IN (SELECT seq FROM outbox \
+        WHERE seq IN (SELECT seq FROM outbox o \
             WHERE sent_at IS NULL AND next_attempt_at <= $1 \
               AND (lease_until IS NULL OR lease_until <= $1) \
+              AND NOT EXISTS (SELECT 1 FROM outbox e \
+                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
             ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
         RETURNING seq, id, event_type, aggregate_id, payload, created_at, attempts, last_error, next_attempt_at, sent_at",
 };
@@ -38,9 +42,11 @@ const PG_SQL: EngineSql = EngineSql {
 // SQLite has one writer at a time, so the sub-select needs no row locks.
 const SQLITE_SQL: EngineSql = EngineSql {
     claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
-        WHERE seq IN (SELECT seq FROM outbox \
+        WHERE seq IN (SELECT seq FROM outbox o \
             WHERE sent_at IS NULL AND next_attempt_at <= $1 \
               AND (lease_until IS NULL OR lease_until <= $1) \
+              AND NOT EXISTS (SELECT 1 FROM outbox e \
+                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
             ORDER BY seq LIMIT $3) \
         RETURNING seq, id, event_type, aggregate_id, payload, created_at, attempts, last_error, next_attempt_at, sent_at",
 };
@@ -434,41 +440,66 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Option<String>> {
+            async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Erasure> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let status: Option<String> = sqlx::query("SELECT status FROM packages WHERE id = $1 AND user_id = $2")
-                    .bind(id)
-                    .bind(user_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_err)?
-                    .map(|row| row.try_get("status"))
-                    .transpose()
-                    .map_err(db_err)?;
-                match status.as_deref() {
-                    None => return Err(PortError::NotFound(format!("package {id}"))),
-                    Some("deleted") => return Ok(None),
-                    Some("stored" | "quarantined") => {}
-                    Some(_) => return Err(PortError::Conflict(format!("package {id} is still being received"))),
-                }
+                // The status guard makes concurrent erasures (a user and the retention sweep)
+                // race safely: one erases and announces, the other finds it done.
                 // The object key stays until the object is confirmed gone: the cleanup path.
-                let object_key: Option<String> = sqlx::query(
+                let erased = sqlx::query(
                     "UPDATE packages SET status = 'deleted', original_name = '', declared_content_type = '', \
                      sniffed_content_type = NULL, storage_uri = NULL, sha256 = NULL, encryption_key_id = NULL, \
                      wrapped_key = NULL, scan_detail = NULL, metadata = '{}', idempotency_key = NULL, updated_at = $3 \
-                     WHERE id = $1 AND user_id = $2 RETURNING object_key",
+                     WHERE id = $1 AND user_id = $2 AND status IN ('stored', 'quarantined') RETURNING object_key",
                 )
                 .bind(id)
                 .bind(user_id)
                 .bind(Utc::now())
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err)?
-                .try_get("object_key")
                 .map_err(db_err)?;
+                let Some(row) = erased else {
+                    let status: Option<String> = sqlx::query("SELECT status FROM packages WHERE id = $1 AND user_id = $2")
+                        .bind(id)
+                        .bind(user_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?
+                        .map(|row| row.try_get("status"))
+                        .transpose()
+                        .map_err(db_err)?;
+                    return match status.as_deref() {
+                        None => Err(PortError::NotFound(format!("package {id}"))),
+                        Some("deleted") => Ok(Erasure::AlreadyDeleted),
+                        Some(other) => Err(PortError::Conflict(format!("package {id} is {other}, not stored"))),
+                    };
+                };
+                let object_key: Option<String> = row.try_get("object_key").map_err(db_err)?;
+                // The resumable upload the package came from holds its name, metadata and a
+                // wrapped key of its own.
+                sqlx::query("DELETE FROM tus_chunks WHERE upload_id IN (SELECT id FROM tus_uploads WHERE package_id = $1)")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("DELETE FROM tus_uploads WHERE package_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("DELETE FROM outbox WHERE aggregate_id = $1 AND sent_at IS NULL")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("UPDATE outbox SET payload = $2, last_error = NULL WHERE aggregate_id = $1")
+                    .bind(id)
+                    .bind(Json(serde_json::json!({"erased": true})))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                 Self::insert_event(&mut tx, event).await?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(object_key)
+                Ok(Erasure::Erased { object_key })
             }
 
             async fn expired_packages(
@@ -478,8 +509,8 @@ macro_rules! sql_store {
                 limit: u32,
             ) -> Result<Vec<(String, Uuid)>> {
                 sqlx::query(
-                    "SELECT user_id, id FROM packages WHERE status = 'stored' AND data_category = $1 \
-                     AND created_at < $2 ORDER BY created_at LIMIT $3",
+                    "SELECT user_id, id FROM packages WHERE status IN ('stored', 'quarantined') \
+                     AND data_category = $1 AND created_at < $2 ORDER BY created_at LIMIT $3",
                 )
                 .bind(data_category)
                 .bind(before)
@@ -716,6 +747,21 @@ macro_rules! sql_store {
                     .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(())
+            }
+
+            async fn open_uploads(&self, user_id: &str) -> Result<Vec<UploadRecord>> {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    upload_columns!(),
+                    " FROM tus_uploads WHERE user_id = $1 AND package_id IS NULL"
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(Self::upload_from_row)
+                .collect()
             }
 
             async fn expired_uploads(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>> {
@@ -1161,8 +1207,13 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                let removed = sqlx::query("DELETE FROM consent_records WHERE user_id = $1")
-                    .bind(user_id)
+                // Only what is on record as redacted: an entry appended since the INSERT above
+                // (another snapshot under READ COMMITTED) stays for the next erasure.
+                let removed = sqlx::query(
+                    "DELETE FROM consent_records WHERE user_id = $1 \
+                     AND id IN (SELECT entry_id FROM ledger_redactions)",
+                )
+                .bind(user_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?
