@@ -1,6 +1,7 @@
 //! Malware scanning against a real clamd that the test starts, with the custom EICAR
 //! signatures (no signature download is possible here): detections are quarantined and never
-//! stored, clean files are stored, and a stopped clamd makes uploads fail closed.
+//! stored, clean files are stored, a stopped clamd makes uploads fail closed, and erasure
+//! takes the quarantine records too.
 
 mod common;
 
@@ -154,6 +155,25 @@ async fn detections_are_quarantined_and_clean_files_stored(db: Db) {
         .collect();
     assert_eq!(events.iter().filter(|e| *e == "package.quarantined").count(), 2);
     assert_eq!(events.iter().filter(|e| *e == "package.stored").count(), 1);
+
+    // Erasing everything takes the quarantine records too: they name the file and the
+    // signature, and there is no object to delete.
+    let erased: Value = app
+        .http
+        .delete(format!("{}/v1/me", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(erased["packages_deleted"], 3, "one stored, two quarantined: {erased}");
+    for p in app.packages(&alice).await {
+        assert_eq!(p["status"], "deleted");
+        assert!(p["scan_detail"].is_null() && p["sha256"].is_null(), "{p}");
+    }
+    assert!(app.object_files().is_empty());
     app.stop().await;
 }
 
