@@ -93,6 +93,22 @@ pub struct Checksum {
 }
 
 /// Parses `Upload-Checksum: <algorithm> <base64 digest>`.
+/// `Upload-Metadata` for `pairs`, as HEAD must return it: `key base64(value)` (or the bare
+/// key for an empty value), comma-separated, in key order.
+pub fn encode_metadata(pairs: &BTreeMap<String, String>) -> String {
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            if value.is_empty() {
+                key.clone()
+            } else {
+                format!("{key} {}", base64::engine::general_purpose::STANDARD.encode(value))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn parse_checksum(value: &str) -> Result<Checksum, TusHeaderError> {
     let (alg, encoded) = value
         .trim()
@@ -120,6 +136,19 @@ pub fn http_date(t: chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_encodes_back_to_what_parses_to_the_same_pairs() {
+        let header = "filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential,data_category dGV4dA==";
+        let pairs = parse_metadata(header).unwrap();
+        let encoded = encode_metadata(&pairs);
+        assert_eq!(
+            encoded,
+            "data_category dGV4dA==,filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential"
+        );
+        assert_eq!(parse_metadata(&encoded).unwrap(), pairs);
+        assert_eq!(encode_metadata(&BTreeMap::new()), "");
+    }
 
     #[test]
     fn sizes_are_plain_non_negative_integers() {

@@ -80,6 +80,20 @@ fn progress_bar(length: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// Identifies the file an upload was started for, so `--resume` with another file is
+/// refused instead of splicing two files into one package: SHA-256 over the length and the
+/// first and last MiB (reading all of a many-GB file first would double the work).
+fn fingerprint(file: &mut std::fs::File, length: u64) -> anyhow::Result<String> {
+    const EDGE: u64 = 1024 * 1024;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&length.to_be_bytes());
+    let head = length.min(EDGE);
+    ctx.update(&read_chunk(file, 0, head as usize)?);
+    let tail_start = length.saturating_sub(EDGE).max(head);
+    ctx.update(&read_chunk(file, tail_start, (length - tail_start) as usize)?);
+    Ok(hex::encode(&ctx.finish().as_ref()[..16]))
+}
+
 fn read_chunk(file: &mut std::fs::File, offset: u64, len: usize) -> anyhow::Result<Vec<u8>> {
     let mut chunk = vec![0u8; len];
     file.seek(SeekFrom::Start(offset))?;
@@ -101,6 +115,7 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
         .build()?;
     let headers = tus_headers(&job.token)?;
     let base = reqwest::Url::parse(&job.server).context("--server is not a URL")?;
+    let fingerprint = fingerprint(&mut file, length)?;
 
     let url = match &job.resume {
         Some(url) => base.join(url)?,
@@ -116,6 +131,7 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
                         ("filename", &name),
                         ("filetype", &job.content_type),
                         ("data_category", &job.data_category),
+                        ("fingerprint", &fingerprint),
                     ]),
                 )
                 .send()
@@ -135,6 +151,9 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
 
     let bar = progress_bar(length);
     let mut offset = server_offset(&client, &headers, &url, length).await?;
+    if job.resume.is_some() {
+        same_file(&client, &headers, &url, &fingerprint).await?;
+    }
     let mut package_id = None;
     let mut failures = 0;
     while offset < length {
@@ -241,6 +260,31 @@ async fn server_offset(
         bail!("the upload on the server is for a file of {declared:?} bytes, this one has {length}");
     }
     offset_of(response.headers())
+}
+
+/// Refuses to resume an upload this client started for another file (one started by another
+/// client carries no fingerprint and is taken on the length alone).
+async fn same_file(
+    client: &reqwest::Client,
+    headers: &HeaderMap,
+    url: &reqwest::Url,
+    fingerprint: &str,
+) -> anyhow::Result<()> {
+    let response = client.head(url.clone()).headers(headers.clone()).send().await?;
+    let metadata = response
+        .headers()
+        .get("upload-metadata")
+        .and_then(|v| v.to_str().ok())
+        .map(crate::tus::parse_metadata)
+        .transpose()
+        .map_err(|e| anyhow!("the server's Upload-Metadata: {e}"))?
+        .unwrap_or_default();
+    match metadata.get("fingerprint") {
+        Some(theirs) if theirs != fingerprint => {
+            bail!("the upload at {url} was started for another file of the same size; not resuming it")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Waits (1, 2, 4 … 30 s) and asks the server for the offset, waiting longer while it is

@@ -219,6 +219,32 @@ fn upload_client(app: &common::TestApp, token: &str, file: &std::path::Path, ext
         .unwrap()
 }
 
+/// An upload created as `udim upload` creates them, with `fingerprint` in its metadata.
+async fn upload_client_created(app: &common::TestApp, token: &str, length: usize, fingerprint: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length.to_string())
+        .header(
+            "upload-metadata",
+            format!(
+                "filename {},data_category {},fingerprint {}",
+                b64("report.pdf"),
+                b64("documents"),
+                b64(fingerprint)
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    format!("{}{}", app.base, created.headers()["location"].to_str().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upload_client_sends_a_file_in_chunks_and_resumes_an_interrupted_upload() {
     use base64::Engine as _;
@@ -277,6 +303,20 @@ async fn the_upload_client_sends_a_file_in_chunks_and_resumes_an_interrupted_upl
     let resumed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(resumed["sha256"], sha256.as_str());
     assert_ne!(resumed["id"], package["id"], "a second package");
+
+    // Another file of the same size is not spliced onto an upload started for this one.
+    let mut other = data.clone();
+    other[2 * 1024 * 1024] ^= 1;
+    let other_file = app.data_dir().join("other.pdf");
+    std::fs::write(&other_file, &other).unwrap();
+    let started = upload_client_created(&app, &alice, data.len(), "0123456789abcdef0123456789abcdef").await;
+    let output = upload_client(&app, &alice, &other_file, &["--resume", &started]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("another file"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // Refusals are explained: no consent covers `video`.
     let output = Command::new(UDIM)

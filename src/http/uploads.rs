@@ -227,10 +227,18 @@ pub async fn head(
     require_version(&headers)?;
     let principal = caller.require(Scope::Upload)?;
     let upload = state.resumable.status(&principal.subject, id).await?;
-    Ok(with_tus_headers(
-        StatusCode::OK.into_response(),
-        Some(&Progress { upload, package: None }),
-    ))
+    // The creation extension: HEAD repeats the metadata the client gave at creation.
+    let pairs: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(upload.metadata.clone()).unwrap_or_default();
+    let mut response = StatusCode::OK.into_response();
+    if !pairs.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&tus::encode_metadata(&pairs))
+    {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("upload-metadata"), value);
+    }
+    Ok(with_tus_headers(response, Some(&Progress { upload, package: None })))
 }
 
 /// Append bytes at `Upload-Offset` (tus PATCH), optionally verified by `Upload-Checksum`.
