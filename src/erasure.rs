@@ -1,14 +1,16 @@
 //! Erasure: a user deletes one package, or everything they gave.
 //!
 //! A package is erased by crypto-shredding first: in one transaction its wrapped data key,
-//! content hash, names and metadata are cleared and a `package.deleted` event goes into the
-//! outbox, so the downstream pipeline learns to purge what it derived. From that commit on,
+//! content hash, names and metadata are cleared, the resumable upload it came from and the
+//! payloads of its earlier events go, and a `package.deleted` event goes into the outbox, so
+//! the downstream pipeline learns to purge what it derived. From that commit on,
 //! the ciphertext can never be decrypted again, wherever a copy of it survives (S3 object
 //! versions, backups). The object itself is deleted right after; if that fails, the sweeper
 //! retries from the tombstone until it succeeds.
 //!
-//! Erasing everything also redacts the user's consent-ledger entries: their bodies go, their
-//! leaves stay, and the log still verifies.
+//! Erasing everything also redacts the user's consent-ledger entries (their bodies go, their
+//! leaves stay, and the log still verifies) and ends their unfinished uploads. Retention
+//! limits erase packages the same way, with their own reason.
 
 use std::sync::Arc;
 
