@@ -49,7 +49,7 @@ impl Default for Settings {
     }
 }
 
-/// A century: a longer retention is a typo, not a policy.
+/// A century: a longer retention (of packages or sent events) is a typo, not a policy.
 const MAX_RETENTION_DAYS: u32 = 36_500;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +320,9 @@ pub struct OutboxSettings {
     /// First retry delay; doubles per failed attempt up to `max_backoff_ms`.
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Days a sent event stays in the outbox (for `udim admin outbox`) before the sweeper
+    /// deletes it; 0 keeps them forever.
+    pub keep_sent_days: u32,
 }
 
 impl Default for OutboxSettings {
@@ -329,6 +332,7 @@ impl Default for OutboxSettings {
             batch_size: 64,
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
+            keep_sent_days: 30,
         }
     }
 }
@@ -503,6 +507,11 @@ impl Settings {
         {
             return Err(ConfigError::new(format!(
                 "`upload.categories.{category}.retention_days` must be 1-{MAX_RETENTION_DAYS}"
+            )));
+        }
+        if self.outbox.keep_sent_days > MAX_RETENTION_DAYS {
+            return Err(ConfigError::new(format!(
+                "`outbox.keep_sent_days` must be 0 (forever) to {MAX_RETENTION_DAYS}"
             )));
         }
         if self.outbox.batch_size == 0 {

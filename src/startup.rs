@@ -51,6 +51,8 @@ pub struct Application {
     database: udim_sql::Database,
     relay: Option<Relay>,
     grace: Duration,
+    /// How long sent events stay in the outbox; `None`: forever.
+    keep_sent: Option<chrono::Duration>,
     abandon_after: Duration,
     sweep_interval: Duration,
     cors: Option<tower_http::cors::CorsLayer>,
@@ -213,6 +215,8 @@ impl Application {
             database,
             relay,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            keep_sent: (settings.outbox.keep_sent_days > 0)
+                .then(|| chrono::Duration::days(i64::from(settings.outbox.keep_sent_days))),
             abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
             sweep_interval: Duration::from_secs(settings.upload.sweep_interval_secs.max(1)),
             cors: cors(&settings.server.cors_allowed_origins)?,
@@ -235,6 +239,8 @@ impl Application {
             self.state.ingest.clone(),
             self.state.resumable.clone(),
             self.state.eraser.clone(),
+            self.state.outbox.clone(),
+            self.keep_sent,
             self.abandon_after,
             self.sweep_interval,
             stop.clone(),
@@ -270,6 +276,8 @@ async fn sweep_loop(
     ingest: Arc<Ingestor>,
     resumable: Arc<crate::resumable::Resumable>,
     eraser: Arc<crate::erasure::Eraser>,
+    outbox: Arc<dyn udim_ports::metadata::Outbox>,
+    keep_sent: Option<chrono::Duration>,
     abandon_after: Duration,
     interval: Duration,
     stop: CancellationToken,
@@ -289,6 +297,13 @@ async fn sweep_loop(
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "erased packages past their retention limit"),
             Err(e) => tracing::warn!(error = %e, "erasing packages past their retention limit failed"),
+        }
+        if let Some(keep) = keep_sent {
+            match outbox.prune_sent(chrono::Utc::now() - keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "pruned sent outbox events"),
+                Err(e) => tracing::warn!(error = %e, "pruning sent outbox events failed"),
+            }
         }
         match eraser.sweep().await {
             Ok(0) => {}

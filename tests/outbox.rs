@@ -131,8 +131,9 @@ async fn the_embedded_default_keeps_events_in_the_outbox_for_operators() {
 }
 
 /// The outbox hands out a package's events in order: while an earlier event of a package
-/// waits for its retry, the package's later events wait too; other packages' do not.
-async fn a_packages_events_are_claimed_in_order(url: &str) {
+/// waits for its retry, the package's later events wait too; other packages' do not. Sent
+/// events are pruned after their time; unsent ones never are.
+async fn a_packages_events_are_claimed_in_order_and_sent_ones_pruned(url: &str) {
     use std::time::Duration;
 
     use chrono::Utc;
@@ -204,18 +205,40 @@ async fn a_packages_events_are_claimed_in_order(url: &str) {
     db.outbox.mark_sent(ids[0], due).await.unwrap();
     let last: Vec<_> = db.outbox.claim_due(due, lease, 10).await.unwrap();
     assert_eq!(last.iter().map(|e| e.message.id).collect::<Vec<_>>(), [ids[1]]);
+
+    // Pruning takes sent events older than the cut-off, never unsent ones.
+    assert_eq!(
+        db.outbox.prune_sent(due - chrono::Duration::seconds(1)).await.unwrap(),
+        1,
+        "ids[2] only"
+    );
+    assert_eq!(
+        db.outbox.prune_sent(due + chrono::Duration::seconds(1)).await.unwrap(),
+        1,
+        "then ids[0]"
+    );
+    let left: Vec<_> = db.outbox.list(false, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.message.id).collect::<Vec<_>>(),
+        [ids[1]],
+        "the unsent one stays"
+    );
     db.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_one_package_are_claimed_in_order_on_sqlite() {
+async fn events_are_claimed_in_order_per_package_and_pruned_once_sent_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    a_packages_events_are_claimed_in_order(&format!("sqlite://{}", dir.path().join("outbox.db").display())).await;
+    a_packages_events_are_claimed_in_order_and_sent_ones_pruned(&format!(
+        "sqlite://{}",
+        dir.path().join("outbox.db").display()
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_one_package_are_claimed_in_order_on_postgres() {
+async fn events_are_claimed_in_order_per_package_and_pruned_once_sent_on_postgres() {
     let (name, url) = common::create_postgres_database().await;
-    a_packages_events_are_claimed_in_order(&url).await;
+    a_packages_events_are_claimed_in_order_and_sent_ones_pruned(&url).await;
     common::drop_postgres_database(&name).await;
 }

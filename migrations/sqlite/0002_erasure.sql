@@ -6,3 +6,5 @@ CREATE INDEX packages_retention ON packages (data_category, created_at) WHERE st
 CREATE INDEX tus_uploads_by_package ON tus_uploads (package_id) WHERE package_id IS NOT NULL;
 CREATE INDEX outbox_by_aggregate ON outbox (aggregate_id);
 CREATE INDEX tus_uploads_by_user ON tus_uploads (user_id) WHERE package_id IS NULL;
+-- Pruning sent events.
+CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;

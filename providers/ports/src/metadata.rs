@@ -241,6 +241,9 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()>;
     /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
+    /// Deletes messages sent before `before` (their payloads name users and packages, and
+    /// the queue has them); unsent ones always stay. Returns how many went.
+    async fn prune_sent(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// A resumable (tus) upload as first recorded.

@@ -827,6 +827,15 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn prune_sent(&self, before: DateTime<Utc>) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .rows_affected())
+            }
+
             async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>> {
                 let rows = sqlx::query(
                     "SELECT id, event_type, aggregate_id, payload, created_at, attempts, last_error, \
