@@ -236,10 +236,7 @@ impl Application {
             tasks.spawn(relay.run(stop.clone()));
         }
         tasks.spawn(sweep_loop(
-            self.state.ingest.clone(),
-            self.state.resumable.clone(),
-            self.state.eraser.clone(),
-            self.state.outbox.clone(),
+            self.state.clone(),
             self.keep_sent,
             self.abandon_after,
             self.sweep_interval,
@@ -272,16 +269,22 @@ impl Application {
     }
 }
 
+/// The periodic clean-up: abandoned and expired uploads, retention, sent events, and
+/// objects of erased packages whose deletion failed.
 async fn sweep_loop(
-    ingest: Arc<Ingestor>,
-    resumable: Arc<crate::resumable::Resumable>,
-    eraser: Arc<crate::erasure::Eraser>,
-    outbox: Arc<dyn udim_ports::metadata::Outbox>,
+    state: AppState,
     keep_sent: Option<chrono::Duration>,
     abandon_after: Duration,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let AppState {
+        ingest,
+        resumable,
+        eraser,
+        outbox,
+        ..
+    } = state;
     loop {
         match ingest.sweep_abandoned(abandon_after).await {
             Ok(0) => {}
