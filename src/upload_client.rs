@@ -150,10 +150,7 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
     eprintln!("upload URL (continue an interrupted run with --resume): {url}");
 
     let bar = progress_bar(length);
-    let mut offset = server_offset(&client, &headers, &url, length).await?;
-    if job.resume.is_some() {
-        same_file(&client, &headers, &url, &fingerprint).await?;
-    }
+    let mut offset = server_offset(&client, &headers, &url, length, &fingerprint).await?;
     let mut package_id = None;
     let mut failures = 0;
     while offset < length {
@@ -194,7 +191,7 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
                 if failures >= MAX_ATTEMPTS {
                     return Err(refusal("the upload keeps failing", response).await);
                 }
-                let resumed_at = retry_offset(&client, &headers, &url, length, failures).await?;
+                let resumed_at = retry_offset(&client, &headers, &url, length, &fingerprint, failures).await?;
                 // Progress despite the failure (e.g. a dropped reply): not a failure streak.
                 if resumed_at > offset {
                     failures = 0;
@@ -207,7 +204,7 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
                 if failures >= MAX_ATTEMPTS {
                     return Err(anyhow!(e).context("the upload keeps failing"));
                 }
-                let resumed_at = retry_offset(&client, &headers, &url, length, failures).await?;
+                let resumed_at = retry_offset(&client, &headers, &url, length, &fingerprint, failures).await?;
                 if resumed_at > offset {
                     failures = 0;
                 }
@@ -241,11 +238,16 @@ pub async fn upload(job: &UploadJob) -> anyhow::Result<serde_json::Value> {
     Ok(package.json().await?)
 }
 
+/// The server's offset for the upload at `url`, after checking that the upload is for this
+/// file: its length, and the fingerprint this client puts in its metadata (an upload some
+/// other client started carries none and is taken on the length alone), so a resume never
+/// splices another file of the same size onto it.
 async fn server_offset(
     client: &reqwest::Client,
     headers: &HeaderMap,
     url: &reqwest::Url,
     length: u64,
+    fingerprint: &str,
 ) -> anyhow::Result<u64> {
     let response = client.head(url.clone()).headers(headers.clone()).send().await?;
     if response.status() != StatusCode::OK {
@@ -259,18 +261,6 @@ async fn server_offset(
     if declared != Some(length) {
         bail!("the upload on the server is for a file of {declared:?} bytes, this one has {length}");
     }
-    offset_of(response.headers())
-}
-
-/// Refuses to resume an upload this client started for another file (one started by another
-/// client carries no fingerprint and is taken on the length alone).
-async fn same_file(
-    client: &reqwest::Client,
-    headers: &HeaderMap,
-    url: &reqwest::Url,
-    fingerprint: &str,
-) -> anyhow::Result<()> {
-    let response = client.head(url.clone()).headers(headers.clone()).send().await?;
     let metadata = response
         .headers()
         .get("upload-metadata")
@@ -279,12 +269,10 @@ async fn same_file(
         .transpose()
         .map_err(|e| anyhow!("the server's Upload-Metadata: {e}"))?
         .unwrap_or_default();
-    match metadata.get("fingerprint") {
-        Some(theirs) if theirs != fingerprint => {
-            bail!("the upload at {url} was started for another file of the same size; not resuming it")
-        }
-        _ => Ok(()),
+    if metadata.get("fingerprint").is_some_and(|theirs| theirs != fingerprint) {
+        bail!("the upload at {url} was started for another file of the same size; not resuming it");
     }
+    offset_of(response.headers())
 }
 
 /// Waits (1, 2, 4 … 30 s) and asks the server for the offset, waiting longer while it is
@@ -294,12 +282,13 @@ async fn retry_offset(
     headers: &HeaderMap,
     url: &reqwest::Url,
     length: u64,
+    fingerprint: &str,
     failures: u32,
 ) -> anyhow::Result<u64> {
     let mut wait = Duration::from_secs(1 << (failures - 1).min(5)).min(Duration::from_secs(30));
     for _ in 0..MAX_ATTEMPTS {
         tokio::time::sleep(wait).await;
-        match server_offset(client, headers, url, length).await {
+        match server_offset(client, headers, url, length, fingerprint).await {
             Ok(offset) => return Ok(offset),
             Err(e) if e.downcast_ref::<reqwest::Error>().is_some() => wait = (wait * 2).min(Duration::from_secs(30)),
             Err(e) => return Err(e),

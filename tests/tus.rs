@@ -16,26 +16,48 @@ fn python() -> String {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
 }
 
-fn tuspy(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
-    let mut cmd = Command::new(python());
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/client.py"))
-        .arg(endpoint)
-        .arg(token)
-        .arg(file)
-        .arg((256 * 1024).to_string())
-        .arg(stop_at.to_string());
-    if let Some(url) = url {
-        cmd.arg(url);
+/// Runs a stock tus client's driver script (both take the same arguments and print JSON):
+/// `program script ENDPOINT TOKEN FILE CHUNK_SIZE STOP_AT [UPLOAD_URL]`.
+struct StockClient {
+    name: &'static str,
+    program: String,
+    script: &'static str,
+    chunk_size: u64,
+    install_hint: &'static str,
+}
+
+impl StockClient {
+    fn run(&self, endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg(self.script)
+            .arg(endpoint)
+            .arg(token)
+            .arg(file)
+            .arg(self.chunk_size.to_string())
+            .arg(stop_at.to_string());
+        if let Some(url) = url {
+            cmd.arg(url);
+        }
+        let output = cmd.output().expect(self.install_hint);
+        assert!(
+            output.status.success(),
+            "{} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
     }
-    let output = cmd
-        .output()
-        .expect("python with tuspy (scripts/test installs it into .venv; UDIM_TEST_PYTHON)");
-    assert!(
-        output.status.success(),
-        "tuspy failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn tuspy(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
+    StockClient {
+        name: "tuspy",
+        program: python(),
+        script: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/client.py"),
+        chunk_size: 256 * 1024,
+        install_hint: "python with tuspy (scripts/test installs it into .venv; UDIM_TEST_PYTHON)",
+    }
+    .run(endpoint, token, file, stop_at, url)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -121,26 +143,14 @@ async fn tuspy_resumes_across_a_restart_on_postgres() {
 }
 
 fn tus_js_client(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
-    let node = std::env::var("UDIM_TEST_NODE").unwrap_or_else(|_| "node".into());
-    let mut cmd = Command::new(node);
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/js/client.mjs"))
-        .arg(endpoint)
-        .arg(token)
-        .arg(file)
-        .arg((192 * 1024).to_string())
-        .arg(stop_at.to_string());
-    if let Some(url) = url {
-        cmd.arg(url);
+    StockClient {
+        name: "tus-js-client",
+        program: std::env::var("UDIM_TEST_NODE").unwrap_or_else(|_| "node".into()),
+        script: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/js/client.mjs"),
+        chunk_size: 192 * 1024,
+        install_hint: "node with tus-js-client (scripts/test installs it into tests/tus/js; UDIM_TEST_NODE)",
     }
-    let output = cmd
-        .output()
-        .expect("node with tus-js-client (scripts/test installs it into tests/tus/js; UDIM_TEST_NODE)");
-    assert!(
-        output.status.success(),
-        "tus-js-client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    .run(endpoint, token, file, stop_at, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

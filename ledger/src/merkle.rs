@@ -231,6 +231,47 @@ pub fn assemble(plan: &[Vec<NodeId>], mut lookup: impl FnMut(NodeId) -> Option<H
         .collect()
 }
 
+/// The inclusion proofs of several leaves of one tree, planned together so a store reads
+/// each missing node once: plan, read [`InclusionBatch::missing`], then assemble.
+#[derive(Debug, Clone)]
+pub struct InclusionBatch {
+    plans: Vec<Vec<Vec<NodeId>>>,
+}
+
+impl InclusionBatch {
+    /// Plans the proofs of leaves `indices` in a tree of `size` leaves.
+    pub fn plan(indices: impl IntoIterator<Item = u64>, size: u64) -> Result<Self, Error> {
+        let plans = indices
+            .into_iter()
+            .map(|index| inclusion_proof_plan(index, size))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { plans })
+    }
+
+    /// The nodes the proofs need that `known` lacks, sorted, each once.
+    pub fn missing(&self, known: &std::collections::HashMap<NodeId, Hash>) -> Vec<NodeId> {
+        let mut missing: Vec<NodeId> = self
+            .plans
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|id| !known.contains_key(id))
+            .copied()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// The proofs, in the order of the planned indices.
+    pub fn assemble(&self, known: &std::collections::HashMap<NodeId, Hash>) -> Result<Vec<Vec<Hash>>, Error> {
+        self.plans
+            .iter()
+            .map(|plan| assemble(plan, |id| known.get(&id).copied()))
+            .collect()
+    }
+}
+
 /// Checks that `leaf` is leaf `index` of the tree of `size` leaves with head `root`, by RFC 9162 §2.1.3.2.
 ///
 /// The proof binds the index and the shape of the path, not the size by itself: sizes whose
@@ -426,6 +467,24 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn a_batch_of_proofs_names_what_it_lacks_once_and_verifies() {
+        let mut frontier = Frontier::new();
+        let mut nodes = std::collections::HashMap::new();
+        for i in 0..13u8 {
+            nodes.extend(frontier.push(leaf_hash(&[i])).unwrap());
+        }
+        let batch = InclusionBatch::plan([0, 5, 12], 13).unwrap();
+        assert!(batch.missing(&nodes).is_empty());
+        let lacking = batch.missing(&std::collections::HashMap::new());
+        assert!(lacking.windows(2).all(|w| w[0] < w[1]), "sorted, each once");
+        let proofs = batch.assemble(&nodes).unwrap();
+        for (index, proof) in [0u64, 5, 12].into_iter().zip(&proofs) {
+            verify_inclusion(index, 13, &leaf_hash(&[index as u8]), proof, &frontier.root()).unwrap();
+        }
+        assert!(InclusionBatch::plan([13], 13).is_err());
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         assert!(s.len().is_multiple_of(2), "odd hex length");

@@ -69,15 +69,7 @@ async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dea
     let moto = moto::start().await;
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
-    let dlq = sqs
-        .create_queue()
-        .queue_name("udim-dead")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let dlq = create_queue(&sqs, "udim-dead", &[]).await;
     let dlq_arn = sqs
         .get_queue_attributes()
         .queue_url(&dlq)
@@ -88,20 +80,18 @@ async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dea
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let queue = sqs
-        .create_queue()
-        .queue_name("udim-events")
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "0")
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"2"}}"#),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue = create_queue(
+        &sqs,
+        "udim-events",
+        &[
+            (aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "0".into()),
+            (
+                aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"2"}}"#),
+            ),
+        ],
+    )
+    .await;
     let notifier = udim_aws::SqsNotifier::new(&config, &queue);
     conformance::notifier(&notifier, async || {
         let received = sqs
@@ -135,19 +125,29 @@ async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dea
     assert!(dead.is_some(), "the poison message ends in the dead-letter queue");
 }
 
+/// Creates queue `name` with `attributes`; returns its URL.
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
+) -> String {
+    let mut create = sqs.create_queue().queue_name(name);
+    for (attribute, value) in attributes {
+        create = create.attributes(attribute.clone(), value);
+    }
+    create.send().await.unwrap().queue_url().unwrap().to_owned()
+}
+
 async fn queue_with_max_message_size(sqs: &aws_sdk_sqs::Client, name: &str, max: usize) -> String {
-    sqs.create_queue()
-        .queue_name(name)
-        .attributes(
+    create_queue(
+        sqs,
+        name,
+        &[(
             aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
             max.to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned()
+        )],
+    )
+    .await
 }
 
 /// Receives one message, deletes it, and returns its event id attribute and body.
@@ -186,15 +186,7 @@ async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
     let moto = moto::start().await;
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
-    let queue = sqs
-        .create_queue()
-        .queue_name("udim-batched")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue = create_queue(&sqs, "udim-batched", &[]).await;
     let notifier = udim_aws::SqsNotifier::new(&config, &queue);
     conformance::notifier_batch(&notifier, async || take_one(&sqs, &queue).await).await;
 

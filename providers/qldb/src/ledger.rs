@@ -364,29 +364,13 @@ impl QldbLedger {
         // from the old frontier or this batch, anything else is read.
         let mut known: HashMap<NodeId, Hash> = new_nodes.iter().copied().collect();
         known.extend(plan.iter().copied().zip(frontier_hashes));
-        let plans = stored_entries
-            .iter()
-            .map(|e| merkle::inclusion_proof_plan(e.index, new_size))
-            .collect::<std::result::Result<Vec<_>, _>>()
+        let batch = merkle::InclusionBatch::plan(stored_entries.iter().map(|e| e.index), new_size)
             .map_err(|e| integrity(format!("proof plan: {e}")))?;
-        let mut missing: Vec<NodeId> = plans
-            .iter()
-            .flatten()
-            .flatten()
-            .filter(|id| !known.contains_key(id))
-            .copied()
-            .collect();
+        let missing = batch.missing(&known);
         if !missing.is_empty() {
-            missing.sort();
-            missing.dedup();
             known.extend(fetch_nodes(txn, &missing).await?);
         }
-        let proofs = plans
-            .iter()
-            .map(|plan| {
-                merkle::assemble(plan, |id| known.get(&id).copied()).map_err(|e| integrity(format!("proof: {e}")))
-            })
-            .collect::<Result<Vec<_>, TxnError>>()?;
+        let proofs = batch.assemble(&known).map_err(|e| integrity(format!("proof: {e}")))?;
         Ok(AppendedBatch {
             entries: stored_entries,
             proofs,

@@ -1045,30 +1045,15 @@ macro_rules! sql_store {
                 // fetched below.
                 let mut known: std::collections::HashMap<NodeId, Hash> = new_nodes.iter().copied().collect();
                 known.extend(plan.iter().copied().zip(frontier_hashes.iter().copied()));
-                let plans = stored_entries
-                    .iter()
-                    .map(|e| merkle::inclusion_proof_plan(e.index, new_size))
-                    .collect::<std::result::Result<Vec<_>, _>>()
+                let batch = merkle::InclusionBatch::plan(stored_entries.iter().map(|e| e.index), new_size)
                     .map_err(|e| integrity(format!("proof plan: {e}")))?;
-                let mut missing: Vec<NodeId> = plans
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|id| !known.contains_key(id))
-                    .copied()
-                    .collect();
+                let missing = batch.missing(&known);
                 if !missing.is_empty() {
-                    missing.sort();
-                    missing.dedup();
                     known.extend(Self::fetch_nodes(&mut *tx, &missing).await?);
                 }
-                let proofs = plans
-                    .iter()
-                    .map(|plan| {
-                        merkle::assemble(plan, |id| known.get(&id).copied())
-                            .map_err(|e| integrity(format!("proof: {e}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let proofs = batch
+                    .assemble(&known)
+                    .map_err(|e| integrity(format!("proof: {e}")))?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(AppendedBatch {
                     entries: stored_entries,
