@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Instant;
 
-use udim::envelope::{Binding, Encryptor, Header};
+use udim::formats::envelope::{Binding, Encryptor, Header};
 use udim_ports::kms::PlainKey;
 
 fn main() -> std::io::Result<()> {

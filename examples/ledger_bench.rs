@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use udim::consent::sequencer::Sequencer;
+use udim::consent::signer::LedgerSigner;
 use udim::consent::{ConsentService, Grant};
-use udim::ledger::sequencer::Sequencer;
-use udim::ledger::signer::LedgerSigner;
 
 fn grant() -> Grant {
     Grant {
@@ -92,13 +92,13 @@ async fn main() -> anyhow::Result<()> {
         state ^= state << 17;
         let index = state % size;
         let t = Instant::now();
-        udim::ledger::proofs::inclusion(ledger, &[index], size).await?;
+        udim::consent::proofs::inclusion(ledger, &[index], size).await?;
         latencies.push(t.elapsed());
     }
     latencies.sort();
 
     let t = Instant::now();
-    let report = udim::ledger::audit::audit(database.ledger.clone(), signer.verifier()).await?;
+    let report = udim::consent::audit::audit(database.ledger.clone(), signer.verifier()).await?;
     let audit_secs = t.elapsed().as_secs_f64();
     println!(
         "{}",

@@ -82,7 +82,7 @@ impl Default for ServerSettings {
 pub struct DatabaseSettings {
     /// `postgres://…` or `sqlite://…`; unset means `sqlite://<data_dir>/udim.db`. May hold a
     /// password, so it is a secret.
-    pub url: Option<SecretString>,
+    pub url: Option<DatabaseUrl>,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
     /// Apply pending migrations when `udim serve` starts.
@@ -100,69 +100,164 @@ impl Default for DatabaseSettings {
     }
 }
 
-/// Object storage provider.
+/// A database URL, its engine checked at load. It may hold a password: never logged.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DatabaseUrl {
+    url: SecretString,
+    engine: udim_sql::Engine,
+}
+
+impl DatabaseUrl {
+    pub fn sqlite_file(path: &Path) -> Self {
+        Self {
+            url: SecretString::from(format!("sqlite://{}", path.display())),
+            engine: udim_sql::Engine::Sqlite,
+        }
+    }
+
+    pub fn expose_secret(&self) -> &str {
+        use secrecy::ExposeSecret;
+        self.url.expose_secret()
+    }
+
+    pub fn engine(&self) -> udim_sql::Engine {
+        self.engine
+    }
+}
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        let engine = udim_sql::Engine::of(&url).ok_or("must start with postgres://, postgresql:// or sqlite:")?;
+        Ok(Self {
+            url: SecretString::from(url),
+            engine,
+        })
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({}, [REDACTED])", self.engine.as_str())
+    }
+}
+
+/// Object storage provider. Each variant carries its provider's whole settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum StorageSettings {
-    /// Local filesystem; `path` defaults to `<data_dir>/objects`.
-    Filesystem { path: Option<PathBuf> },
+    /// Local filesystem.
+    Filesystem(FilesystemSettings),
     /// Amazon S3 or an S3-compatible store (feature `aws`).
-    S3 {
-        bucket: String,
-        region: Option<String>,
-        endpoint: Option<String>,
-        #[serde(default)]
-        allow_http: bool,
-        /// Also encrypt objects with S3 SSE-KMS under this key (on top of UDIM's own).
-        sse_kms_key_id: Option<String>,
-    },
+    S3(S3Settings),
     /// Google Cloud Storage (feature `gcp`).
-    Gcs { bucket: String, base_url: Option<String> },
+    Gcs(GcsSettings),
     /// Azure Blob Storage (feature `azure`).
-    Azure {
-        account: String,
-        container: String,
-        endpoint: Option<String>,
-        #[serde(default)]
-        use_emulator: bool,
-    },
+    Azure(AzureBlobSettings),
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self::Filesystem { path: None }
+        Self::Filesystem(FilesystemSettings::default())
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemSettings {
+    /// The objects' root; unset means `<data_dir>/objects` (filled in at load).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Also encrypt objects with S3 SSE-KMS under this key (on top of UDIM's own).
+    pub sse_kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsSettings {
+    pub bucket: String,
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureBlobSettings {
+    pub account: String,
+    pub container: String,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub use_emulator: bool,
 }
 
 /// Key management provider.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum KmsSettings {
-    /// A local key file; `key_file` defaults to `<data_dir>/keys/kek.keys`.
-    Local { key_file: Option<PathBuf> },
+    /// A local key file.
+    Local(LocalKmsSettings),
     /// AWS KMS (feature `aws`).
-    Aws {
-        /// Key id, ARN or alias; packages record the key's ARN.
-        key_id: String,
-        region: Option<String>,
-        /// A custom endpoint (a local stand-in, a VPC endpoint).
-        endpoint: Option<String>,
-    },
+    Aws(AwsKmsSettings),
     /// Google Cloud KMS (feature `gcp`).
-    Gcp { key_name: String },
+    Gcp(GcpKmsSettings),
     /// Azure Key Vault (feature `azure`).
-    Azure { vault_url: String, key_name: String },
+    Azure(AzureKmsSettings),
 }
 
 impl Default for KmsSettings {
     fn default() -> Self {
-        Self::Local { key_file: None }
+        Self::Local(LocalKmsSettings::default())
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalKmsSettings {
+    /// The key file; unset means `<data_dir>/keys/kek.keys` (filled in at load), the one file
+    /// both `udim serve` and `udim admin rotate-key` use.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsSettings {
+    /// Key id, ARN or alias; packages record the key's ARN.
+    pub key_id: String,
+    pub region: Option<String>,
+    /// A custom endpoint (a local stand-in, a VPC endpoint).
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpKmsSettings {
+    /// The full CryptoKey resource name.
+    pub key_name: String,
+    /// An emulator or private endpoint.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureKmsSettings {
+    pub vault_url: String,
+    pub key_name: String,
+    pub key_version: Option<String>,
 }
 
 /// Where outbox events are relayed.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum QueueSettings {
     /// Events stay in the outbox (see `GET /v1/admin/outbox` and `udim admin outbox`).
     #[default]
@@ -170,16 +265,11 @@ pub enum QueueSettings {
     /// RabbitMQ with publisher confirms (feature `local`).
     Rabbitmq(RabbitMqSettings),
     /// Amazon SQS (feature `aws`).
-    Sqs {
-        /// A `.fifo` URL makes the event id the deduplication id.
-        queue_url: String,
-        region: Option<String>,
-        endpoint: Option<String>,
-    },
+    Sqs(SqsSettings),
     /// Google Pub/Sub (feature `gcp`).
-    Pubsub { topic: String },
+    Pubsub(PubsubSettings),
     /// Azure Queue Storage (feature `azure`).
-    AzureQueue { queue_url: String },
+    AzureQueue(AzureQueueSettings),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +287,31 @@ pub struct RabbitMqSettings {
     pub dead_letter_exchange: String,
     #[serde(default = "defaults::dead_letter_queue")]
     pub dead_letter_queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSettings {
+    /// A `.fifo` URL makes the event id the deduplication id.
+    pub queue_url: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubSettings {
+    /// The full `projects/P/topics/T`.
+    pub topic: String,
+    /// An emulator or private endpoint.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureQueueSettings {
+    /// The queue's URL; may carry a SAS token.
+    pub queue_url: SecretString,
 }
 
 mod defaults {
@@ -225,28 +340,32 @@ mod defaults {
 
 /// Malware scanner.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ScannerSettings {
     /// No scanning: packages are recorded `not_scanned`.
     #[default]
     Disabled,
     /// ClamAV's clamd.
-    Clamd {
-        /// `tcp://host:port` or `unix:///path/to/clamd.sock`.
-        address: String,
-        /// clamd's StreamMaxLength; longer uploads follow `admit_too_large`. ClamAV cannot
-        /// scan one stream over 2 GB.
-        #[serde(default = "defaults::clamd_max_stream_bytes")]
-        max_stream_bytes: u64,
-        /// Admit uploads unscanned while clamd is unreachable (default: refuse them).
-        #[serde(default)]
-        fail_open: bool,
-        /// Admit files over `max_stream_bytes` unscanned, recorded as such (default: refuse).
-        #[serde(default)]
-        admit_too_large: bool,
-        #[serde(default = "defaults::clamd_timeout_secs")]
-        timeout_secs: u64,
-    },
+    Clamd(ClamdSettings),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClamdSettings {
+    /// `tcp://host:port` or `unix:///path/to/clamd.sock`, parsed at load.
+    pub address: udim_local::clamd::ClamdAddress,
+    /// clamd's StreamMaxLength; longer uploads follow `admit_too_large`. ClamAV cannot scan
+    /// one stream over 2 GB.
+    #[serde(default = "defaults::clamd_max_stream_bytes")]
+    pub max_stream_bytes: u64,
+    /// Admit uploads unscanned while clamd is unreachable (default: refuse them).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Admit files over `max_stream_bytes` unscanned, recorded as such (default: refuse).
+    #[serde(default)]
+    pub admit_too_large: bool,
+    #[serde(default = "defaults::clamd_timeout_secs")]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,10 +411,10 @@ pub struct UploadSettings {
     pub sweep_interval_secs: u64,
     /// Per data category: the media types admitted (checked against the type sniffed from
     /// the content) and an optional size cap. Categories not listed admit any type.
-    pub categories: std::collections::BTreeMap<String, crate::content::CategoryPolicy>,
+    pub categories: std::collections::BTreeMap<String, crate::formats::content::CategoryPolicy>,
     /// `record` (admit, keep both types) or `reject` (415) when the declared type and the
     /// sniffed type differ.
-    pub type_mismatch: crate::content::MismatchPolicy,
+    pub type_mismatch: crate::formats::content::MismatchPolicy,
 }
 
 impl Default for UploadSettings {
@@ -364,7 +483,7 @@ impl Default for LedgerSettings {
 
 /// Where the consent ledger is stored.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum LedgerStore {
     /// The service's database (PostgreSQL; SQLite in the embedded default): the supported
     /// ledger of every build.
@@ -372,12 +491,16 @@ pub enum LedgerStore {
     Database,
     /// Amazon QLDB (feature `qldb`). LEGACY: QLDB reached end of support on 2025-07-31; it is
     /// here only for deployments migrating off the original stack.
-    Qldb {
-        ledger_name: String,
-        region: Option<String>,
-        /// A custom endpoint (a VPC endpoint, or a test stand-in).
-        endpoint: Option<String>,
-    },
+    Qldb(QldbSettings),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QldbSettings {
+    pub ledger_name: String,
+    pub region: Option<String>,
+    /// A custom endpoint (a VPC endpoint, or a test stand-in).
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,42 +582,44 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed("UDIM_").ignore(&["profile", "config_dir"]).split("__"));
-        let settings: Settings = figment.extract().map_err(one_line)?;
+        let mut settings: Settings = figment.extract().map_err(one_line)?;
         settings.validate()?;
+        settings.resolve();
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.database.url {
-            use secrecy::ExposeSecret;
-            if udim_sql::engine_of(url.expose_secret()).is_none() {
-                return Err(ConfigError::new(
-                    "`database.url` must start with postgres://, postgresql:// or sqlite:",
-                ));
-            }
+    /// Fills in the defaults derived from `data_dir`, once, so every reader (the service, the
+    /// CLI) sees the same paths. Idempotent; [`Settings::load`] calls it, and so does the
+    /// application builder for settings made in code.
+    pub fn resolve(&mut self) {
+        if let StorageSettings::Filesystem(fs) = &mut self.storage
+            && fs.path.as_os_str().is_empty()
+        {
+            fs.path = self.data_dir.join("objects");
         }
+        if let KmsSettings::Local(local) = &mut self.kms
+            && local.key_file.as_os_str().is_empty()
+        {
+            local.key_file = self.data_dir.join("keys").join("kek.keys");
+        }
+        if self.database.url.is_none() {
+            self.database.url = Some(DatabaseUrl::sqlite_file(&self.data_dir.join("udim.db")));
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.database.max_connections == 0 {
             return Err(ConfigError::new("`database.max_connections` must be at least 1"));
         }
         if self.upload.max_bytes == 0 {
             return Err(ConfigError::new("`upload.max_bytes` must be at least 1"));
         }
-        if let ScannerSettings::Clamd {
-            address,
-            max_stream_bytes,
-            ..
-        } = &self.scanner
+        if let ScannerSettings::Clamd(clamd) = &self.scanner
+            && (clamd.max_stream_bytes == 0 || clamd.max_stream_bytes >= 2 * 1024 * 1024 * 1024)
         {
-            if !(address.starts_with("tcp://") || address.starts_with("unix://")) {
-                return Err(ConfigError::new(
-                    "`scanner.address` must be tcp://host:port or unix:///path",
-                ));
-            }
-            if *max_stream_bytes == 0 || *max_stream_bytes >= 2 * 1024 * 1024 * 1024 {
-                return Err(ConfigError::new(
-                    "`scanner.max_stream_bytes` must be 1 byte to just under 2 GiB",
-                ));
-            }
+            return Err(ConfigError::new(
+                "`scanner.max_stream_bytes` must be 1 byte to just under 2 GiB",
+            ));
         }
         if self.ledger.max_batch == 0 || self.ledger.max_batch > 4096 {
             return Err(ConfigError::new("`ledger.max_batch` must be 1-4096"));
@@ -520,12 +645,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The database URL, defaulting to SQLite under `data_dir`.
-    pub fn database_url(&self) -> SecretString {
-        match &self.database.url {
-            Some(url) => url.clone(),
-            None => SecretString::from(format!("sqlite://{}", self.data_dir.join("udim.db").display())),
-        }
+    /// The database URL (SQLite under `data_dir` unless configured).
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::sqlite_file(&self.data_dir.join("udim.db")))
     }
 
     pub fn ledger_key_file(&self) -> PathBuf {
@@ -550,7 +675,7 @@ mod tests {
             assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(s.data_dir, PathBuf::from("./data"));
             assert!(matches!(s.queue, QueueSettings::OutboxOnly));
-            assert!(matches!(s.storage, StorageSettings::Filesystem { path: None }));
+            assert!(matches!(&s.storage, StorageSettings::Filesystem(fs) if fs.path == Path::new("./data/objects")));
             Ok(())
         });
     }

@@ -2,28 +2,29 @@
 //! that is recorded in a verifiable ledger; every byte is encrypted before it is stored and
 //! the downstream pipeline is told, reliably, about every package that arrived.
 //!
-//! Architecture: the ports (traits) live in the `udim-ports` crate under `providers/`, one
-//! provider crate per family beside it; this crate holds the pure cores ([`envelope`],
-//! [`ledger`], [`validate`]), the pipeline ([`ingest`], [`relay`], [`consent`]), the HTTP
-//! surface ([`http`]), the provider factory ([`providers`]) and the CLI ([`cli`]).
+//! The folders are the architecture (see `docs/architecture.md`):
+//!
+//! - [`formats`]: pure cores with no I/O — the encrypted-object format, tus headers, `Range`,
+//!   content rules, input parsing.
+//! - [`consent`]: consent state derived from the ledger, and the ledger's service side
+//!   (signer, sequencer, proofs, audit).
+//! - [`pipeline`]: what happens to a package — ingest, resumable uploads, downstream reads,
+//!   erasure, the outbox relay, and the versioned [`pipeline::events`] consumers rely on.
+//! - [`http`]: the API surface; [`cli`]: the command line.
+//! - [`ops`]: metrics and telemetry.
+//! - [`config`] (typed settings), [`auth`] (bearer tokens), [`factory`] (settings → ports),
+//!   [`startup`] (wiring).
+//!
+//! The ports (traits) are the `udim-ports` crate under `providers/`, one provider crate per
+//! family beside it; the pure ledger is the `udim-ledger` crate under `ledger/`.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consent;
-pub mod content;
-pub mod envelope;
-pub mod erasure;
+pub mod factory;
+pub mod formats;
 pub mod http;
-pub mod ingest;
-pub mod ledger;
-pub mod metrics;
-pub mod providers;
-pub mod read;
-pub mod relay;
-pub mod resumable;
+pub mod ops;
+pub mod pipeline;
 pub mod startup;
-pub mod telemetry;
-pub mod tus;
-pub mod upload_client;
-pub mod validate;

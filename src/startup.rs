@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -15,12 +14,12 @@ use udim_ports::storage::BlobStore;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::consent::ConsentService;
+use crate::consent::sequencer::Sequencer;
+use crate::consent::signer::LedgerSigner;
+use crate::factory;
 use crate::http::{self, AppState};
-use crate::ingest::Ingestor;
-use crate::ledger::sequencer::Sequencer;
-use crate::ledger::signer::LedgerSigner;
-use crate::providers;
-use crate::relay::Relay;
+use crate::pipeline::ingest::Ingestor;
+use crate::pipeline::relay::Relay;
 
 /// Replacements for configured providers, for tests that inject faults.
 #[derive(Default)]
@@ -30,12 +29,13 @@ pub struct Overrides {
 
 /// Connects to the configured database.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<udim_sql::Database> {
-    if settings.database.url.is_none() {
+    let url = settings.database_url();
+    if url.engine() == udim_sql::Engine::Sqlite {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
     }
     let options = udim_sql::DbOptions {
-        url: settings.database_url().expose_secret().to_owned(),
+        url: url.expose_secret().to_owned(),
         max_connections: settings.database.max_connections,
         acquire_timeout: Duration::from_secs(settings.database.acquire_timeout_secs),
     };
@@ -116,29 +116,30 @@ impl Application {
         Self::build_with(settings, Overrides::default()).await
     }
 
-    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+    pub async fn build_with(mut settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        settings.resolve();
         let database = connect_database(&settings).await?;
         if settings.database.migrate_on_start {
             database.migrate().await.context("cannot apply database migrations")?;
         }
         let blobs = match overrides.storage {
             Some(storage) => storage,
-            None => providers::storage(&settings)?,
+            None => factory::storage(&settings)?,
         };
-        let kms = providers::kms(&settings).await?;
-        let notifier = providers::notifier(&settings).await?;
-        let (scanner, scan_policy) = providers::scanner(&settings)?;
+        let kms = factory::kms(&settings).await?;
+        let notifier = factory::notifier(&settings).await?;
+        let (scanner, scan_policy) = factory::scanner(&settings);
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let ledger_signer = Arc::new(LedgerSigner::load(
             &settings.ledger.origin,
             settings.ledger.signing_key.as_ref(),
             &settings.ledger_key_file(),
         )?);
-        let ledger = providers::ledger(&settings, &database).await?;
+        let ledger = factory::ledger(&settings, &database).await?;
         let sequencer = Sequencer::start(ledger.clone(), ledger_signer.clone(), settings.ledger.max_batch);
         let consents = ConsentService::new(ledger, sequencer);
         let relay_wake = Arc::new(Notify::new());
-        let reader = Arc::new(crate::read::ContentReader {
+        let reader = Arc::new(crate::pipeline::read::ContentReader {
             blobs: blobs.clone(),
             kms: kms.clone(),
             packages: database.packages.clone(),
@@ -150,14 +151,14 @@ impl Application {
             packages: database.packages.clone(),
             scanner,
             scan_policy,
-            content: crate::content::ContentPolicy {
+            content: crate::formats::content::ContentPolicy {
                 categories: settings.upload.categories.clone(),
                 mismatch: settings.upload.type_mismatch,
             },
             consents: consents.clone(),
             max_bytes: settings.upload.max_bytes,
         });
-        let resumable = Arc::new(crate::resumable::Resumable {
+        let resumable = Arc::new(crate::pipeline::resumable::Resumable {
             uploads: database.uploads.clone(),
             blobs: ingest.blobs.clone(),
             kms: ingest.kms.clone(),
@@ -165,7 +166,7 @@ impl Application {
             ingest: ingest.clone(),
             expire_after: Duration::from_secs(settings.upload.resumable_expire_after_secs),
         });
-        let eraser = Arc::new(crate::erasure::Eraser {
+        let eraser = Arc::new(crate::pipeline::erasure::Eraser {
             packages: database.packages.clone(),
             blobs: ingest.blobs.clone(),
             consents: consents.clone(),
@@ -201,7 +202,7 @@ impl Application {
             relay_wake,
             eraser,
             metrics: if settings.server.metrics {
-                crate::metrics::handle()
+                crate::ops::metrics::handle()
             } else {
                 None
             },

@@ -8,7 +8,7 @@ mod moto;
 
 use common::{Db, Options, TestApp};
 use serde_json::Value;
-use udim::config::{KmsSettings, QueueSettings, StorageSettings};
+use udim::config::{AwsKmsSettings, KmsSettings, QueueSettings, S3Settings, SqsSettings, StorageSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
@@ -46,23 +46,23 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         Db::Postgres,
         Options {
             configure: Some(Box::new(move |s| {
-                s.storage = StorageSettings::S3 {
+                s.storage = StorageSettings::S3(S3Settings {
                     bucket: b,
                     region: Some("us-east-1".into()),
                     endpoint: Some(e.clone()),
                     allow_http: true,
                     sse_kms_key_id: None,
-                };
-                s.kms = KmsSettings::Aws {
+                });
+                s.kms = KmsSettings::Aws(AwsKmsSettings {
                     key_id,
                     region: Some("us-east-1".into()),
                     endpoint: Some(e.clone()),
-                };
-                s.queue = QueueSettings::Sqs {
+                });
+                s.queue = QueueSettings::Sqs(SqsSettings {
                     queue_url: q,
                     region: Some("us-east-1".into()),
                     endpoint: Some(e),
-                };
+                });
             })),
             ..Options::default()
         },

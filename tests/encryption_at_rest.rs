@@ -6,7 +6,7 @@ mod common;
 
 use common::{Db, TestApp};
 use serde_json::Value;
-use udim::envelope::{Binding, Decryptor, Header, TAG_LEN};
+use udim::formats::envelope::{Binding, Decryptor, Header, TAG_LEN};
 use udim_local::keyfile::LocalKeyFile;
 use udim_ports::kms::{KeyContext, KeyService};
 use uuid::Uuid;
@@ -49,7 +49,7 @@ async fn upload_and_read_raw(db: Db) -> (TestApp, Stored) {
 }
 
 impl Stored {
-    async fn decrypt(&self, body: &[u8]) -> Result<Vec<u8>, udim::envelope::EnvelopeError> {
+    async fn decrypt(&self, body: &[u8]) -> Result<Vec<u8>, udim::formats::envelope::EnvelopeError> {
         let ctx = KeyContext {
             package_id: self.package_id,
             user_id: "alice".into(),

@@ -176,7 +176,7 @@ async fn erasure(db: Db, relayed: bool) {
     assert!(objects.join(&bobs).exists());
     let (_, bobs_consents) = app.get_json(&bob, "/v1/consents").await;
     assert_eq!(bobs_consents["history"].as_array().unwrap().len(), 1);
-    let audit = udim::ledger::audit::audit(app_ledger(&app).await, &ledger_key(&app).await)
+    let audit = udim::consent::audit::audit(app_ledger(&app).await, &ledger_key(&app).await)
         .await
         .expect("the log verifies after erasure");
     assert_eq!((audit.entries, audit.redacted), (2, 1));
@@ -184,7 +184,6 @@ async fn erasure(db: Db, relayed: bool) {
 }
 
 async fn app_ledger(app: &TestApp) -> Arc<dyn udim_ports::ledger::ConsentLedger> {
-    use secrecy::ExposeSecret as _;
     let db = udim_sql::connect(&udim_sql::DbOptions {
         url: app.settings.database_url().expose_secret().to_owned(),
         max_connections: 2,
@@ -260,7 +259,7 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
                 s.upload.sweep_interval_secs = 1;
                 s.upload.categories.insert(
                     "audio".into(),
-                    udim::content::CategoryPolicy {
+                    udim::formats::content::CategoryPolicy {
                         allowed_types: vec!["*/*".into()],
                         max_bytes: None,
                         retention_days: Some(30),
@@ -288,7 +287,6 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
     let text: Value = text.json().await.unwrap();
 
     // Age two packages past 30 days, as if uploaded a month ago.
-    use secrecy::ExposeSecret as _;
     use sqlx::Connection as _;
     let mut db = sqlx::SqliteConnection::connect(app.settings.database_url().expose_secret())
         .await

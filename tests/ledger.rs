@@ -12,9 +12,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 use common::{Db, TestApp};
 use serde_json::Value;
+use udim::consent::sequencer::Sequencer;
+use udim::consent::signer::LedgerSigner;
 use udim::consent::{ConsentService, Grant};
-use udim::ledger::sequencer::Sequencer;
-use udim::ledger::signer::LedgerSigner;
 use udim_ledger::checkpoint::Checkpoint;
 use udim_ledger::entry::ConsentRecord;
 use udim_ledger::note::VerifierKey;
@@ -41,7 +41,6 @@ fn ledger_cli(data_dir: &Path, database_url: &str, args: &[&str]) -> std::proces
 }
 
 fn database_url(app: &TestApp) -> String {
-    use secrecy::ExposeSecret;
     app.settings.database_url().expose_secret().to_owned()
 }
 

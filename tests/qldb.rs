@@ -10,8 +10,7 @@ mod common;
 mod stub;
 
 use common::{Db, Options, TestApp};
-use secrecy::ExposeSecret as _;
-use udim::config::LedgerStore;
+use udim::config::{LedgerStore, QldbSettings};
 use udim_ledger::note::VerifierKey;
 use udim_ledger::proof::RecordProof;
 
@@ -29,11 +28,11 @@ async fn consents_go_to_the_qldb_ledger_and_their_proofs_verify() {
         Db::Sqlite,
         Options {
             configure: Some(Box::new(move |s| {
-                s.ledger.store = LedgerStore::Qldb {
+                s.ledger.store = LedgerStore::Qldb(QldbSettings {
                     ledger_name: "udim-consent".into(),
                     region: Some("us-east-1".into()),
                     endpoint: Some(endpoint),
-                };
+                });
             })),
             ..Options::default()
         },

@@ -80,7 +80,6 @@ async fn downstream_reads_decrypt_check_consent_and_are_recorded(db: Db) {
     assert_eq!(after.status(), 403, "withdrawal takes effect for reads at once");
 
     // 1 full read and 5 ranges were served and recorded; refused reads were not.
-    use secrecy::ExposeSecret;
     let url = app.settings.database_url().expose_secret().to_owned();
     let reads: i64 = match db {
         Db::Sqlite => {

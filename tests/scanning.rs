@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Db, Options, TestApp};
 use serde_json::Value;
-use udim::config::ScannerSettings;
+use udim::config::{ClamdSettings, ScannerSettings};
 
 /// The standard 68-byte EICAR test string.
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -89,13 +89,13 @@ impl Clamd {
     }
 
     fn settings(&self, max_stream_bytes: u64, admit_too_large: bool) -> ScannerSettings {
-        ScannerSettings::Clamd {
-            address: format!("tcp://127.0.0.1:{}", self.port),
+        ScannerSettings::Clamd(ClamdSettings {
+            address: udim_local::clamd::ClamdAddress::Tcp(format!("127.0.0.1:{}", self.port)),
             max_stream_bytes,
             fail_open: false,
             admit_too_large,
             timeout_secs: 30,
-        }
+        })
     }
 }
 

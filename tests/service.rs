@@ -107,10 +107,7 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
     let app = TestApp::spawn(db).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["text"]).await;
-    let url = {
-        use secrecy::ExposeSecret;
-        app.settings.database_url().expose_secret().to_owned()
-    };
+    let url = { app.settings.database_url().expose_secret().to_owned() };
     let attacks = [
         "UPDATE consent_ledger SET leaf_hash = leaf_hash",
         "DELETE FROM consent_ledger",

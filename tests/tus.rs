@@ -97,7 +97,7 @@ async fn a_stock_tus_client_resumes_across_a_restart(db: Db) {
         "the offset survived the restart"
     );
     assert!(response.headers().contains_key("upload-expires"));
-    let metadata = udim::tus::parse_metadata(response.headers()["upload-metadata"].to_str().unwrap()).unwrap();
+    let metadata = udim::formats::tus::parse_metadata(response.headers()["upload-metadata"].to_str().unwrap()).unwrap();
     assert_eq!(
         metadata["filename"], "recording.mp4",
         "HEAD repeats the creation's metadata"

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Db, Options, TestApp};
 use serde_json::Value;
-use udim::content::{CategoryPolicy, MismatchPolicy};
+use udim::formats::content::{CategoryPolicy, MismatchPolicy};
 
 const PNG: &[u8] = &[
     0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R',

@@ -13,8 +13,8 @@ use super::extract::{Caller, Json, Path};
 use super::problem::{ApiError, Problem};
 use crate::auth::Scope;
 use crate::consent::{AppendedConsent, Grant, RecordedConsent};
-use crate::ledger::ConsentEvent;
-use crate::validate;
+use crate::formats::input;
+use udim_ledger::entry::ConsentEvent;
 use udim_ledger::proof::RecordProof;
 
 /// A request to give consent.
@@ -140,17 +140,17 @@ fn parse_grant(req: GrantRequest) -> Result<Grant, ApiError> {
         return Err(invalid("`data_categories` must name at least one category".into()));
     }
     for purpose in req.purposes.iter().chain(&req.recipients) {
-        validate::label(purpose).map_err(|why| invalid(format!("`{purpose}`: {why}")))?;
+        input::label(purpose).map_err(|why| invalid(format!("`{purpose}`: {why}")))?;
     }
     for category in &req.data_categories {
-        validate::data_category(category).map_err(|why| invalid(format!("data category `{category}`: {why}")))?;
+        input::data_category(category).map_err(|why| invalid(format!("data category `{category}`: {why}")))?;
     }
-    validate::label(&req.policy_version).map_err(|why| invalid(format!("`policy_version`: {why}")))?;
-    validate::label(&req.jurisdiction).map_err(|why| invalid(format!("`jurisdiction`: {why}")))?;
+    input::label(&req.policy_version).map_err(|why| invalid(format!("`policy_version`: {why}")))?;
+    input::label(&req.jurisdiction).map_err(|why| invalid(format!("`jurisdiction`: {why}")))?;
     let collection_method = req.collection_method.unwrap_or_else(|| "api".into());
-    validate::label(&collection_method).map_err(|why| invalid(format!("`collection_method`: {why}")))?;
+    input::label(&collection_method).map_err(|why| invalid(format!("`collection_method`: {why}")))?;
     if let Some(url) = &req.policy_url {
-        validate::label(url).map_err(|why| invalid(format!("`policy_url`: {why}")))?;
+        input::label(url).map_err(|why| invalid(format!("`policy_url`: {why}")))?;
     }
     if req.expires_at.is_some_and(|end| end <= Utc::now()) {
         return Err(invalid("`expires_at` is in the past".into()));
@@ -301,7 +301,7 @@ pub async fn proof(
         ));
     }
     let proof =
-        crate::ledger::proofs::inclusion(state.consents.ledger(), &[recorded.entry.index], checkpoint.size).await?;
+        crate::consent::proofs::inclusion(state.consents.ledger(), &[recorded.entry.index], checkpoint.size).await?;
     let record_proof = RecordProof::new(
         recorded.entry.index,
         &recorded.entry.leaf_hash,

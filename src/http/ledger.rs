@@ -91,7 +91,7 @@ pub async fn consistency(
     if old.size > new.size {
         return Err(ApiError::bad_request("invalid-query", "`from` must not exceed `to`"));
     }
-    let proof = crate::ledger::proofs::consistency(state.consents.ledger(), old.size, new.size).await?;
+    let proof = crate::consent::proofs::consistency(state.consents.ledger(), old.size, new.size).await?;
     Ok(Json(ConsistencyProof {
         old_checkpoint: old.note,
         new_checkpoint: new.note,
@@ -116,7 +116,7 @@ pub async fn entries(State(state): State<AppState>, caller: Caller) -> Result<Js
     let checkpoint = checkpoint_for(&state, None).await?;
     let in_tree: Vec<_> = history.iter().filter(|c| c.entry.index < checkpoint.size).collect();
     let indices: Vec<u64> = in_tree.iter().map(|c| c.entry.index).collect();
-    let proofs = crate::ledger::proofs::inclusion(state.consents.ledger(), &indices, checkpoint.size).await?;
+    let proofs = crate::consent::proofs::inclusion(state.consents.ledger(), &indices, checkpoint.size).await?;
     Ok(Json(
         in_tree
             .into_iter()

@@ -11,7 +11,7 @@ use super::extract::{Caller, Json};
 use super::packages::Package;
 use super::problem::{ApiError, Problem};
 use crate::auth::Scope;
-use crate::erasure::ErasureReport;
+use crate::pipeline::erasure::ErasureReport;
 use udim_ports::metadata::PackageQuery;
 
 /// Erases everything the caller gave: every package (data keys, metadata, objects, with a

@@ -25,8 +25,8 @@ use utoipa_axum::routes;
 
 use crate::auth::Authenticator;
 use crate::consent::ConsentService;
-use crate::ingest::Ingestor;
-use crate::ledger::signer::LedgerSigner;
+use crate::consent::signer::LedgerSigner;
+use crate::pipeline::ingest::Ingestor;
 use problem::ApiError;
 
 /// Everything a handler needs, cheap to clone.
@@ -39,11 +39,11 @@ pub struct AppState {
     pub outbox: Arc<dyn Outbox>,
     pub notifier: Option<Arc<dyn Notifier>>,
     pub ingest: Arc<Ingestor>,
-    pub reader: Arc<crate::read::ContentReader>,
-    pub resumable: Arc<crate::resumable::Resumable>,
+    pub reader: Arc<crate::pipeline::read::ContentReader>,
+    pub resumable: Arc<crate::pipeline::resumable::Resumable>,
     /// Wakes the outbox relay after a commit that wrote an event.
     pub relay_wake: Arc<Notify>,
-    pub eraser: Arc<crate::erasure::Eraser>,
+    pub eraser: Arc<crate::pipeline::erasure::Eraser>,
     /// Renders `GET /metrics`; `None` when metrics are off.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -110,7 +110,7 @@ pub fn router(state: AppState) -> Router {
     let router = match state.metrics.clone() {
         Some(handle) => router.route(
             "/metrics",
-            axum::routing::get(move || crate::metrics::render(handle.clone())),
+            axum::routing::get(move || crate::ops::metrics::render(handle.clone())),
         ),
         None => router,
     };
@@ -124,7 +124,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn(crate::ops::metrics::track))
         .with_state(state)
 }
 

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use udim_ports::metadata::{PackageQuery, PackageRecord, PackageStatus};
+use udim_ports::metadata::{PackageQuery, PackageRecord, PackageStatus, ScanStatus};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -15,8 +15,8 @@ use super::AppState;
 use super::extract::{Caller, Json, Path, Query};
 use super::problem::{ApiError, Problem};
 use crate::auth::Scope;
-use crate::ingest::{IngestError, UploadRequest};
-use crate::validate;
+use crate::formats::input;
+use crate::pipeline::ingest::{IngestError, UploadRequest};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -51,7 +51,8 @@ pub struct Package {
     /// The consent ledger entry the upload was admitted under.
     pub consent_entry_id: Uuid,
     /// `clean`, `not_scanned`, `too_large_admitted` or `infected`.
-    pub scan_status: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub scan_status: Option<ScanStatus>,
     pub scan_detail: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
@@ -127,7 +128,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Package>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
-    validate::data_category(&params.data_category)
+    input::data_category(&params.data_category)
         .map_err(|why| ApiError::bad_request("invalid-data-category", format!("`data_category`: {why}")))?;
     let content_type = declared_content_type(&headers)?;
     let metadata = match params.metadata.as_deref() {
@@ -144,7 +145,7 @@ pub async fn upload(
     };
     let limit = state.ingest.limit_for(&params.data_category);
     if declared_length(&headers).is_some_and(|len| len > limit) {
-        crate::ingest::drain(&mut body.into_data_stream()).await;
+        crate::pipeline::ingest::drain(&mut body.into_data_stream()).await;
         return Err(IngestError::TooLarge { limit }.into());
     }
     let idempotency_key = match headers.get("idempotency-key") {
@@ -153,7 +154,7 @@ pub async fn upload(
             let key = value
                 .to_str()
                 .ok()
-                .filter(|k| validate::label(k).is_ok() && k.len() <= 255)
+                .filter(|k| input::label(k).is_ok() && k.len() <= 255)
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid-idempotency-key",
@@ -182,7 +183,7 @@ pub async fn upload(
         user_id: principal.subject.clone(),
         consent_entry_id: admitted.record.record_id,
         data_category: params.data_category,
-        original_name: validate::file_name(params.filename.as_deref().unwrap_or_default()),
+        original_name: input::file_name(params.filename.as_deref().unwrap_or_default()),
         content_type,
         metadata,
         idempotency_key,
@@ -353,12 +354,11 @@ pub async fn content(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let principal = caller.require(Scope::Read)?;
-    validate::label(&params.purpose)
-        .map_err(|why| ApiError::bad_request("invalid-query", format!("`purpose`: {why}")))?;
+    input::label(&params.purpose).map_err(|why| ApiError::bad_request("invalid-query", format!("`purpose`: {why}")))?;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::read::ByteRange::parse);
+        .and_then(crate::formats::range::ByteRange::parse);
     let content = state
         .reader
         .open(id, &principal.subject, &params.purpose, range)

@@ -11,7 +11,7 @@ use udim_ports::PortError;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
-use crate::ingest::IngestError;
+use crate::pipeline::ingest::IngestError;
 
 /// An RFC 9457 `application/problem+json` body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -210,9 +210,9 @@ impl From<IngestError> for ApiError {
     }
 }
 
-impl From<crate::read::ReadError> for ApiError {
-    fn from(e: crate::read::ReadError) -> Self {
-        use crate::read::ReadError;
+impl From<crate::pipeline::read::ReadError> for ApiError {
+    fn from(e: crate::pipeline::read::ReadError) -> Self {
+        use crate::pipeline::read::ReadError;
         match e {
             ReadError::NotFound(_) => Self::not_found(e.to_string()),
             ReadError::NoConsent { .. } => Self::consent_required(e.to_string()),

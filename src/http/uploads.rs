@@ -12,9 +12,9 @@ use super::AppState;
 use super::extract::{Caller, Path};
 use super::problem::{ApiError, Problem};
 use crate::auth::Scope;
-use crate::resumable::{Creation, Progress, TusError};
-use crate::tus;
-use crate::validate;
+use crate::formats::input;
+use crate::formats::tus;
+use crate::pipeline::resumable::{Creation, Progress, TusError};
 
 const TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
 const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
@@ -161,14 +161,14 @@ pub async fn create(
             "Upload-Metadata must carry `data_category`",
         )
     })?;
-    validate::data_category(&data_category)
+    input::data_category(&data_category)
         .map_err(|why| tus_problem(StatusCode::BAD_REQUEST, "invalid-data-category", why))?;
     let content_type = metadata
         .get("filetype")
         .or_else(|| metadata.get("content_type"))
         .and_then(|t| t.parse::<mime::Mime>().ok())
         .map_or_else(|| "application/octet-stream".to_owned(), |m| m.essence_str().to_owned());
-    let filename = validate::file_name(
+    let filename = input::file_name(
         metadata
             .get("filename")
             .or_else(|| metadata.get("name"))

@@ -171,7 +171,7 @@ pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<St
     let mut pg_database = None;
     if db == Db::Postgres {
         let (name, url) = create_postgres_database().await;
-        settings.database.url = Some(url.into());
+        settings.database.url = Some(url.try_into().expect("a PostgreSQL URL"));
         pg_database = Some(name);
     }
     (settings, pg_database)

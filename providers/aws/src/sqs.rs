@@ -153,19 +153,9 @@ impl SqsNotifier {
     /// (the body plus each attribute's name, type and value).
     fn entry(&self, message: &OutboxMessage) -> Result<(SendMessageBatchRequestEntryBuilder, usize)> {
         let body = serde_json::to_string(&message.payload).map_err(|e| PortError::generic(PROVIDER, e))?;
-        let schema_version = message
-            .payload
-            .get("schema_version")
-            .map_or_else(|| "1".into(), |v| v.to_string());
-        let attributes = [
-            ("event_id", message.id.to_string()),
-            ("event_type", message.event_type.clone()),
-            ("schema_version", schema_version),
-            ("package_id", message.aggregate_id.to_string()),
-        ];
         let mut size = body.len();
         let mut entry = SendMessageBatchRequestEntry::builder().message_body(body);
-        for (name, value) in attributes {
+        for (name, value) in message.attributes() {
             size += name.len() + "String".len() + value.len();
             entry = entry.message_attributes(name, attribute(value)?);
         }

@@ -171,16 +171,6 @@ async fn take_one(sqs: &aws_sdk_sqs::Client, queue: &str) -> Option<(String, ser
     Some((event_id, serde_json::from_str(message.body()?).ok()?))
 }
 
-fn event(payload: serde_json::Value) -> udim_ports::metadata::OutboxMessage {
-    udim_ports::metadata::OutboxMessage {
-        id: uuid::Uuid::new_v4(),
-        event_type: "package.stored".into(),
-        aggregate_id: uuid::Uuid::new_v4(),
-        payload,
-        created_at: chrono::Utc::now(),
-    }
-}
-
 #[tokio::test]
 async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
     let moto = moto::start().await;
@@ -193,7 +183,7 @@ async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
     // Twelve 200 KiB events: ten of them would be 2 MiB, and SQS (and moto) refuse a batch
     // call over 1 MiB in total, so this passes only if batches are cut by size as well.
     let events: Vec<_> = (0..12)
-        .map(|n| event(serde_json::json!({"n": n, "pad": "x".repeat(200 * 1024)})))
+        .map(|n| udim_ports::conformance::message(serde_json::json!({"n": n, "pad": "x".repeat(200 * 1024)})))
         .collect();
     let refs: Vec<_> = events.iter().collect();
     let results = udim_ports::queue::Notifier::publish_batch(&notifier, &refs).await;
@@ -212,11 +202,11 @@ async fn an_event_over_the_queue_limit_holds_back_only_its_package_and_the_rest_
     let sqs = aws_sdk_sqs::Client::new(&config);
     let queue = queue_with_max_message_size(&sqs, "udim-small", 1024).await;
     let notifier = udim_aws::SqsNotifier::new(&config, &queue);
-    let small = event(serde_json::json!({"n": 1}));
-    let huge = event(serde_json::json!({"pad": "x".repeat(2000)}));
-    let after = event(serde_json::json!({"n": 3}));
+    let small = udim_ports::conformance::message(serde_json::json!({"n": 1}));
+    let huge = udim_ports::conformance::message(serde_json::json!({"pad": "x".repeat(2000)}));
+    let after = udim_ports::conformance::message(serde_json::json!({"n": 3}));
     // The same package's next event must not overtake the one that failed.
-    let mut same_package = event(serde_json::json!({"n": 4}));
+    let mut same_package = udim_ports::conformance::message(serde_json::json!({"n": 4}));
     same_package.aggregate_id = huge.aggregate_id;
     let results = udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after, &same_package]).await;
     assert_eq!(results.len(), 4);

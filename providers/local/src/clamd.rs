@@ -18,11 +18,24 @@ const PROVIDER: &str = "clamd";
 const CHUNK: usize = 64 * 1024;
 const CONNECT_ATTEMPTS: u32 = 3;
 
-/// Where clamd listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where clamd listens: `tcp://host:port` or `unix:///path/to/clamd.sock`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum ClamdAddress {
     Tcp(String),
     Unix(std::path::PathBuf),
+}
+
+impl TryFrom<String> for ClamdAddress {
+    type Error = &'static str;
+
+    fn try_from(address: String) -> std::result::Result<Self, Self::Error> {
+        match (address.strip_prefix("tcp://"), address.strip_prefix("unix://")) {
+            (Some(tcp), _) if !tcp.is_empty() => Ok(Self::Tcp(tcp.to_owned())),
+            (_, Some(path)) if !path.is_empty() => Ok(Self::Unix(path.into())),
+            _ => Err("must be tcp://host:port or unix:///path"),
+        }
+    }
 }
 
 /// [`MalwareScanner`] on clamd.

@@ -175,14 +175,9 @@ impl RabbitMqNotifier {
     async fn publish_on(&self, channel: &Channel, message: &OutboxMessage) -> Result<()> {
         let body = serde_json::to_vec(&message.payload).map_err(|e| PortError::generic(PROVIDER, e))?;
         let mut headers = FieldTable::default();
-        headers.insert(
-            short("event_type")?,
-            AMQPValue::LongString(message.event_type.as_str().into()),
-        );
-        headers.insert(
-            short("aggregate_id")?,
-            AMQPValue::LongString(message.aggregate_id.to_string().into()),
-        );
+        for (name, value) in message.attributes() {
+            headers.insert(short(name)?, AMQPValue::LongString(value.into()));
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(short("application/json")?)

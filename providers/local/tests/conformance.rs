@@ -151,13 +151,7 @@ mod rabbitmq {
         let mut c = config();
         c.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
         let notifier = RabbitMqNotifier::new(c);
-        let message = udim_ports::metadata::OutboxMessage {
-            id: uuid::Uuid::new_v4(),
-            event_type: "package.stored".into(),
-            aggregate_id: uuid::Uuid::new_v4(),
-            payload: serde_json::json!({}),
-            created_at: chrono::Utc::now(),
-        };
+        let message = udim_ports::conformance::message(serde_json::json!({}));
         let err = udim_ports::queue::Notifier::publish(&notifier, &message)
             .await
             .unwrap_err();

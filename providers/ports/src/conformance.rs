@@ -122,6 +122,18 @@ pub async fn key_service(kms: &dyn KeyService) {
     );
 }
 
+/// A `package.stored` message about a new package, carrying `payload`.
+pub fn message(payload: serde_json::Value) -> OutboxMessage {
+    OutboxMessage {
+        id: Uuid::new_v4(),
+        event_type: "package.stored".into(),
+        schema_version: 1,
+        aggregate_id: Uuid::new_v4(),
+        payload,
+        created_at: chrono::Utc::now(),
+    }
+}
+
 /// Notifier: a published message arrives with its body, and the message id is the event id.
 /// `receive` returns the next message's (message id, body) from the provider's queue.
 pub async fn notifier<F>(notifier: &dyn Notifier, receive: F)
@@ -129,13 +141,7 @@ where
     F: AsyncFnOnce() -> Option<(String, serde_json::Value)>,
 {
     notifier.ping().await.expect("the broker is reachable");
-    let message = OutboxMessage {
-        id: Uuid::new_v4(),
-        event_type: "package.stored".into(),
-        aggregate_id: Uuid::new_v4(),
-        payload: serde_json::json!({"conformance": true, "n": 42}),
-        created_at: chrono::Utc::now(),
-    };
+    let message = message(serde_json::json!({"conformance": true, "n": 42}));
     notifier.publish(&message).await.expect("publish");
     let (id, body) = receive().await.expect("the message arrives");
     assert_eq!(id, message.id.to_string(), "the message id is the event id");
@@ -150,13 +156,7 @@ where
     F: AsyncFnMut() -> Option<(String, serde_json::Value)>,
 {
     let messages: Vec<OutboxMessage> = (0..23)
-        .map(|n| OutboxMessage {
-            id: Uuid::new_v4(),
-            event_type: "package.stored".into(),
-            aggregate_id: Uuid::new_v4(),
-            payload: serde_json::json!({"conformance": "batch", "n": n}),
-            created_at: chrono::Utc::now(),
-        })
+        .map(|n| message(serde_json::json!({"conformance": "batch", "n": n})))
         .collect();
     let refs: Vec<&OutboxMessage> = messages.iter().collect();
     let results = notifier.publish_batch(&refs).await;

@@ -46,6 +46,37 @@ impl PackageStatus {
     }
 }
 
+/// What the malware scan concluded about a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanStatus {
+    /// Scanned, nothing found.
+    Clean,
+    /// Not scanned: scanning is off, or the scanner was down and `fail_open` admitted it.
+    NotScanned,
+    /// Larger than the scanner can scan, admitted unscanned by policy.
+    TooLargeAdmitted,
+    /// Malware found: the package is quarantined.
+    Infected,
+}
+
+impl ScanStatus {
+    pub const ALL: [ScanStatus; 4] = [Self::Clean, Self::NotScanned, Self::TooLargeAdmitted, Self::Infected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::NotScanned => "not_scanned",
+            Self::TooLargeAdmitted => "too_large_admitted",
+            Self::Infected => "infected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
 /// A package as first recorded, before any byte is stored.
 #[derive(Debug, Clone)]
 pub struct NewPackage {
@@ -74,8 +105,8 @@ pub struct StoredObject {
     pub wrapped_key: Vec<u8>,
     /// The type sniffed from the content's magic bytes, when recognizable.
     pub sniffed_content_type: Option<String>,
-    /// `clean`, `not_scanned` or `too_large_admitted`.
-    pub scan_status: String,
+    /// Never `Infected`: infected uploads are quarantined, not stored.
+    pub scan_status: ScanStatus,
     /// The scanner's detail (why a file was not scanned).
     pub scan_detail: Option<String>,
     pub stored_at: DateTime<Utc>,
@@ -99,7 +130,7 @@ pub struct PackageRecord {
     pub sha256: Option<[u8; 32]>,
     pub encryption_key_id: Option<String>,
     pub wrapped_key: Option<Vec<u8>>,
-    pub scan_status: Option<String>,
+    pub scan_status: Option<ScanStatus>,
     pub scan_detail: Option<String>,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -132,10 +163,26 @@ pub struct OutboxMessage {
     /// The event id; also the broker message id, for consumer de-duplication.
     pub id: Uuid,
     pub event_type: String,
+    /// The version of the payload's schema.
+    pub schema_version: u32,
     /// The package (or other aggregate) the event is about.
     pub aggregate_id: Uuid,
     pub payload: serde_json::Value,
     pub created_at: DateTime<Utc>,
+}
+
+impl OutboxMessage {
+    /// The message attributes every notifier sends beside the payload (SQS message
+    /// attributes, AMQP headers, Pub/Sub attributes), so consumers can route and de-duplicate
+    /// without parsing the body.
+    pub fn attributes(&self) -> [(&'static str, String); 4] {
+        [
+            ("event_id", self.id.to_string()),
+            ("event_type", self.event_type.clone()),
+            ("schema_version", self.schema_version.to_string()),
+            ("package_id", self.aggregate_id.to_string()),
+        ]
+    }
 }
 
 /// An outbox row with its delivery state.

@@ -18,28 +18,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 use udim_ports::PortError;
-use udim_ports::metadata::{Erasure, OutboxMessage, PackageQuery, PackageStatus, PackageStore};
+use udim_ports::metadata::{Erasure, PackageQuery, PackageStatus, PackageStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
 use crate::consent::ConsentService;
-use crate::ingest::EVENT_SCHEMA_VERSION;
-
-pub const PACKAGE_DELETED: &str = "package.deleted";
-
-/// The versioned `package.deleted` event body.
-#[derive(Debug, Clone, Serialize)]
-pub struct PackageDeletedEvent<'a> {
-    pub schema_version: u32,
-    pub event_id: Uuid,
-    pub event_type: &'static str,
-    pub occurred_at: DateTime<Utc>,
-    pub package_id: Uuid,
-    pub user_id: &'a str,
-    /// Why: `user_request` (the owner asked) or `retention_expired` (the data category's
-    /// retention limit ran out). Either way, everything derived from the package must go.
-    pub reason: &'static str,
-}
+use crate::pipeline::events::{self, DeletionReason};
 
 /// What erasing everything removed.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -55,7 +39,7 @@ pub struct Eraser {
     pub packages: Arc<dyn PackageStore>,
     pub blobs: Arc<dyn BlobStore>,
     pub consents: ConsentService,
-    pub resumable: Arc<crate::resumable::Resumable>,
+    pub resumable: Arc<crate::pipeline::resumable::Resumable>,
     pub relay_wake: Arc<Notify>,
     /// Data categories with a retention limit, and the limit.
     pub retention: Vec<(String, chrono::Duration)>,
@@ -65,28 +49,15 @@ impl Eraser {
     /// Erases one of `user_id`'s packages at their request. `Ok(false)` when it was already
     /// deleted.
     pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<bool, PortError> {
-        self.erase(user_id, id, "user_request").await
+        self.erase(user_id, id, DeletionReason::UserRequest).await
     }
 
-    async fn erase(&self, user_id: &str, id: Uuid, reason: &'static str) -> Result<bool, PortError> {
-        let event_id = Uuid::now_v7();
-        let occurred_at = crate::consent::now_micros();
-        let payload = PackageDeletedEvent {
-            schema_version: EVENT_SCHEMA_VERSION,
-            event_id,
-            event_type: PACKAGE_DELETED,
-            occurred_at,
-            package_id: id,
-            user_id,
-            reason,
-        };
-        let event = OutboxMessage {
-            id: event_id,
-            event_type: PACKAGE_DELETED.into(),
-            aggregate_id: id,
-            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
-            created_at: occurred_at,
-        };
+    async fn erase(&self, user_id: &str, id: Uuid, reason: DeletionReason) -> Result<bool, PortError> {
+        let event = events::outbox_message(
+            id,
+            crate::consent::now_micros(),
+            events::PackageDeleted { user_id, reason },
+        )?;
         let Erasure::Erased { object_key } = self.packages.mark_deleted(user_id, id, &event).await? else {
             return Ok(false);
         };
@@ -95,7 +66,7 @@ impl Eraser {
         if let Some(key) = object_key {
             self.remove_object(id, &key).await;
         }
-        metrics::counter!(crate::metrics::PACKAGES_DELETED, "reason" => reason).increment(1);
+        metrics::counter!(crate::ops::metrics::PACKAGES_DELETED, "reason" => reason.as_str()).increment(1);
         Ok(true)
     }
 
@@ -168,7 +139,7 @@ impl Eraser {
                     break;
                 }
                 for (user_id, id) in due {
-                    if self.erase(&user_id, id, "retention_expired").await? {
+                    if self.erase(&user_id, id, DeletionReason::RetentionExpired).await? {
                         erased += 1;
                     }
                 }

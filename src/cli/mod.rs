@@ -1,4 +1,8 @@
-//! The `udim` command line.
+//! The `udim` command line: the service's subcommands here, the upload client in
+//! [`upload`] and the offline ledger verifiers in [`ledger`].
+
+pub mod ledger;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,10 +129,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     // Offline verification needs no settings, database or key files.
     match &cli.command {
         Some(Command::Ledger(LedgerCommand::VerifyProof { key, proof })) => {
-            return crate::ledger::cli::verify_proof(key, proof);
+            return ledger::verify_proof(key, proof);
         }
         Some(Command::Ledger(LedgerCommand::VerifyConsistency { key, proof })) => {
-            return crate::ledger::cli::verify_consistency(key, proof);
+            return ledger::verify_consistency(key, proof);
         }
         // A client of a service somewhere: no settings of its own.
         Some(Command::Upload {
@@ -140,7 +144,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             chunk_mib,
             resume,
         }) => {
-            let package = crate::upload_client::upload(&crate::upload_client::UploadJob {
+            let package = upload::upload(&upload::UploadJob {
                 server: server.clone(),
                 token: token.clone(),
                 file: file.clone(),
@@ -156,13 +160,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let settings = Settings::load(&cli.config_dir)?;
-    crate::telemetry::init(&settings.log);
+    crate::ops::telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let db = connect_database(&settings).await?;
             db.migrate().await?;
-            tracing::info!(engine = db.engine(), "migrations applied");
+            tracing::info!(engine = db.engine().as_str(), "migrations applied");
             Ok(())
         }
         Command::Token { sub, scope } => {
@@ -185,11 +189,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger(command) => ledger(settings, command).await,
         Command::Upload { .. } => unreachable!("handled before any settings are loaded"),
         Command::Admin(AdminCommand::RotateKey) => match &settings.kms {
-            crate::config::KmsSettings::Local { key_file } => {
-                let path = key_file
-                    .clone()
-                    .unwrap_or_else(|| settings.data_dir.join("keys").join("kek.keys"));
-                let id = udim_local::keyfile::LocalKeyFile::rotate(&path)?;
+            crate::config::KmsSettings::Local(local) => {
+                let id = udim_local::keyfile::LocalKeyFile::rotate(&local.key_file)?;
                 println!("{id}");
                 Ok(())
             }
@@ -199,7 +200,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()> {
-    use crate::ledger::signer::LedgerSigner;
+    use crate::consent::signer::LedgerSigner;
     let signer = LedgerSigner::load(
         &settings.ledger.origin,
         settings.ledger.signing_key.as_ref(),
@@ -210,7 +211,7 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
         return Ok(());
     }
     let db = connect_database(&settings).await?;
-    let store = crate::providers::ledger(&settings, &db).await?;
+    let store = crate::factory::ledger(&settings, &db).await?;
     let ledger = store.as_ref();
     match command {
         LedgerCommand::Checkpoint => {
@@ -224,12 +225,12 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
                 .first()
                 .filter(|r| r.index == index)
                 .context("no entry at that index")?;
-            let proof = crate::ledger::proofs::inclusion(ledger, &[index], checkpoint.size).await?;
+            let proof = crate::consent::proofs::inclusion(ledger, &[index], checkpoint.size).await?;
             let proof = udim_ledger::proof::RecordProof::new(index, &row.leaf_hash, &proof[0], checkpoint.note);
             println!("{}", serde_json::to_string_pretty(&proof)?);
         }
         LedgerCommand::Verify => {
-            let report = crate::ledger::audit::audit(store.clone(), signer.verifier()).await?;
+            let report = crate::consent::audit::audit(store.clone(), signer.verifier()).await?;
             println!(
                 "ledger sound: {} entries ({} redacted), {} checkpoints verified",
                 report.entries, report.redacted, report.checkpoints

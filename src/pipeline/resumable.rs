@@ -18,9 +18,9 @@ use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
 use crate::consent::{ConsentService, now_micros};
-use crate::envelope::{Binding, Decryptor, Encryptor, EnvelopeError, Header};
-use crate::ingest::{IngestError, Ingestor, UploadRequest};
-use crate::tus::{Checksum, ChecksumAlgorithm};
+use crate::formats::envelope::{Binding, Decryptor, Encryptor, EnvelopeError, Header};
+use crate::formats::tus::{Checksum, ChecksumAlgorithm};
+use crate::pipeline::ingest::{IngestError, Ingestor, UploadRequest};
 
 /// How long one PATCH may hold an upload's lease; a crashed holder's lease runs out.
 const LEASE: Duration = Duration::from_secs(3600);
@@ -266,7 +266,7 @@ impl Resumable {
                 };
                 received += chunk.len() as u64;
                 if offset + received > upload.length {
-                    crate::ingest::drain(&mut body).await;
+                    crate::pipeline::ingest::drain(&mut body).await;
                     return Err(TusError::PastLength { length: upload.length });
                 }
                 if let Some(d) = &mut digest {
@@ -412,13 +412,15 @@ async fn decrypt_chunk(
     chunk: &UploadChunk,
 ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, String>>, String> {
     let object = blobs.get(&chunk.object_key).await.map_err(|e| e.to_string())?;
-    let (header, _, body) = crate::read::open_envelope(object).await.map_err(|e| e.to_string())?;
+    let (header, _, body) = crate::pipeline::read::open_envelope(object)
+        .await
+        .map_err(|e| e.to_string())?;
     let binding = Binding {
         package_id: chunk_binding_id(upload.id, chunk.offset),
         user_id: &upload.user_id,
     };
     let decryptor = Decryptor::new(key, &header, binding);
-    Ok(crate::read::decrypt_stream(body, decryptor, 0, chunk.length)
+    Ok(crate::pipeline::read::decrypt_stream(body, decryptor, 0, chunk.length)
         .map_err(|e| e.to_string())
         .boxed())
 }

@@ -7,23 +7,16 @@ use std::sync::Arc;
 use aws_lc_rs::digest;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::Serialize;
 use udim_ports::PortError;
 use udim_ports::kms::{KeyContext, KeyService};
-use udim_ports::metadata::{NewPackage, OutboxMessage, PackageRecord, PackageStore, StoredObject};
+use udim_ports::metadata::{NewPackage, PackageRecord, PackageStore, ScanStatus, StoredObject};
 use udim_ports::scanner::{MalwareScanner, Verdict};
 use udim_ports::storage::{BlobStore, BlobWriter};
 use uuid::Uuid;
 
 use crate::consent::{ConsentService, now_micros};
-use crate::envelope::{Binding, Encryptor, EnvelopeError, Header};
-
-/// Event type announced when a package is stored.
-pub const PACKAGE_STORED: &str = "package.stored";
-/// Event type announced when malware was found in an upload.
-pub const PACKAGE_QUARANTINED: &str = "package.quarantined";
-/// Version of the event payload schema; bumped on any incompatible change.
-pub const EVENT_SCHEMA_VERSION: u32 = 1;
+use crate::formats::envelope::{Binding, Encryptor, EnvelopeError, Header};
+use crate::pipeline::events;
 
 /// Why an upload did not become a stored package. Whatever the reason, nothing of it is
 /// left behind: no object, no row, no event.
@@ -42,7 +35,7 @@ pub enum IngestError {
     #[error("the malware scanner is unavailable")]
     ScannerUnavailable(#[source] PortError),
     #[error(transparent)]
-    ContentRefused(#[from] crate::content::ContentRejection),
+    ContentRefused(#[from] crate::formats::content::ContentRejection),
     #[error(transparent)]
     Port(#[from] PortError),
     #[error("encryption failed: {0}")]
@@ -53,7 +46,7 @@ pub enum IngestError {
 fn count_upload(result: &Result<PackageRecord, IngestError>) {
     let outcome = match result {
         Ok(record) => {
-            metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(record.size_bytes.unwrap_or(0));
+            metrics::counter!(crate::ops::metrics::UPLOAD_BYTES).increment(record.size_bytes.unwrap_or(0));
             "stored"
         }
         Err(IngestError::Malware(_)) => "quarantined",
@@ -66,7 +59,7 @@ fn count_upload(result: &Result<PackageRecord, IngestError>) {
         ) => "refused",
         Err(IngestError::ScannerUnavailable(_) | IngestError::Port(_) | IngestError::Envelope(_)) => "failed",
     };
-    metrics::counter!(crate::metrics::UPLOADS, "outcome" => outcome).increment(1);
+    metrics::counter!(crate::ops::metrics::UPLOADS, "outcome" => outcome).increment(1);
 }
 
 /// What the uploader told us about the file.
@@ -82,51 +75,6 @@ pub struct UploadRequest {
     pub idempotency_key: Option<String>,
     /// The body's size, when declared in advance (`Content-Length`, `Upload-Length`).
     pub size_hint: Option<u64>,
-}
-
-/// The versioned `package.stored` event body.
-#[derive(Debug, Clone, Serialize)]
-pub struct PackageStoredEvent<'a> {
-    pub schema_version: u32,
-    pub event_id: Uuid,
-    pub event_type: &'static str,
-    pub occurred_at: chrono::DateTime<chrono::Utc>,
-    pub package_id: Uuid,
-    pub user_id: &'a str,
-    pub data_category: &'a str,
-    pub content_type: &'a str,
-    /// The type sniffed from the content's magic bytes, when recognizable.
-    pub sniffed_content_type: Option<&'a str>,
-    pub size_bytes: u64,
-    pub sha256: String,
-    pub storage_uri: &'a str,
-    pub encryption_key_id: &'a str,
-    pub consent_entry_id: Uuid,
-    pub scan: ScanSummary<'a>,
-}
-
-/// What the malware scan concluded, in events.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScanSummary<'a> {
-    /// `clean`, `not_scanned` or `too_large_admitted`.
-    pub status: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<&'a str>,
-}
-
-/// The versioned `package.quarantined` event body.
-#[derive(Debug, Clone, Serialize)]
-pub struct PackageQuarantinedEvent<'a> {
-    pub schema_version: u32,
-    pub event_id: Uuid,
-    pub event_type: &'static str,
-    pub occurred_at: chrono::DateTime<chrono::Utc>,
-    pub package_id: Uuid,
-    pub user_id: &'a str,
-    pub data_category: &'a str,
-    pub size_bytes: u64,
-    pub sha256: String,
-    pub signature: &'a str,
 }
 
 /// What to do when scanning cannot decide.
@@ -147,7 +95,7 @@ pub struct Ingestor {
     pub packages: Arc<dyn PackageStore>,
     pub scanner: Arc<dyn MalwareScanner>,
     pub scan_policy: ScanPolicy,
-    pub content: crate::content::ContentPolicy,
+    pub content: crate::formats::content::ContentPolicy,
     pub consents: ConsentService,
     /// The global size cap; a category may set a lower one.
     pub max_bytes: u64,
@@ -291,44 +239,35 @@ impl Ingestor {
         }
 
         let (scan_status, scan_detail) = match &written.verdict {
-            Verdict::Clean => ("clean", None),
-            Verdict::NotScanned { reason } => ("not_scanned", Some(reason.clone())),
+            Verdict::Clean => (ScanStatus::Clean, None),
+            Verdict::NotScanned { reason } => (ScanStatus::NotScanned, Some(reason.clone())),
             Verdict::TooLarge { limit } => (
-                "too_large_admitted",
+                ScanStatus::TooLargeAdmitted,
                 Some(format!("larger than the scanner's {limit} bytes")),
             ),
             Verdict::Infected { .. } => unreachable!("infected uploads were refused above"),
         };
         let stored_at = now_micros();
         let storage_uri = self.blobs.uri(&final_key);
-        let event_id = Uuid::now_v7();
-        let payload = PackageStoredEvent {
-            schema_version: EVENT_SCHEMA_VERSION,
-            event_id,
-            event_type: PACKAGE_STORED,
-            occurred_at: stored_at,
-            package_id: id,
-            user_id: &request.user_id,
-            data_category: &request.data_category,
-            content_type: &request.content_type,
-            sniffed_content_type: written.sniffed.as_deref(),
-            size_bytes: written.size,
-            sha256: hex::encode(written.sha256),
-            storage_uri: &storage_uri,
-            encryption_key_id: &written.key_id,
-            consent_entry_id: request.consent_entry_id,
-            scan: ScanSummary {
-                status: scan_status,
-                detail: scan_detail.as_deref(),
+        let event = events::outbox_message(
+            id,
+            stored_at,
+            events::PackageStored {
+                user_id: &request.user_id,
+                data_category: &request.data_category,
+                content_type: &request.content_type,
+                sniffed_content_type: written.sniffed.as_deref(),
+                size_bytes: written.size,
+                sha256: hex::encode(written.sha256),
+                storage_uri: &storage_uri,
+                encryption_key_id: &written.key_id,
+                consent_entry_id: request.consent_entry_id,
+                scan: events::ScanSummary {
+                    status: scan_status,
+                    detail: scan_detail.as_deref(),
+                },
             },
-        };
-        let event = OutboxMessage {
-            id: event_id,
-            event_type: PACKAGE_STORED.into(),
-            aggregate_id: id,
-            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
-            created_at: stored_at,
-        };
+        )?;
         let object = StoredObject {
             object_key: final_key,
             storage_uri,
@@ -337,7 +276,7 @@ impl Ingestor {
             encryption_key_id: written.key_id,
             wrapped_key: written.wrapped_key,
             sniffed_content_type: written.sniffed.clone(),
-            scan_status: scan_status.into(),
+            scan_status,
             scan_detail,
             stored_at,
         };
@@ -379,7 +318,7 @@ impl Ingestor {
         let mut sha = digest::Context::new(&digest::SHA256);
         let mut size: u64 = 0;
         let limit = self.limit_for(&request.data_category);
-        let mut prefix: Vec<u8> = Vec::with_capacity(crate::content::SNIFF_LEN);
+        let mut prefix: Vec<u8> = Vec::with_capacity(crate::formats::content::SNIFF_LEN);
         let mut sniffed: Option<Option<String>> = None;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| IngestError::Interrupted(e.to_string()))?;
@@ -389,9 +328,9 @@ impl Ingestor {
                 return Err(IngestError::TooLarge { limit });
             }
             if sniffed.is_none() {
-                let take = (crate::content::SNIFF_LEN - prefix.len()).min(chunk.len());
+                let take = (crate::formats::content::SNIFF_LEN - prefix.len()).min(chunk.len());
                 prefix.extend_from_slice(&chunk[..take]);
-                if prefix.len() == crate::content::SNIFF_LEN {
+                if prefix.len() == crate::formats::content::SNIFF_LEN {
                     sniffed = Some(self.check_content(request, &prefix)?);
                 }
             }
@@ -434,7 +373,7 @@ impl Ingestor {
 
     /// Sniffs the type from the upload's first bytes and applies the category's rules.
     fn check_content(&self, request: &UploadRequest, prefix: &[u8]) -> Result<Option<String>, IngestError> {
-        let sniffed = crate::content::sniff(prefix);
+        let sniffed = crate::formats::content::sniff(prefix);
         self.content
             .check(&request.data_category, &request.content_type, sniffed.as_deref())?;
         Ok(sniffed)
@@ -459,27 +398,17 @@ impl Ingestor {
         signature: &str,
         written: &Written,
     ) -> Result<(), IngestError> {
-        let event_id = Uuid::now_v7();
-        let occurred_at = now_micros();
-        let payload = PackageQuarantinedEvent {
-            schema_version: EVENT_SCHEMA_VERSION,
-            event_id,
-            event_type: PACKAGE_QUARANTINED,
-            occurred_at,
-            package_id: id,
-            user_id: &request.user_id,
-            data_category: &request.data_category,
-            size_bytes: written.size,
-            sha256: hex::encode(written.sha256),
-            signature,
-        };
-        let event = OutboxMessage {
-            id: event_id,
-            event_type: PACKAGE_QUARANTINED.into(),
-            aggregate_id: id,
-            payload: serde_json::to_value(&payload).map_err(|e| PortError::generic("event", e))?,
-            created_at: occurred_at,
-        };
+        let event = events::outbox_message(
+            id,
+            now_micros(),
+            events::PackageQuarantined {
+                user_id: &request.user_id,
+                data_category: &request.data_category,
+                size_bytes: written.size,
+                sha256: hex::encode(written.sha256),
+                signature,
+            },
+        )?;
         tracing::warn!(package_id = %id, signature, "malware detected; upload quarantined");
         self.packages
             .mark_quarantined(&request.user_id, id, signature, &event)

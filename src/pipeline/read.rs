@@ -14,7 +14,8 @@ use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
 use crate::consent::{ConsentService, now_micros};
-use crate::envelope::{Binding, Decryptor, EnvelopeError, Header, Layout, Span};
+use crate::formats::envelope::{Binding, Decryptor, EnvelopeError, Header, Layout, Span};
+use crate::formats::range::ByteRange;
 
 /// Why a read was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,53 +30,6 @@ pub enum ReadError {
     Port(#[from] PortError),
     #[error("the stored object is not readable: {0}")]
     Envelope(#[from] EnvelopeError),
-}
-
-/// A requested byte range, as parsed from `Range: bytes=…`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `a-b` (inclusive) or `a-` (to the end).
-    From { start: u64, end_inclusive: Option<u64> },
-    /// `-n`: the last n bytes.
-    Suffix(u64),
-}
-
-impl ByteRange {
-    /// Parses one `bytes=` range (pure). Multiple ranges and other units give `None`: the
-    /// whole content is served instead, as RFC 9110 allows.
-    pub fn parse(header: &str) -> Option<Self> {
-        let spec = header.trim().strip_prefix("bytes=")?;
-        if spec.contains(',') {
-            return None;
-        }
-        let (a, b) = spec.trim().split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-        match (a, b) {
-            ("", n) if digits(n) => Some(Self::Suffix(n.parse().ok()?)),
-            (a, "") if digits(a) => Some(Self::From {
-                start: a.parse().ok()?,
-                end_inclusive: None,
-            }),
-            (a, b) if digits(a) && digits(b) => {
-                let (start, end) = (a.parse().ok()?, b.parse().ok()?);
-                (start <= end).then_some(Self::From {
-                    start,
-                    end_inclusive: Some(end),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// The half-open byte range within `size` bytes, or `None` when unsatisfiable.
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
-        match self {
-            Self::From { start, .. } if start >= size => None,
-            Self::From { start, end_inclusive } => Some((start, end_inclusive.map_or(size, |e| (e + 1).min(size)))),
-            Self::Suffix(0) => None,
-            Self::Suffix(n) => Some((size.saturating_sub(n), size)),
-        }
-    }
 }
 
 /// An open read: the package and the plaintext stream of the requested bytes.
@@ -228,7 +182,7 @@ pub async fn open_envelope(
 
 /// A stored object failed authentication: tampering or corruption at rest, worth an alert.
 fn unauthentic(error: &EnvelopeError) {
-    metrics::counter!(crate::metrics::READ_INTEGRITY_FAILURES).increment(1);
+    metrics::counter!(crate::ops::metrics::READ_INTEGRITY_FAILURES).increment(1);
     tracing::error!(%error, "a stored object failed authentication while streaming; the read was cut");
 }
 
@@ -267,32 +221,4 @@ pub fn decrypt_stream(
         }
     })
     .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_headers_parse_and_resolve_like_rfc_9110() {
-        let r = |s: &str| ByteRange::parse(s);
-        assert_eq!(r("bytes=0-99").unwrap().resolve(1000), Some((0, 100)));
-        assert_eq!(r("bytes=990-2000").unwrap().resolve(1000), Some((990, 1000)));
-        assert_eq!(r("bytes=500-").unwrap().resolve(1000), Some((500, 1000)));
-        assert_eq!(r("bytes=-100").unwrap().resolve(1000), Some((900, 1000)));
-        assert_eq!(r("bytes=-5000").unwrap().resolve(1000), Some((0, 1000)));
-        assert_eq!(r("bytes=1000-").unwrap().resolve(1000), None);
-        assert_eq!(r("bytes=-0").unwrap().resolve(1000), None);
-        for ignored in [
-            "bytes=5-1",
-            "bytes=0-1,5-6",
-            "items=0-1",
-            "bytes=a-b",
-            "bytes=-",
-            "bytes= 1-2x",
-            "",
-        ] {
-            assert_eq!(r(ignored), None, "{ignored}");
-        }
-    }
 }

@@ -58,12 +58,13 @@ impl Sequencer {
                 let entries: Vec<NewLedgerEntry> = batch.iter().map(|r| r.entry.clone()).collect();
                 let started = std::time::Instant::now();
                 let result = ledger.append_batch(&entries, signer.as_ref()).await;
-                metrics::histogram!(crate::metrics::LEDGER_APPEND_DURATION).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(crate::ops::metrics::LEDGER_APPEND_DURATION)
+                    .record(started.elapsed().as_secs_f64());
                 match result {
                     Ok(appended) => {
-                        metrics::counter!(crate::metrics::LEDGER_ENTRIES).increment(entries.len() as u64);
-                        metrics::histogram!(crate::metrics::LEDGER_BATCH).record(entries.len() as f64);
-                        metrics::gauge!(crate::metrics::LEDGER_SIZE).set(appended.checkpoint.size as f64);
+                        metrics::counter!(crate::ops::metrics::LEDGER_ENTRIES).increment(entries.len() as u64);
+                        metrics::histogram!(crate::ops::metrics::LEDGER_BATCH).record(entries.len() as f64);
+                        metrics::gauge!(crate::ops::metrics::LEDGER_SIZE).set(appended.checkpoint.size as f64);
                         let checkpoint = appended.checkpoint;
                         for ((request, entry), proof) in batch.drain(..).zip(appended.entries).zip(appended.proofs) {
                             let _ = request.reply.send(Ok(Appended {
@@ -74,7 +75,7 @@ impl Sequencer {
                         }
                     }
                     Err(error) => {
-                        metrics::counter!(crate::metrics::LEDGER_FAILURES).increment(1);
+                        metrics::counter!(crate::ops::metrics::LEDGER_FAILURES).increment(1);
                         tracing::warn!(error = %error, entries = batch.len(), "appending a ledger batch failed");
                         for request in batch.drain(..) {
                             let _ = request.reply.send(Err(share(&error)));

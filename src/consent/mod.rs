@@ -1,5 +1,15 @@
-//! Consent: grants and withdrawals appended to the ledger, and the current state derived
-//! from the log. Upload admission (and, later, downstream reads) ask [`ConsentState`].
+//! Consent: grants and withdrawals appended to the consent ledger, and the current state
+//! derived from the log. Upload admission and downstream reads ask [`ConsentState`].
+//!
+//! The ledger's service side lives here too: the checkpoint [`signer`], the batching
+//! [`sequencer`] in front of the `ConsentLedger` port, [`proofs`] assembly and the [`audit`]
+//! runner. The pure parts (tree math, notes, entry encoding) are the `udim-ledger` crate,
+//! which verifiers use on their own.
+
+pub mod audit;
+pub mod proofs;
+pub mod sequencer;
+pub mod signer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,8 +21,8 @@ use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
 
-use crate::ledger::sequencer::Sequencer;
-use crate::ledger::{ConsentEvent, ConsentRecord};
+use sequencer::Sequencer;
+use udim_ledger::entry::{ConsentEvent, ConsentRecord};
 
 /// What a grant asks for, already validated.
 #[derive(Debug, Clone)]

@@ -265,7 +265,7 @@ async fn server_offset(
         .headers()
         .get("upload-metadata")
         .and_then(|v| v.to_str().ok())
-        .map(crate::tus::parse_metadata)
+        .map(crate::formats::tus::parse_metadata)
         .transpose()
         .map_err(|e| anyhow!("the server's Upload-Metadata: {e}"))?
         .unwrap_or_default();

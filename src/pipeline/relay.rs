@@ -71,7 +71,7 @@ impl Relay {
             match result {
                 Ok(()) => {
                     sent += 1;
-                    metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(1);
+                    metrics::counter!(crate::ops::metrics::EVENTS_PUBLISHED).increment(1);
                     if let Err(e) = self.outbox.mark_sent(message.id, Utc::now()).await {
                         // The lease runs out and the event is sent again: at least once.
                         tracing::warn!(event_id = %message.id, error = %e, "marking an event sent failed");
@@ -79,7 +79,7 @@ impl Relay {
                 }
                 Err(e) => {
                     failed = true;
-                    metrics::counter!(crate::metrics::EVENT_FAILURES).increment(1);
+                    metrics::counter!(crate::ops::metrics::EVENT_FAILURES).increment(1);
                     let delay = backoff(&self.settings, entry.attempts);
                     tracing::warn!(event_id = %message.id, attempts = entry.attempts, retry_in = ?delay, error = %e, "publishing an event failed");
                     let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();

@@ -1,0 +1,86 @@
+//! Everything that differs between PostgreSQL and SQLite, in one place.
+//!
+//! - The pool: [`Pool`] holds either engine's, and [`on_pool!`] runs one body of query code
+//!   on whichever it is. The body is written once and type-checked for each engine, so the
+//!   two cannot drift apart and every fix lands on both.
+//! - The SQL texts that differ: [`Dialect`] (only the outbox claim, today: PostgreSQL locks
+//!   the rows it claims, SQLite has one writer at a time).
+//! - The column types: UUIDs are `UUID` on PostgreSQL and 16-byte `BLOB`s on SQLite, times
+//!   `TIMESTAMPTZ` and RFC 3339 `TEXT`, JSON `JSONB` and `TEXT`; sqlx maps both to the same
+//!   Rust types, so the queries do not see it (see the migrations).
+//! - Durability: SQLite runs in WAL mode with `synchronous = FULL` (see `connect`);
+//!   PostgreSQL commits durably by default.
+
+use udim_ports::PortError;
+
+/// A connection pool on one of the two engines.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the engine's own pool type.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::engine::Pool::Postgres($p) => $body,
+            $crate::engine::Pool::Sqlite($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The statements whose text differs between engines.
+pub(crate) struct Dialect {
+    /// Leases due outbox rows; `$1` now, `$2` lease end, `$3` limit.
+    pub claim_outbox: &'static str,
+}
+
+// A package's events go out in order: none is handed out while an earlier one of the same
+// package is still unsent (failed and waiting, or leased to another relay).
+const POSTGRES: Dialect = Dialect {
+    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
+        WHERE seq IN (SELECT seq FROM outbox o \
+            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
+              AND (lease_until IS NULL OR lease_until <= $1) \
+              AND NOT EXISTS (SELECT 1 FROM outbox e \
+                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
+            ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+        RETURNING seq, id, event_type, schema_version, aggregate_id, payload, created_at, attempts, \
+            last_error, next_attempt_at, sent_at",
+};
+
+// SQLite has one writer at a time, so the sub-select needs no row locks.
+const SQLITE: Dialect = Dialect {
+    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
+        WHERE seq IN (SELECT seq FROM outbox o \
+            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
+              AND (lease_until IS NULL OR lease_until <= $1) \
+              AND NOT EXISTS (SELECT 1 FROM outbox e \
+                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
+            ORDER BY seq LIMIT $3) \
+        RETURNING seq, id, event_type, schema_version, aggregate_id, payload, created_at, attempts, \
+            last_error, next_attempt_at, sent_at",
+};
+
+impl Pool {
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self {
+            Self::Postgres(_) => &POSTGRES,
+            Self::Sqlite(_) => &SQLITE,
+        }
+    }
+}
+
+/// A database error as a port error: connection trouble is `Unavailable` (retry later), a
+/// unique violation `AlreadyExists`, anything else `Generic`.
+pub(crate) fn db_err(e: sqlx::Error) -> PortError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
+            PortError::unavailable("database", e)
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => PortError::AlreadyExists(db.message().to_owned()),
+        _ => PortError::generic("database", e),
+    }
+}

@@ -1,0 +1,4 @@
+//! What operators watch: Prometheus metrics and logs/traces.
+
+pub mod metrics;
+pub mod telemetry;

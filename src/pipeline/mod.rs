@@ -1,0 +1,10 @@
+//! What happens to a package: [`ingest`] (a simple upload), [`resumable`] (tus uploads on top
+//! of it), [`read`] (downstream reads), [`erasure`] (deletion and retention), the outbox
+//! [`relay`], and the versioned [`events`] the downstream pipeline consumes.
+
+pub mod erasure;
+pub mod events;
+pub mod ingest;
+pub mod read;
+pub mod relay;
+pub mod resumable;
