@@ -12,7 +12,7 @@ use udim_ports::kms::PlainKey;
 fn main() -> std::io::Result<()> {
     let path = std::env::args().nth(1).expect("usage: crypto_baseline FILE");
     let mut file = std::fs::File::open(&path)?;
-    let header = Header::new("baseline".into(), vec![0; 48]);
+    let header = Header::new("baseline".into());
     let key = PlainKey::from_bytes([7; 32]);
     let binding = Binding {
         package_id: uuid::Uuid::nil(),

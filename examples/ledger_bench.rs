@@ -12,16 +12,25 @@ use std::time::{Duration, Instant};
 use udim::consent::sequencer::Sequencer;
 use udim::consent::signer::LedgerSigner;
 use udim::consent::{ConsentService, Grant};
+use udim::formats::input::{DataCategory, Label};
+
+fn label(s: &str) -> Label {
+    Label::parse(s).expect("a valid label")
+}
+
+fn category(s: &str) -> DataCategory {
+    DataCategory::parse(s).expect("a valid data category")
+}
 
 fn grant() -> Grant {
     Grant {
-        purposes: vec!["model-training".into(), "analytics".into()],
-        data_categories: vec!["audio".into(), "documents".into()],
-        recipients: vec!["pipeline.example".into()],
-        policy_version: "2026-01".into(),
-        policy_url: Some("https://example.test/privacy/2026-01".into()),
-        jurisdiction: "EU".into(),
-        collection_method: "api".into(),
+        purposes: vec![label("model-training"), label("analytics")],
+        data_categories: vec![category("audio"), category("documents")],
+        recipients: vec![label("pipeline.example")],
+        policy_version: label("2026-01"),
+        policy_url: Some(label("https://example.test/privacy/2026-01")),
+        jurisdiction: label("EU"),
+        collection_method: label("api"),
         expires_at: None,
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::config::{AuthSettings, Settings};
+use crate::formats::input::UserId;
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl Scope {
 /// The authenticated caller. Every query is scoped to `subject`.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub subject: String,
+    pub subject: UserId,
     scopes: HashSet<String>,
 }
 
@@ -185,7 +186,8 @@ impl Authenticator {
             (None, Some(_)) => None,
             (None, None) => {
                 let path = settings.hs256_secret_file();
-                let bytes = udim_local::secret_file::load_or_create(&path, || {
+                // 32 random bytes, hex: the same bound a configured secret must meet.
+                let bytes = udim_local::secret_file::load_or_create(&path, 32, || {
                     let mut raw = [0u8; 32];
                     aws_lc_rs::rand::fill(&mut raw).expect("the system random generator failed");
                     hex::encode(raw).into_bytes()
@@ -253,9 +255,7 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(alg))
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        if claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty `sub`".into()));
-        }
+        let subject = UserId::parse(&claims.sub).map_err(|why| AuthError::Invalid(format!("`sub` {why}")))?;
         let mut scopes: HashSet<String> = claims
             .scope
             .as_deref()
@@ -264,10 +264,7 @@ impl Authenticator {
             .map(str::to_owned)
             .collect();
         scopes.extend(claims.scp.unwrap_or_default());
-        Ok(Principal {
-            subject: claims.sub,
-            scopes,
-        })
+        Ok(Principal { subject, scopes })
     }
 
     /// Mints an HS256 token (only when an HS256 secret is configured or generated).

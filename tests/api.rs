@@ -9,20 +9,7 @@ use bytes::Bytes;
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-    };
-}
-
-on_both_databases!(
+common::on_both_databases!(
     consent_then_upload_stores_the_package_and_announces_it_on_rabbitmq,
     upload_without_consent_is_403_and_leaves_nothing,
     a_withdrawn_consent_blocks_the_next_upload,

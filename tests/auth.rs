@@ -142,3 +142,24 @@ async fn identity_provider_tokens_are_verified_against_the_jwks() {
     );
     app.stop().await;
 }
+
+/// A generated HS256 secret that is empty (a crash before this fix, a full disk) must stop
+/// start-up: jsonwebtoken would otherwise verify tokens signed with the empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_short_secret_file_stops_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    for (file, contents) in [("jwt-hs256", ""), ("jwt-hs256", "short"), ("ledger-signing-key", "")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, pg) = common::settings_for(Db::Sqlite, dir.path()).await;
+        assert!(pg.is_none());
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(secrets.join(file), contents).unwrap();
+        std::fs::set_permissions(secrets.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = match udim::startup::Application::build(settings).await {
+            Ok(_) => panic!("the service started with a {} byte {file}", contents.len()),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(file) && err.contains("fewer than"), "{err}");
+    }
+}

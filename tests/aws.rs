@@ -3,12 +3,10 @@
 
 mod common;
 
-#[path = "support/moto.rs"]
-mod moto;
-
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 use udim::config::{AwsKmsSettings, KmsSettings, QueueSettings, S3Settings, SqsSettings, StorageSettings};
+use udim_testkit::moto;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {

@@ -175,7 +175,8 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_the_key_and_no_secret() {
 
 #[tokio::test]
 async fn migrate_creates_the_schema_on_postgres_and_is_idempotent() {
-    let (name, url) = common::create_postgres_database().await;
+    let database = common::TestDatabase::empty().await;
+    let url = database.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
         let output = udim(dir.path())
@@ -194,8 +195,6 @@ async fn migrate_creates_the_schema_on_postgres_and_is_idempotent() {
     .await
     .unwrap();
     assert_eq!(tables, 4);
-    drop(conn);
-    common::drop_postgres_database(&name).await;
 }
 
 /// `udim upload` against a running service (a TestApp in this process).

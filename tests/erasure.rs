@@ -205,12 +205,12 @@ async fn ledger_key(app: &TestApp) -> udim_ledger::note::VerifierKey {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erasure_on_sqlite() {
+async fn erasure_shreds_and_scrubs_events_still_in_the_outbox_on_sqlite() {
     erasure(Db::Sqlite, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erasure_on_postgres_with_events_relayed() {
+async fn erasure_shreds_and_scrubs_events_already_relayed_on_postgres() {
     erasure(Db::Postgres, true).await;
 }
 

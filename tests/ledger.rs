@@ -15,6 +15,7 @@ use serde_json::Value;
 use udim::consent::sequencer::Sequencer;
 use udim::consent::signer::LedgerSigner;
 use udim::consent::{ConsentService, Grant};
+use udim::formats::input::{DataCategory, Label};
 use udim_ledger::checkpoint::Checkpoint;
 use udim_ledger::entry::ConsentRecord;
 use udim_ledger::note::VerifierKey;
@@ -158,25 +159,23 @@ async fn proofs_from_the_running_service_verify_with_the_library_alone(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_proofs_verify_offline_on_sqlite() {
-    proofs_from_the_running_service_verify_with_the_library_alone(Db::Sqlite).await;
+fn label(s: &str) -> Label {
+    Label::parse(s).expect("a valid label")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_proofs_verify_offline_on_postgres() {
-    proofs_from_the_running_service_verify_with_the_library_alone(Db::Postgres).await;
+fn category(s: &str) -> DataCategory {
+    DataCategory::parse(s).expect("a valid data category")
 }
 
 fn grant() -> Grant {
     Grant {
-        purposes: vec!["model-training".into()],
-        data_categories: vec!["text".into()],
+        purposes: vec![label("model-training")],
+        data_categories: vec![category("text")],
         recipients: vec![],
-        policy_version: "1".into(),
+        policy_version: label("1"),
         policy_url: None,
-        jurisdiction: "EU".into(),
-        collection_method: "api".into(),
+        jurisdiction: label("EU"),
+        collection_method: label("api"),
         expires_at: None,
     }
 }
@@ -195,36 +194,10 @@ async fn instance(url: &str, data_dir: &Path) -> ConsentService {
     ConsentService::new(db.ledger.clone(), Sequencer::start(db.ledger.clone(), signer, 256))
 }
 
-/// The ledger port's conformance suite, the one the QLDB legacy provider also passes.
-async fn sql_ledger_conforms(url: &str) {
-    let db = udim_sql::connect(&udim_sql::DbOptions {
-        url: url.into(),
-        max_connections: 4,
-        acquire_timeout: std::time::Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
-    db.migrate().await.unwrap();
-    udim_ports::conformance::consent_ledger(db.ledger.clone(), 300).await;
-    db.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sqlite_ledger_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    sql_ledger_conforms(&format!("sqlite://{}", dir.path().join("ledger.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_postgres_ledger_conforms() {
-    let (name, url) = common::create_postgres_database().await;
-    sql_ledger_conforms(&url).await;
-    common::drop_postgres_database(&name).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_writers_on_two_instances_get_gap_free_indices_and_a_sound_tree() {
-    let (name, url) = common::create_postgres_database().await;
+    let database = common::TestDatabase::create().await;
+    let url = database.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let instances = [instance(&url, dir.path()).await, instance(&url, dir.path()).await];
     let writers = (0..16).map(|w| {
@@ -257,13 +230,13 @@ async fn sixteen_concurrent_writers_on_two_instances_get_gap_free_indices_and_a_
         String::from_utf8_lossy(&audit.stderr)
     );
     assert!(stdout.contains("16000 entries"), "{stdout}");
-    common::drop_postgres_database(&name).await;
 }
 
 /// A PostgreSQL ledger with `n` entries and a superuser connection to it.
-async fn tamperable_ledger(n: usize) -> (String, String, tempfile::TempDir, sqlx::PgConnection) {
+async fn tamperable_ledger(n: usize) -> (common::TestDatabase, String, tempfile::TempDir, sqlx::PgConnection) {
     use sqlx::Connection as _;
-    let (name, url) = common::create_postgres_database().await;
+    let database = common::TestDatabase::create().await;
+    let url = database.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let service = instance(&url, dir.path()).await;
     for i in 0..n {
@@ -281,7 +254,7 @@ async fn tamperable_ledger(n: usize) -> (String, String, tempfile::TempDir, sqlx
         .execute(&mut superuser)
         .await
         .unwrap();
-    (name, url, dir, superuser)
+    (database, url, dir, superuser)
 }
 
 async fn run(conn: &mut sqlx::PgConnection, statements: &[&'static str]) {
@@ -302,7 +275,7 @@ fn assert_caught(dir: &Path, url: &str, index: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_editing_one_byte_of_an_entry_is_caught() {
-    let (name, url, dir, mut su) = tamperable_ledger(12).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(12).await;
     run(
         &mut su,
         &["UPDATE consent_records SET record = jsonb_set(record, '{jurisdiction}', '\"EV\"') WHERE idx = 5"],
@@ -310,12 +283,11 @@ async fn a_superuser_editing_one_byte_of_an_entry_is_caught() {
     .await;
     assert_caught(dir.path(), &url, 5);
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_rewriting_an_entry_and_its_leaf_is_caught() {
-    let (name, url, dir, mut su) = tamperable_ledger(12).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(12).await;
     run(
         &mut su,
         &["UPDATE consent_ledger SET leaf_hash = sha256('forged'::bytea) WHERE idx = 8"],
@@ -323,12 +295,11 @@ async fn a_superuser_rewriting_an_entry_and_its_leaf_is_caught() {
     .await;
     assert_caught(dir.path(), &url, 8);
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_deleting_a_row_is_caught() {
-    let (name, url, dir, mut su) = tamperable_ledger(12).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(12).await;
     run(
         &mut su,
         &[
@@ -339,12 +310,11 @@ async fn a_superuser_deleting_a_row_is_caught() {
     .await;
     assert_caught(dir.path(), &url, 7);
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_deleting_the_newest_row_is_caught() {
-    let (name, url, dir, mut su) = tamperable_ledger(12).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(12).await;
     run(
         &mut su,
         &[
@@ -355,12 +325,11 @@ async fn a_superuser_deleting_the_newest_row_is_caught() {
     .await;
     assert_caught(dir.path(), &url, 11);
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_swapping_two_rows_is_caught() {
-    let (name, url, dir, mut su) = tamperable_ledger(12).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(12).await;
     run(
         &mut su,
         &[
@@ -372,12 +341,11 @@ async fn a_superuser_swapping_two_rows_is_caught() {
     .await;
     assert_caught(dir.path(), &url, 3);
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_refuses_to_sign_a_checkpoint_inconsistent_with_the_last() {
-    let (name, url, dir, mut su) = tamperable_ledger(5).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(5).await;
     // The newest leaf's tree node is rewritten: the stored tree no longer has the signed root.
     run(
         &mut su,
@@ -393,12 +361,11 @@ async fn the_service_refuses_to_sign_a_checkpoint_inconsistent_with_the_last() {
         .unwrap();
     assert_eq!(checkpoints, 5, "no new checkpoint was signed");
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_role_holds_no_update_delete_or_truncate_even_without_triggers() {
-    let (name, _url, _dir, mut su) = tamperable_ledger(2).await;
+    let (_database, _url, _dir, mut su) = tamperable_ledger(2).await;
     sqlx::query("SET ROLE udim_service").execute(&mut su).await.unwrap();
     for sql in [
         "UPDATE consent_ledger SET leaf_hash = leaf_hash",
@@ -414,12 +381,11 @@ async fn the_service_role_holds_no_update_delete_or_truncate_even_without_trigge
     }
     sqlx::query("RESET ROLE").execute(&mut su).await.unwrap();
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redacted_entry_keeps_its_leaf_and_the_log_still_verifies() {
-    let (name, url, dir, mut su) = tamperable_ledger(6).await;
+    let (_database, url, dir, mut su) = tamperable_ledger(6).await;
     sqlx::query("SET session_replication_role = origin")
         .execute(&mut su)
         .await
@@ -447,7 +413,6 @@ async fn a_redacted_entry_keeps_its_leaf_and_the_log_still_verifies() {
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
     assert!(stdout.contains("(1 redacted)"), "{stdout}");
     drop(su);
-    common::drop_postgres_database(&name).await;
 }
 
 #[test]
@@ -521,3 +486,5 @@ fn record_and_consistency_proofs_verify_offline_from_files() {
             .success()
     );
 }
+
+common::on_both_databases!(proofs_from_the_running_service_verify_with_the_library_alone);

@@ -5,92 +5,23 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 use udim::config::{ClamdSettings, ScannerSettings};
+use udim_testkit::clamd::Clamd;
 
 /// The standard 68-byte EICAR test string.
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
-fn clamd_binary() -> String {
-    std::env::var("UDIM_TEST_CLAMD").unwrap_or_else(|_| "/usr/sbin/clamd".into())
+/// The service's settings for the test's clamd.
+trait ClamdScannerSettings {
+    fn settings(&self, max_stream_bytes: u64, admit_too_large: bool) -> ScannerSettings;
 }
 
-/// A clamd on a free loopback port with only the EICAR signatures; killed on drop.
-struct Clamd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Clamd {
-    async fn start(max_stream: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        std::fs::write(
-            db.join("eicar.hdb"),
-            "44d88612fea8a8f36de82e1278abb02f:68:Custom.EICAR-Test-File-hdb\n",
-        )
-        .unwrap();
-        std::fs::write(
-            db.join("eicar.ndb"),
-            "Custom.EICAR-Test-File-ndb:0:*:58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a\n",
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf: PathBuf = dir.path().join("clamd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\nUser root\n\
-                 StreamMaxLength {max_stream}\nLogFile {}\nPidFile {}\n",
-                db.display(),
-                dir.path().join("clamd.log").display(),
-                dir.path().join("clamd.pid").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(clamd_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("clamd must be installed for the tests (apt-get install clamav-daemon; UDIM_TEST_CLAMD)");
-        let clamd = Self { child, port, _dir: dir };
-        let scanner = udim_local::clamd::Clamd::new(
-            udim_local::clamd::ClamdAddress::Tcp(format!("127.0.0.1:{port}")),
-            1,
-            Duration::from_secs(5),
-        );
-        for _ in 0..300 {
-            if scanner.ping().await.is_ok() {
-                return clamd;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("clamd did not start; see its log");
-    }
-
+impl ClamdScannerSettings for Clamd {
     fn settings(&self, max_stream_bytes: u64, admit_too_large: bool) -> ScannerSettings {
         ScannerSettings::Clamd(ClamdSettings {
-            address: udim_local::clamd::ClamdAddress::Tcp(format!("127.0.0.1:{}", self.port)),
+            address: udim_local::clamd::ClamdAddress::Tcp(self.address()),
             max_stream_bytes,
             fail_open: false,
             admit_too_large,

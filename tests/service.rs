@@ -7,6 +7,29 @@ use common::{Db, TestApp};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_problem_code_the_service_sends() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = doc["components"]["schemas"]["ProblemCode"]["enum"]
+        .as_array()
+        .expect("the ProblemCode schema lists its values")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let catalogue: Vec<&str> = udim::http::problem::ProblemCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(listed, catalogue);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_endpoint() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let doc: Value = reqwest::get(format!("{}/openapi.json", app.base))
@@ -159,16 +182,6 @@ async fn ledger_rows_cannot_be_changed_or_deleted(db: Db) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ledger_is_append_only_on_postgres() {
-    ledger_rows_cannot_be_changed_or_deleted(Db::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ledger_is_append_only_on_sqlite() {
-    ledger_rows_cannot_be_changed_or_deleted(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_tus_clients_get_cors_only_from_allowed_origins() {
     let app = TestApp::spawn_with(
         Db::Sqlite,
@@ -217,3 +230,5 @@ async fn browser_tus_clients_get_cors_only_from_allowed_origins() {
     );
     app.stop().await;
 }
+
+common::on_both_databases!(ledger_rows_cannot_be_changed_or_deleted);

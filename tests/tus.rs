@@ -132,16 +132,6 @@ async fn a_stock_tus_client_resumes_across_a_restart(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tuspy_resumes_across_a_restart_on_sqlite() {
-    a_stock_tus_client_resumes_across_a_restart(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tuspy_resumes_across_a_restart_on_postgres() {
-    a_stock_tus_client_resumes_across_a_restart(Db::Postgres).await;
-}
-
 fn tus_js_client(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
     StockClient {
         name: "tus-js-client",
@@ -415,3 +405,5 @@ async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
     assert_eq!(head(&app, &alice, &url).await.headers()["upload-offset"], "5");
     app.stop().await;
 }
+
+common::on_both_databases!(a_stock_tus_client_resumes_across_a_restart);

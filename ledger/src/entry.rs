@@ -121,6 +121,12 @@ impl ConsentRecord {
             && purpose.is_none_or(|p| self.purposes.iter().any(|q| q == p))
     }
 
+    /// True when the record lets `reader` receive the data: it names no recipients (any
+    /// downstream principal with the read scope may), or names `reader` among them.
+    pub fn discloses_to(&self, reader: &str) -> bool {
+        self.recipients.is_empty() || self.recipients.iter().any(|r| r == reader)
+    }
+
     /// The entry's RFC 9162 leaf hash.
     pub fn leaf_hash(&self, salt: &[u8; 16]) -> Hash {
         leaf_hash(&self.canonical_bytes(salt))

@@ -21,19 +21,20 @@ use udim_ports::ledger::{ConsentLedger, LedgerEntry, NewLedgerEntry};
 use udim_ports::{PortError, Result};
 use uuid::Uuid;
 
+use crate::formats::input::{DataCategory, Label};
 use sequencer::Sequencer;
 use udim_ledger::entry::{ConsentEvent, ConsentRecord};
 
 /// What a grant asks for, already validated.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub purposes: Vec<String>,
-    pub data_categories: Vec<String>,
-    pub recipients: Vec<String>,
-    pub policy_version: String,
-    pub policy_url: Option<String>,
-    pub jurisdiction: String,
-    pub collection_method: String,
+    pub purposes: Vec<Label>,
+    pub data_categories: Vec<DataCategory>,
+    pub recipients: Vec<Label>,
+    pub policy_version: Label,
+    pub policy_url: Option<Label>,
+    pub jurisdiction: Label,
+    pub collection_method: Label,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -45,13 +46,13 @@ impl Grant {
             consent_id,
             subject: user_id.to_owned(),
             event,
-            purposes: normalized(self.purposes),
-            data_categories: normalized(self.data_categories),
-            recipients: normalized(self.recipients),
-            policy_version: self.policy_version,
-            policy_url: self.policy_url,
-            jurisdiction: self.jurisdiction,
-            collection_method: self.collection_method,
+            purposes: normalized(self.purposes.into_iter().map(String::from).collect()),
+            data_categories: normalized(self.data_categories.into_iter().map(String::from).collect()),
+            recipients: normalized(self.recipients.into_iter().map(String::from).collect()),
+            policy_version: self.policy_version.into(),
+            policy_url: self.policy_url.map(String::from),
+            jurisdiction: self.jurisdiction.into(),
+            collection_method: self.collection_method.into(),
             recorded_at: now_micros(),
             expires_at: self.expires_at,
         }
@@ -82,6 +83,16 @@ impl TryFrom<LedgerEntry> for RecordedConsent {
     }
 }
 
+/// What a consent is asked to admit.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Placing the person's data under the consent: any purpose will do.
+    Upload,
+    /// A downstream principal reading it for a purpose: the consent must name the purpose,
+    /// and the reader too when it names recipients.
+    Read { purpose: &'a str, reader: &'a str },
+}
+
 /// The state of one user's consents, derived from their entries in index order.
 #[derive(Debug, Clone, Default)]
 pub struct ConsentState {
@@ -100,12 +111,17 @@ impl ConsentState {
         Self { latest }
     }
 
-    /// The newest record that admits `category` (for `purpose`, when given) now, if any:
-    /// the one function upload admission and downstream reads ask.
-    pub fn admitting(&self, category: &str, purpose: Option<&str>, now: DateTime<Utc>) -> Option<&RecordedConsent> {
+    /// The newest record that admits `access` to `category` now, if any: the one function
+    /// upload admission and downstream reads ask.
+    pub fn admitting(&self, category: &str, access: Access<'_>, now: DateTime<Utc>) -> Option<&RecordedConsent> {
         self.latest
             .values()
-            .filter(|c| c.record.admits(category, purpose, now))
+            .filter(|c| match access {
+                Access::Upload => c.record.admits(category, None, now),
+                Access::Read { purpose, reader } => {
+                    c.record.admits(category, Some(purpose), now) && c.record.discloses_to(reader)
+                }
+            })
             .max_by_key(|c| c.entry.index)
     }
 
@@ -185,47 +201,47 @@ impl ConsentService {
     }
 
     /// Appends an `updated` record: the consent `consent_id` now has the scope of `grant`.
-    /// `NotFound` when the caller has no such consent; `Conflict` when it is withdrawn.
-    pub async fn update(&self, user_id: &str, consent_id: Uuid, grant: Grant) -> Result<AppendedConsent> {
+    pub async fn update(&self, user_id: &str, consent_id: Uuid, grant: Grant) -> Result<AppendedConsent, ConsentError> {
         self.current(user_id, consent_id).await?;
         let record = grant.into_record(Uuid::now_v7(), consent_id, user_id, ConsentEvent::Updated);
-        self.append(record).await
+        Ok(self.append(record).await?)
     }
 
     /// The latest record of the caller's consent `consent_id`, which must not be withdrawn.
-    async fn current(&self, user_id: &str, consent_id: Uuid) -> Result<ConsentRecord> {
+    async fn current(&self, user_id: &str, consent_id: Uuid) -> Result<ConsentRecord, ConsentError> {
         let state = self.state(user_id).await?;
-        let current = state
-            .latest(consent_id)
-            .ok_or_else(|| PortError::NotFound(format!("consent {consent_id}")))?;
+        let current = state.latest(consent_id).ok_or(ConsentError::NotFound(consent_id))?;
         if current.record.event == ConsentEvent::Withdrawn {
-            return Err(PortError::Conflict(format!(
-                "consent {consent_id} is already withdrawn"
-            )));
+            return Err(ConsentError::Withdrawn(consent_id));
         }
         Ok(current.record.clone())
     }
 
-    /// Appends a `withdrawn` record for the caller's consent `consent_id`. `NotFound` when the
-    /// caller has no such consent; `Conflict` when it is already withdrawn.
-    pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<AppendedConsent> {
-        let state = self.state(user_id).await?;
-        let current = state
-            .latest(consent_id)
-            .ok_or_else(|| PortError::NotFound(format!("consent {consent_id}")))?;
-        if current.record.event == ConsentEvent::Withdrawn {
-            return Err(PortError::Conflict(format!(
-                "consent {consent_id} is already withdrawn"
-            )));
-        }
-        self.append(ConsentRecord {
-            record_id: Uuid::now_v7(),
-            event: ConsentEvent::Withdrawn,
-            recorded_at: now_micros(),
-            ..current.record.clone()
-        })
-        .await
+    /// Appends a `withdrawn` record for the caller's consent `consent_id`.
+    pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<AppendedConsent, ConsentError> {
+        let current = self.current(user_id, consent_id).await?;
+        Ok(self
+            .append(ConsentRecord {
+                record_id: Uuid::now_v7(),
+                event: ConsentEvent::Withdrawn,
+                recorded_at: now_micros(),
+                ..current
+            })
+            .await?)
     }
+}
+
+/// Why a consent change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    /// The caller has no such consent (another user's looks the same).
+    #[error("consent {0} not found")]
+    NotFound(Uuid),
+    /// A withdrawn consent stays withdrawn: grant a new one instead.
+    #[error("consent {0} is already withdrawn")]
+    Withdrawn(Uuid),
+    #[error(transparent)]
+    Port(#[from] PortError),
 }
 
 /// Now, truncated to the microsecond precision that the canonical encoding and both
@@ -281,10 +297,10 @@ mod tests {
         let state = ConsentState::from_log(&log);
         let now = Utc::now();
         assert_eq!(
-            state.admitting("audio", None, now).unwrap().record.consent_id,
+            state.admitting("audio", Access::Upload, now).unwrap().record.consent_id,
             Uuid::from_u128(1)
         );
-        assert!(state.admitting("text", None, now).is_none());
+        assert!(state.admitting("text", Access::Upload, now).is_none());
         assert_eq!(state.active(now).count(), 1);
     }
 
@@ -295,6 +311,13 @@ mod tests {
             recorded(1, 2, ConsentEvent::Given, &["audio"]),
         ];
         let state = ConsentState::from_log(&log);
-        assert_eq!(state.admitting("audio", None, Utc::now()).unwrap().entry.index, 1);
+        assert_eq!(
+            state
+                .admitting("audio", Access::Upload, Utc::now())
+                .unwrap()
+                .entry
+                .index,
+            1
+        );
     }
 }

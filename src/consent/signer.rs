@@ -24,7 +24,8 @@ impl LedgerSigner {
             Some(secret) => Signer::parse(secret.expose_secret())
                 .map_err(|e| anyhow::anyhow!("configuration error: `ledger.signing_key`: {e}"))?,
             None => {
-                let bytes = udim_local::secret_file::load_or_create(key_file, || {
+                // `PRIVATE+KEY+<origin>+<id>+<base64 of 33 bytes>`: never shorter than this.
+                let bytes = udim_local::secret_file::load_or_create(key_file, 60, || {
                     Signer::generate(origin)
                         .map(|s| s.to_secret_string().into_bytes())
                         .unwrap_or_default()

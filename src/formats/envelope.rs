@@ -2,20 +2,27 @@
 //!
 //! ```text
 //! object  = header || segment*            (at least one segment: the last)
-//! header  = "UDIM" || version:u8 (=1) || algorithm:u8 (=1, AES-256-GCM)
+//! header  = "UDIM" || version:u8 (=2) || algorithm:u8 (=1, AES-256-GCM)
 //!           || segment_size:u32be || nonce_prefix:[u8; 7]
-//!           || key_id_len:u16be || key_id || wrapped_len:u16be || wrapped_key
+//!           || key_id_len:u16be || key_id
 //! segment = AES-256-GCM(data key, nonce, plaintext[..segment_size], aad) || tag:[u8; 16]
 //! nonce   = nonce_prefix || counter:u32be || last:u8   (last = 1 only on the final segment)
-//! aad     = SHA-256("udim-envelope-v1" || header || package_id:[u8; 16]
+//! aad     = SHA-256("udim-envelope-v2" || header || package_id:[u8; 16]
 //!                   || user_id_len:u32be || user_id)
 //! ```
 //!
 //! This is the STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár 2015): the counter
 //! makes reordered or dropped segments fail, the last-segment flag makes truncation fail,
-//! and the associated data binds every segment to this header (key id, wrapped key) and to
-//! the package and user it belongs to. Every segment but the last holds exactly
-//! `segment_size` plaintext bytes; the last holds 0..=`segment_size`.
+//! and the associated data binds every segment to this header (format, segment size, nonce
+//! material, key id) and to the package and user it belongs to. Every segment but the last
+//! holds exactly `segment_size` plaintext bytes; the last holds 0..=`segment_size`.
+//!
+//! The object carries no key material: its wrapped data key lives only in the metadata
+//! database, so destroying that one copy (erasure) leaves every copy of the object — an old
+//! object version, a backup, a failed delete — undecryptable by anyone, the KMS's holder
+//! included. Format 1 also put the wrapped key in the header (`|| wrapped_len:u16be ||
+//! wrapped_key`, AAD label `udim-envelope-v1`); it is still read, its header copy ignored,
+//! and never written.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::digest;
@@ -23,7 +30,9 @@ use udim_ports::kms::PlainKey;
 use uuid::Uuid;
 
 const MAGIC: &[u8; 4] = b"UDIM";
-const VERSION: u8 = 1;
+/// The format written; format 1 is only read.
+const VERSION: u8 = 2;
+const LEGACY_VERSION: u8 = 1;
 const ALG_AES_256_GCM_STREAM: u8 = 1;
 /// Bytes of a GCM tag appended to every segment.
 pub const TAG_LEN: usize = 16;
@@ -52,40 +61,58 @@ pub enum EnvelopeError {
     TooManySegments,
 }
 
-/// The object header: everything needed, with the key service, to decrypt the body.
+/// The object header: how the body is sealed and under which key. Decrypting needs the
+/// package's wrapped data key from the metadata database as well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub segment_size: u32,
     pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    /// The key (id, ARN, resource name) that wraps the data key.
     pub key_id: String,
-    pub wrapped_key: Vec<u8>,
+    /// What a format-1 header carried after the key id: a copy of the wrapped data key.
+    /// Never used to decrypt (the database's copy is the only one), kept so the header
+    /// re-encodes byte for byte, as its segments' associated data requires. `None` for
+    /// format 2, the only format written.
+    pub legacy_wrapped_key: Option<Vec<u8>>,
 }
 
 impl Header {
-    /// A header with a random nonce prefix and the default segment size.
-    pub fn new(key_id: String, wrapped_key: Vec<u8>) -> Self {
+    /// A format-2 header with a random nonce prefix and the default segment size.
+    pub fn new(key_id: String) -> Self {
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
         aws_lc_rs::rand::fill(&mut nonce_prefix).expect("the system random generator failed");
         Self {
             segment_size: DEFAULT_SEGMENT_SIZE,
             nonce_prefix,
             key_id,
-            wrapped_key,
+            legacy_wrapped_key: None,
+        }
+    }
+
+    /// The format version: 2, or 1 for a legacy header.
+    pub fn version(&self) -> u8 {
+        if self.legacy_wrapped_key.is_some() {
+            LEGACY_VERSION
+        } else {
+            VERSION
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FIXED_HEADER_LEN + 4 + self.key_id.len() + self.wrapped_key.len());
+        let legacy = self.legacy_wrapped_key.as_deref();
+        let mut out = Vec::with_capacity(FIXED_HEADER_LEN + 4 + self.key_id.len() + legacy.map_or(0, <[u8]>::len));
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(self.version());
         out.push(ALG_AES_256_GCM_STREAM);
         out.extend_from_slice(&self.segment_size.to_be_bytes());
         out.extend_from_slice(&self.nonce_prefix);
         let key_id = self.key_id.as_bytes();
         out.extend_from_slice(&(key_id.len() as u16).to_be_bytes());
         out.extend_from_slice(key_id);
-        out.extend_from_slice(&(self.wrapped_key.len() as u16).to_be_bytes());
-        out.extend_from_slice(&self.wrapped_key);
+        if let Some(wrapped) = legacy {
+            out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
+            out.extend_from_slice(wrapped);
+        }
         out
     }
 
@@ -106,7 +133,7 @@ impl Header {
             return Ok(None);
         }
         let (version, algorithm) = (bytes[4], bytes[5]);
-        if version != VERSION || algorithm != ALG_AES_256_GCM_STREAM {
+        if !matches!(version, VERSION | LEGACY_VERSION) || algorithm != ALG_AES_256_GCM_STREAM {
             return Err(EnvelopeError::Unsupported(version, algorithm));
         }
         let segment_size = u32::from_be_bytes(bytes[6..10].try_into().expect("4 bytes"));
@@ -120,16 +147,22 @@ impl Header {
         };
         let key_id = String::from_utf8(key_id.to_vec()).map_err(|_| EnvelopeError::BadHeader("key id is not UTF-8"))?;
         at = next;
-        let Some((wrapped_key, next)) = length_prefixed(bytes, at) else {
-            return Ok(None);
+        let legacy_wrapped_key = if version == LEGACY_VERSION {
+            let Some((wrapped_key, next)) = length_prefixed(bytes, at) else {
+                return Ok(None);
+            };
+            at = next;
+            Some(wrapped_key.to_vec())
+        } else {
+            None
         };
         let header = Header {
             segment_size,
             nonce_prefix,
             key_id,
-            wrapped_key: wrapped_key.to_vec(),
+            legacy_wrapped_key,
         };
-        Ok(Some((header, next)))
+        Ok(Some((header, at)))
     }
 }
 
@@ -157,7 +190,10 @@ struct SegmentCipher {
 impl SegmentCipher {
     fn new(key: &PlainKey, header: &Header, binding: Binding<'_>) -> Self {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"udim-envelope-v1");
+        ctx.update(match header.version() {
+            LEGACY_VERSION => b"udim-envelope-v1",
+            _ => b"udim-envelope-v2",
+        });
         ctx.update(&header.encode());
         ctx.update(binding.package_id.as_bytes());
         ctx.update(&(binding.user_id.len() as u32).to_be_bytes());
@@ -380,7 +416,7 @@ mod tests {
             segment_size: SEG,
             nonce_prefix: [7; NONCE_PREFIX_LEN],
             key_id: "local:test".into(),
-            wrapped_key: vec![1, 2, 3],
+            legacy_wrapped_key: None,
         }
     }
 
@@ -552,5 +588,51 @@ mod tests {
         let mut bytes = header().encode();
         bytes[6..10].copy_from_slice(&0u32.to_be_bytes());
         assert!(matches!(Header::decode(&bytes), Err(EnvelopeError::BadHeader(_))));
+    }
+
+    #[test]
+    fn a_format_2_header_holds_only_format_segment_size_nonce_material_and_key_id() {
+        let h = Header::new("arn:aws:kms:eu-west-1:1:key/k".into());
+        let bytes = h.encode();
+        assert_eq!(bytes[4], 2, "format 2 is written");
+        assert_eq!(
+            bytes.len(),
+            FIXED_HEADER_LEN + 2 + h.key_id.len(),
+            "nothing after the key id"
+        );
+        assert_eq!(Header::decode(&bytes), Ok(Some((h, bytes.len()))));
+    }
+
+    #[test]
+    fn format_1_objects_still_decrypt_and_cannot_pass_as_format_2() {
+        let legacy = Header {
+            legacy_wrapped_key: Some(vec![9; 40]),
+            ..header()
+        };
+        let bytes = legacy.encode();
+        assert_eq!(bytes[4], 1);
+        for cut in 0..bytes.len() {
+            assert_eq!(Header::decode(&bytes[..cut]), Ok(None), "cut {cut}");
+        }
+        let (decoded, len) = Header::decode(&bytes).unwrap().unwrap();
+        assert_eq!((&decoded, len), (&legacy, bytes.len()));
+
+        let plain = b"written before format 2".repeat(3);
+        let mut enc = Encryptor::new(&key(), &legacy, binding());
+        let mut body = enc.push(&plain).unwrap();
+        body.extend(enc.finish().unwrap());
+        let mut dec = Decryptor::new(&key(), &decoded, binding());
+        let mut out = dec.push(&body).unwrap();
+        out.extend(dec.finish().unwrap());
+        assert_eq!(out, plain);
+
+        // The same segments under a format-2 header (the wrapped key stripped) fail: the
+        // format is bound into every segment.
+        let mut dec = Decryptor::new(&key(), &header(), binding());
+        let opened = dec.push(&body).and_then(|mut out| {
+            out.extend(dec.finish()?);
+            Ok(out)
+        });
+        assert!(matches!(opened, Err(EnvelopeError::Authentication(0))), "{opened:?}");
     }
 }

@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Caller, Json, Path};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::auth::Scope;
 use crate::consent::{AppendedConsent, Grant, RecordedConsent};
-use crate::formats::input;
+use crate::formats::input::{DataCategory, Label};
 use udim_ledger::entry::ConsentEvent;
 use udim_ledger::proof::RecordProof;
 
@@ -132,37 +132,36 @@ pub struct ConsentOverview {
 }
 
 fn parse_grant(req: GrantRequest) -> Result<Grant, ApiError> {
-    let invalid = |detail: String| ApiError::bad_request("invalid-consent", detail);
+    let invalid = |detail: String| ApiError::new(ProblemCode::InvalidConsent, detail);
     if req.purposes.is_empty() {
         return Err(invalid("`purposes` must name at least one purpose".into()));
     }
     if req.data_categories.is_empty() {
         return Err(invalid("`data_categories` must name at least one category".into()));
     }
-    for purpose in req.purposes.iter().chain(&req.recipients) {
-        input::label(purpose).map_err(|why| invalid(format!("`{purpose}`: {why}")))?;
-    }
-    for category in &req.data_categories {
-        input::data_category(category).map_err(|why| invalid(format!("data category `{category}`: {why}")))?;
-    }
-    input::label(&req.policy_version).map_err(|why| invalid(format!("`policy_version`: {why}")))?;
-    input::label(&req.jurisdiction).map_err(|why| invalid(format!("`jurisdiction`: {why}")))?;
-    let collection_method = req.collection_method.unwrap_or_else(|| "api".into());
-    input::label(&collection_method).map_err(|why| invalid(format!("`collection_method`: {why}")))?;
-    if let Some(url) = &req.policy_url {
-        input::label(url).map_err(|why| invalid(format!("`policy_url`: {why}")))?;
-    }
+    let label =
+        |field: &str, value: &str| Label::parse(value).map_err(|why| invalid(format!("`{field}` `{value}`: {why}")));
+    let labels = |field: &str, values: &[String]| values.iter().map(|v| label(field, v)).collect::<Result<Vec<_>, _>>();
+    let data_categories = req
+        .data_categories
+        .iter()
+        .map(|c| DataCategory::parse(c).map_err(|why| invalid(format!("data category `{c}`: {why}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     if req.expires_at.is_some_and(|end| end <= Utc::now()) {
         return Err(invalid("`expires_at` is in the past".into()));
     }
     Ok(Grant {
-        purposes: req.purposes,
-        data_categories: req.data_categories,
-        recipients: req.recipients,
-        policy_version: req.policy_version,
-        policy_url: req.policy_url,
-        jurisdiction: req.jurisdiction,
-        collection_method,
+        purposes: labels("purposes", &req.purposes)?,
+        data_categories,
+        recipients: labels("recipients", &req.recipients)?,
+        policy_version: label("policy_version", &req.policy_version)?,
+        policy_url: req
+            .policy_url
+            .as_deref()
+            .map(|url| label("policy_url", url))
+            .transpose()?,
+        jurisdiction: label("jurisdiction", &req.jurisdiction)?,
+        collection_method: label("collection_method", req.collection_method.as_deref().unwrap_or("api"))?,
         expires_at: req.expires_at,
     })
 }
@@ -294,9 +293,7 @@ pub async fn proof(
     let checkpoint = super::ledger::checkpoint_for(&state, params.size).await?;
     if recorded.entry.index >= checkpoint.size {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not-in-tree",
-            "Conflict",
+            ProblemCode::NotInTree,
             format!("entry {id} is not in the tree of size {}", checkpoint.size),
         ));
     }

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::consents::ConsentEntry;
 use super::extract::{Caller, Json, Query};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::auth::Scope;
 
 /// The checkpoint of `size`, or the latest one.
@@ -89,7 +89,7 @@ pub async fn consistency(
     let old = checkpoint_for(&state, Some(params.from)).await?;
     let new = checkpoint_for(&state, params.to).await?;
     if old.size > new.size {
-        return Err(ApiError::bad_request("invalid-query", "`from` must not exceed `to`"));
+        return Err(ApiError::new(ProblemCode::InvalidQuery, "`from` must not exceed `to`"));
     }
     let proof = crate::consent::proofs::consistency(state.consents.ledger(), old.size, new.size).await?;
     Ok(Json(ConsistencyProof {

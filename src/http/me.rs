@@ -79,7 +79,7 @@ pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Jso
         packages.extend(page.into_iter().map(Package::from));
     }
     Ok(Json(Export {
-        subject: principal.subject,
+        subject: principal.subject.into(),
         exported_at: Utc::now(),
         consents,
         packages,

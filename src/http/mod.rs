@@ -14,7 +14,7 @@ mod uploads;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use tokio::sync::Notify;
 use udim_ports::metadata::{Outbox, PackageStore};
 use udim_ports::queue::Notifier;
@@ -27,7 +27,7 @@ use crate::auth::Authenticator;
 use crate::consent::ConsentService;
 use crate::consent::signer::LedgerSigner;
 use crate::pipeline::ingest::Ingestor;
-use problem::ApiError;
+use problem::{ApiError, ProblemCode};
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Debug, Clone)]
@@ -129,19 +129,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        format!("no route for {}", uri.path()),
-    )
+    ApiError::new(ProblemCode::NotFound, format!("no route for {}", uri.path()))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
+        ProblemCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Caller, Json, Path, Query};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::auth::Scope;
-use crate::formats::input;
+use crate::consent::Access;
+use crate::formats::input::{DataCategory, FileName, IdempotencyKey, Label};
 use crate::pipeline::ingest::{IngestError, UploadRequest};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -91,7 +92,12 @@ fn declared_content_type(headers: &HeaderMap) -> Result<String, ApiError> {
         .to_str()
         .ok()
         .and_then(|v| v.parse::<mime::Mime>().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid-content-type", "the Content-Type header is not a media type"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemCode::InvalidContentType,
+                "the Content-Type header is not a media type",
+            )
+        })?;
     Ok(text.essence_str().to_owned())
 }
 
@@ -128,42 +134,41 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Package>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
-    input::data_category(&params.data_category)
-        .map_err(|why| ApiError::bad_request("invalid-data-category", format!("`data_category`: {why}")))?;
+    let data_category = DataCategory::parse(&params.data_category)
+        .map_err(|why| ApiError::new(ProblemCode::InvalidDataCategory, format!("`data_category`: {why}")))?;
     let content_type = declared_content_type(&headers)?;
     let metadata = match params.metadata.as_deref() {
         None => serde_json::Value::Object(Default::default()),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(value @ serde_json::Value::Object(_)) => value,
             _ => {
-                return Err(ApiError::bad_request(
-                    "invalid-metadata",
+                return Err(ApiError::new(
+                    ProblemCode::InvalidMetadata,
                     "`metadata` must be a JSON object",
                 ));
             }
         },
     };
-    let limit = state.ingest.limit_for(&params.data_category);
+    let limit = state.ingest.limit_for(&data_category);
     if declared_length(&headers).is_some_and(|len| len > limit) {
         crate::pipeline::ingest::drain(&mut body.into_data_stream()).await;
         return Err(IngestError::TooLarge { limit }.into());
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|value| {
+            value
                 .to_str()
                 .ok()
-                .filter(|k| input::label(k).is_ok() && k.len() <= 255)
+                .and_then(|k| IdempotencyKey::parse(k).ok())
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-idempotency-key",
+                    ApiError::new(
+                        ProblemCode::InvalidIdempotencyKey,
                         "Idempotency-Key must be 1-255 printable characters",
                     )
-                })?;
-            Some(key.to_owned())
-        }
-    };
+                })
+        })
+        .transpose()?;
     if let Some(key) = &idempotency_key
         && let Some(first) = state.packages.find_by_idempotency_key(&principal.subject, key).await?
     {
@@ -171,19 +176,18 @@ pub async fn upload(
     }
     let consent = state.consents.state(&principal.subject).await?;
     let admitted = consent
-        .admitting(&params.data_category, None, Utc::now())
+        .admitting(&data_category, Access::Upload, Utc::now())
         .ok_or_else(|| {
             ApiError::consent_required(format!(
-                "no active consent covers data category `{}`; grant one at POST /v1/consents",
-                params.data_category
+                "no active consent covers data category `{data_category}`; grant one at POST /v1/consents"
             ))
         })?;
     state.packages.ensure_user(&principal.subject).await?;
     let request = UploadRequest {
         user_id: principal.subject.clone(),
         consent_entry_id: admitted.record.record_id,
-        data_category: params.data_category,
-        original_name: input::file_name(params.filename.as_deref().unwrap_or_default()),
+        data_category,
+        original_name: FileName::sanitize(params.filename.as_deref().unwrap_or_default()),
         content_type,
         metadata,
         idempotency_key,
@@ -201,9 +205,7 @@ fn replay(first: PackageRecord) -> Result<(StatusCode, Json<Package>), ApiError>
         Ok((StatusCode::CREATED, Json(first.into())))
     } else {
         Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency-key-in-use",
-            "Conflict",
+            ProblemCode::IdempotencyKeyInUse,
             format!("the request with this Idempotency-Key is {} ", first.status.as_str())
                 .trim()
                 .to_owned(),
@@ -286,17 +288,17 @@ pub async fn list(
         .as_deref()
         .map(|s| {
             PackageStatus::parse(s)
-                .ok_or_else(|| ApiError::bad_request("invalid-query", format!("unknown status `{s}`")))
+                .ok_or_else(|| ApiError::new(ProblemCode::InvalidQuery, format!("unknown status `{s}`")))
         })
         .transpose()?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-query", "`limit` must be 1-200"));
+        return Err(ApiError::new(ProblemCode::InvalidQuery, "`limit` must be 1-200"));
     }
     let before = params
         .cursor
         .as_deref()
-        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid-query", "`cursor` is not valid")))
+        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::new(ProblemCode::InvalidQuery, "`cursor` is not valid")))
         .transpose()?;
     let records = state
         .packages
@@ -354,7 +356,8 @@ pub async fn content(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let principal = caller.require(Scope::Read)?;
-    input::label(&params.purpose).map_err(|why| ApiError::bad_request("invalid-query", format!("`purpose`: {why}")))?;
+    Label::parse(&params.purpose)
+        .map_err(|why| ApiError::new(ProblemCode::InvalidQuery, format!("`purpose`: {why}")))?;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())

@@ -13,6 +13,187 @@ use utoipa::ToSchema;
 use crate::auth::AuthError;
 use crate::pipeline::ingest::IngestError;
 
+/// Every problem the API answers with: one stable code each, with its HTTP status and title.
+/// `type` is `urn:udim:problem:<code>`; the OpenAPI document lists every code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemCode {
+    InvalidBody,
+    InvalidQuery,
+    InvalidPath,
+    InvalidConsent,
+    InvalidContentType,
+    InvalidDataCategory,
+    InvalidMetadata,
+    InvalidIdempotencyKey,
+    InvalidTusHeader,
+    InvalidTusRequest,
+    UploadInterrupted,
+    Unauthenticated,
+    InsufficientScope,
+    ConsentRequired,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    ConsentWithdrawn,
+    NotInTree,
+    IdempotencyKeyInUse,
+    OffsetMismatch,
+    UploadComplete,
+    TusVersionUnsupported,
+    PayloadTooLarge,
+    PastUploadLength,
+    TooLargeToScan,
+    UnsupportedMediaType,
+    UnsupportedContent,
+    RangeNotSatisfiable,
+    MalwareDetected,
+    UploadLocked,
+    ChecksumMismatch,
+    Internal,
+    NotImplemented,
+    DependencyUnavailable,
+    ScannerUnavailable,
+    IdentityProviderUnavailable,
+}
+
+impl ProblemCode {
+    pub const ALL: [ProblemCode; 37] = [
+        Self::InvalidBody,
+        Self::InvalidQuery,
+        Self::InvalidPath,
+        Self::InvalidConsent,
+        Self::InvalidContentType,
+        Self::InvalidDataCategory,
+        Self::InvalidMetadata,
+        Self::InvalidIdempotencyKey,
+        Self::InvalidTusHeader,
+        Self::InvalidTusRequest,
+        Self::UploadInterrupted,
+        Self::Unauthenticated,
+        Self::InsufficientScope,
+        Self::ConsentRequired,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::ConsentWithdrawn,
+        Self::NotInTree,
+        Self::IdempotencyKeyInUse,
+        Self::OffsetMismatch,
+        Self::UploadComplete,
+        Self::TusVersionUnsupported,
+        Self::PayloadTooLarge,
+        Self::PastUploadLength,
+        Self::TooLargeToScan,
+        Self::UnsupportedMediaType,
+        Self::UnsupportedContent,
+        Self::RangeNotSatisfiable,
+        Self::MalwareDetected,
+        Self::UploadLocked,
+        Self::ChecksumMismatch,
+        Self::Internal,
+        Self::NotImplemented,
+        Self::DependencyUnavailable,
+        Self::ScannerUnavailable,
+        Self::IdentityProviderUnavailable,
+    ];
+
+    /// The code as it appears in `code` and at the end of `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidBody => "invalid-body",
+            Self::InvalidQuery => "invalid-query",
+            Self::InvalidPath => "invalid-path",
+            Self::InvalidConsent => "invalid-consent",
+            Self::InvalidContentType => "invalid-content-type",
+            Self::InvalidDataCategory => "invalid-data-category",
+            Self::InvalidMetadata => "invalid-metadata",
+            Self::InvalidIdempotencyKey => "invalid-idempotency-key",
+            Self::InvalidTusHeader => "invalid-tus-header",
+            Self::InvalidTusRequest => "invalid-tus-request",
+            Self::UploadInterrupted => "upload-interrupted",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InsufficientScope => "insufficient-scope",
+            Self::ConsentRequired => "consent-required",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Conflict => "conflict",
+            Self::ConsentWithdrawn => "consent-withdrawn",
+            Self::NotInTree => "not-in-tree",
+            Self::IdempotencyKeyInUse => "idempotency-key-in-use",
+            Self::OffsetMismatch => "offset-mismatch",
+            Self::UploadComplete => "upload-complete",
+            Self::TusVersionUnsupported => "tus-version-unsupported",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::PastUploadLength => "past-upload-length",
+            Self::TooLargeToScan => "too-large-to-scan",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::UnsupportedContent => "unsupported-content",
+            Self::RangeNotSatisfiable => "range-not-satisfiable",
+            Self::MalwareDetected => "malware-detected",
+            Self::UploadLocked => "upload-locked",
+            Self::ChecksumMismatch => "checksum-mismatch",
+            Self::Internal => "internal",
+            Self::NotImplemented => "not-implemented",
+            Self::DependencyUnavailable => "dependency-unavailable",
+            Self::ScannerUnavailable => "scanner-unavailable",
+            Self::IdentityProviderUnavailable => "identity-provider-unavailable",
+        }
+    }
+
+    /// The HTTP status and the title every response with this code carries.
+    pub fn status_and_title(self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidBody
+            | Self::InvalidQuery
+            | Self::InvalidPath
+            | Self::InvalidConsent
+            | Self::InvalidContentType
+            | Self::InvalidDataCategory
+            | Self::InvalidMetadata
+            | Self::InvalidIdempotencyKey
+            | Self::InvalidTusHeader
+            | Self::InvalidTusRequest
+            | Self::UploadInterrupted => (StatusCode::BAD_REQUEST, "Bad request"),
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
+            Self::InsufficientScope => (StatusCode::FORBIDDEN, "Insufficient scope"),
+            Self::ConsentRequired => (StatusCode::FORBIDDEN, "Consent required"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            Self::Conflict
+            | Self::ConsentWithdrawn
+            | Self::NotInTree
+            | Self::IdempotencyKeyInUse
+            | Self::OffsetMismatch
+            | Self::UploadComplete => (StatusCode::CONFLICT, "Conflict"),
+            Self::TusVersionUnsupported => (StatusCode::PRECONDITION_FAILED, "Precondition failed"),
+            Self::PayloadTooLarge | Self::PastUploadLength | Self::TooLargeToScan => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large")
+            }
+            Self::UnsupportedMediaType | Self::UnsupportedContent => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
+            }
+            Self::RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "Range not satisfiable"),
+            Self::MalwareDetected => (StatusCode::UNPROCESSABLE_ENTITY, "Malware detected"),
+            Self::UploadLocked => (StatusCode::LOCKED, "Locked"),
+            // 460 is the tus checksum extension's own status code.
+            Self::ChecksumMismatch => (
+                StatusCode::from_u16(460).expect("460 is a valid status code"),
+                "Checksum mismatch",
+            ),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+            Self::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "Not implemented"),
+            Self::DependencyUnavailable | Self::ScannerUnavailable | Self::IdentityProviderUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable")
+            }
+        }
+    }
+
+    pub fn problem_type(self) -> String {
+        format!("urn:udim:problem:{}", self.as_str())
+    }
+}
+
 /// An RFC 9457 `application/problem+json` body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
@@ -23,62 +204,54 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// The short stable code also found at the end of `type`.
-    pub code: String,
+    pub code: ProblemCode,
 }
 
 /// An error on its way to becoming a problem response.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    title: &'static str,
+    code: ProblemCode,
     detail: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
         Self {
-            status,
             code,
-            title,
             detail: detail.into(),
         }
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, "Bad request", detail)
-    }
-
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", what)
+        Self::new(ProblemCode::NotFound, what)
     }
 
     pub fn forbidden_scope(scope: &str) -> Self {
         Self::new(
-            StatusCode::FORBIDDEN,
-            "insufficient-scope",
-            "Insufficient scope",
+            ProblemCode::InsufficientScope,
             format!("this operation needs the `{scope}` scope"),
         )
     }
 
     pub fn consent_required(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "consent-required", "Consent required", detail)
+        Self::new(ProblemCode::ConsentRequired, detail)
     }
 
     /// Logs `error` with its chain and returns an opaque 500.
     pub fn internal(error: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %error_chain(error), "internal error");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
+            ProblemCode::Internal,
             "an unexpected error occurred; it has been logged",
         )
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.code.status_and_title().0
+    }
+
+    pub fn code(&self) -> ProblemCode {
+        self.code
     }
 }
 
@@ -96,20 +269,21 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let (status, title) = self.code.status_and_title();
         let body = Problem {
-            problem_type: format!("urn:udim:problem:{}", self.code),
-            title: self.title.to_owned(),
-            status: self.status.as_u16(),
+            problem_type: self.code.problem_type(),
+            title: title.to_owned(),
+            status: status.as_u16(),
             detail: self.detail,
-            code: self.code.to_owned(),
+            code: self.code,
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
@@ -120,26 +294,20 @@ impl From<PortError> for ApiError {
     fn from(e: PortError) -> Self {
         match e {
             PortError::NotFound(what) => Self::not_found(format!("{what} not found")),
-            PortError::Conflict(detail) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail),
+            PortError::Conflict(detail) => Self::new(ProblemCode::Conflict, detail),
             PortError::AlreadyExists(_) => Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "Conflict",
+                ProblemCode::Conflict,
                 "a request with the same identity is already being processed",
             ),
             PortError::Unavailable { .. } => {
                 tracing::warn!(error = %error_chain(&e), "dependency unavailable");
                 Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "dependency-unavailable",
-                    "Service unavailable",
+                    ProblemCode::DependencyUnavailable,
                     "a backing service is unavailable; retry later",
                 )
             }
             PortError::Unsupported(detail) => Self::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not-implemented",
-                "Not implemented",
+                ProblemCode::NotImplemented,
                 format!("not supported by this deployment: {detail}"),
             ),
             other => Self::internal(&other),
@@ -150,18 +318,8 @@ impl From<PortError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::JwksUnavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "identity-provider-unavailable",
-                "Service unavailable",
-                e.to_string(),
-            ),
-            _ => Self::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Unauthenticated",
-                e.to_string(),
-            ),
+            AuthError::JwksUnavailable => Self::new(ProblemCode::IdentityProviderUnavailable, e.to_string()),
+            _ => Self::new(ProblemCode::Unauthenticated, e.to_string()),
         }
     }
 }
@@ -169,41 +327,19 @@ impl From<AuthError> for ApiError {
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
-            IngestError::TooLarge { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-                e.to_string(),
-            ),
-            IngestError::Interrupted(_) => Self::bad_request("upload-interrupted", e.to_string()),
+            IngestError::TooLarge { .. } => Self::new(ProblemCode::PayloadTooLarge, e.to_string()),
+            IngestError::Interrupted(_) => Self::new(ProblemCode::UploadInterrupted, e.to_string()),
             IngestError::ConsentWithdrawn(_) => Self::consent_required(e.to_string()),
-            IngestError::Malware(_) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "malware-detected",
-                "Malware detected",
-                e.to_string(),
-            ),
-            IngestError::TooLargeToScan { .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large-to-scan",
-                "Payload too large",
-                e.to_string(),
-            ),
+            IngestError::Malware(_) => Self::new(ProblemCode::MalwareDetected, e.to_string()),
+            IngestError::TooLargeToScan { .. } => Self::new(ProblemCode::TooLargeToScan, e.to_string()),
             IngestError::ScannerUnavailable(_) => {
                 tracing::warn!(error = %error_chain(&e), "upload refused: scanner unavailable");
                 Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "scanner-unavailable",
-                    "Service unavailable",
+                    ProblemCode::ScannerUnavailable,
                     "the malware scanner is unavailable, so nothing can be admitted now; retry later",
                 )
             }
-            IngestError::ContentRefused(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-content",
-                "Unsupported media type",
-                e.to_string(),
-            ),
+            IngestError::ContentRefused(_) => Self::new(ProblemCode::UnsupportedContent, e.to_string()),
             IngestError::Port(port) => port.into(),
             IngestError::Envelope(_) => Self::internal(&e),
         }
@@ -216,14 +352,20 @@ impl From<crate::pipeline::read::ReadError> for ApiError {
         match e {
             ReadError::NotFound(_) => Self::not_found(e.to_string()),
             ReadError::NoConsent { .. } => Self::consent_required(e.to_string()),
-            ReadError::RangeNotSatisfiable { .. } => Self::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range-not-satisfiable",
-                "Range not satisfiable",
-                e.to_string(),
-            ),
+            ReadError::RangeNotSatisfiable { .. } => Self::new(ProblemCode::RangeNotSatisfiable, e.to_string()),
             ReadError::Port(port) => port.into(),
             ReadError::Envelope(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<crate::consent::ConsentError> for ApiError {
+    fn from(e: crate::consent::ConsentError) -> Self {
+        use crate::consent::ConsentError;
+        match e {
+            ConsentError::NotFound(_) => Self::not_found(e.to_string()),
+            ConsentError::Withdrawn(_) => Self::new(ProblemCode::ConsentWithdrawn, e.to_string()),
+            ConsentError::Port(port) => port.into(),
         }
     }
 }
@@ -231,25 +373,22 @@ impl From<crate::pipeline::read::ReadError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-                "send the body as application/json",
-            ),
-            other => Self::bad_request("invalid-body", other.body_text()),
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::new(ProblemCode::UnsupportedMediaType, "send the body as application/json")
+            }
+            other => Self::new(ProblemCode::InvalidBody, other.body_text()),
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::bad_request("invalid-query", r.body_text())
+        Self::new(ProblemCode::InvalidQuery, r.body_text())
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        Self::bad_request("invalid-path", r.body_text())
+        Self::new(ProblemCode::InvalidPath, r.body_text())
     }
 }

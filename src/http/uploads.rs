@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Caller, Path};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, ProblemCode};
 use crate::auth::Scope;
-use crate::formats::input;
+use crate::formats::input::{DataCategory, FileName};
 use crate::formats::tus;
 use crate::pipeline::resumable::{Creation, Progress, TusError};
 
@@ -22,13 +22,9 @@ const UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
 const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 const PACKAGE_ID: HeaderName = HeaderName::from_static("udim-package-id");
 
-fn tus_problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(status, code, "Upload request refused", detail)
-}
-
 impl From<tus::TusHeaderError> for ApiError {
     fn from(e: tus::TusHeaderError) -> Self {
-        tus_problem(StatusCode::BAD_REQUEST, "invalid-tus-header", e.to_string())
+        ApiError::new(ProblemCode::InvalidTusHeader, e.to_string())
     }
 }
 
@@ -36,19 +32,12 @@ impl From<TusError> for ApiError {
     fn from(e: TusError) -> Self {
         match e {
             TusError::NotFound(_) => ApiError::not_found(e.to_string()),
-            TusError::OffsetMismatch { .. } => tus_problem(StatusCode::CONFLICT, "offset-mismatch", e.to_string()),
-            TusError::Locked => tus_problem(StatusCode::LOCKED, "upload-locked", e.to_string()),
-            TusError::PastLength { .. } => {
-                tus_problem(StatusCode::PAYLOAD_TOO_LARGE, "past-upload-length", e.to_string())
-            }
-            // 460 is the tus checksum extension's own status code.
-            TusError::ChecksumMismatch => tus_problem(
-                StatusCode::from_u16(460).expect("a valid status code"),
-                "checksum-mismatch",
-                e.to_string(),
-            ),
-            TusError::Complete => tus_problem(StatusCode::CONFLICT, "upload-complete", e.to_string()),
-            TusError::Invalid(_) => tus_problem(StatusCode::BAD_REQUEST, "invalid-tus-request", e.to_string()),
+            TusError::OffsetMismatch { .. } => ApiError::new(ProblemCode::OffsetMismatch, e.to_string()),
+            TusError::Locked => ApiError::new(ProblemCode::UploadLocked, e.to_string()),
+            TusError::PastLength { .. } => ApiError::new(ProblemCode::PastUploadLength, e.to_string()),
+            TusError::ChecksumMismatch => ApiError::new(ProblemCode::ChecksumMismatch, e.to_string()),
+            TusError::Complete => ApiError::new(ProblemCode::UploadComplete, e.to_string()),
+            TusError::Invalid(_) => ApiError::new(ProblemCode::InvalidTusRequest, e.to_string()),
             TusError::NoConsent(_) => ApiError::consent_required(e.to_string()),
             TusError::Ingest(ingest) => ingest.into(),
             TusError::Port(port) => port.into(),
@@ -61,9 +50,8 @@ impl From<TusError> for ApiError {
 fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(&TUS_RESUMABLE).and_then(|v| v.to_str().ok()) {
         Some(tus::VERSION) => Ok(()),
-        _ => Err(tus_problem(
-            StatusCode::PRECONDITION_FAILED,
-            "tus-version-unsupported",
+        _ => Err(ApiError::new(
+            ProblemCode::TusVersionUnsupported,
             format!("send Tus-Resumable: {}", tus::VERSION),
         )),
     }
@@ -136,39 +124,32 @@ pub async fn create(
     require_version(&headers)?;
     let principal = caller.require(Scope::Upload)?;
     if headers.contains_key("upload-defer-length") {
-        return Err(tus_problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-tus-header",
+        return Err(ApiError::new(
+            ProblemCode::InvalidTusHeader,
             "Upload-Defer-Length is not supported",
         ));
     }
     let length = tus::parse_size(
         "Upload-Length",
-        header_str(&headers, &UPLOAD_LENGTH).ok_or_else(|| {
-            tus_problem(
-                StatusCode::BAD_REQUEST,
-                "invalid-tus-header",
-                "Upload-Length is required",
-            )
-        })?,
+        header_str(&headers, &UPLOAD_LENGTH)
+            .ok_or_else(|| ApiError::new(ProblemCode::InvalidTusHeader, "Upload-Length is required"))?,
     )?;
     let metadata =
         tus::parse_metadata(header_str(&headers, &HeaderName::from_static("upload-metadata")).unwrap_or(""))?;
-    let data_category = metadata.get("data_category").cloned().ok_or_else(|| {
-        tus_problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-tus-header",
+    let data_category = metadata.get("data_category").ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::InvalidTusHeader,
             "Upload-Metadata must carry `data_category`",
         )
     })?;
-    input::data_category(&data_category)
-        .map_err(|why| tus_problem(StatusCode::BAD_REQUEST, "invalid-data-category", why))?;
+    let data_category =
+        DataCategory::parse(data_category).map_err(|why| ApiError::new(ProblemCode::InvalidDataCategory, why))?;
     let content_type = metadata
         .get("filetype")
         .or_else(|| metadata.get("content_type"))
         .and_then(|t| t.parse::<mime::Mime>().ok())
         .map_or_else(|| "application/octet-stream".to_owned(), |m| m.essence_str().to_owned());
-    let filename = input::file_name(
+    let filename = FileName::sanitize(
         metadata
             .get("filename")
             .or_else(|| metadata.get("name"))
@@ -270,21 +251,14 @@ pub async fn patch(
     let principal = caller.require(Scope::Upload)?;
     if !is_patch_body(&headers) {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
+            ProblemCode::UnsupportedMediaType,
             format!("PATCH bodies are {}", tus::PATCH_CONTENT_TYPE),
         ));
     }
     let offset = tus::parse_size(
         "Upload-Offset",
-        header_str(&headers, &UPLOAD_OFFSET).ok_or_else(|| {
-            tus_problem(
-                StatusCode::BAD_REQUEST,
-                "invalid-tus-header",
-                "Upload-Offset is required",
-            )
-        })?,
+        header_str(&headers, &UPLOAD_OFFSET)
+            .ok_or_else(|| ApiError::new(ProblemCode::InvalidTusHeader, "Upload-Offset is required"))?,
     )?;
     let checksum = header_str(&headers, &HeaderName::from_static("upload-checksum"))
         .map(tus::parse_checksum)

@@ -14,8 +14,9 @@ use udim_ports::scanner::{MalwareScanner, Verdict};
 use udim_ports::storage::{BlobStore, BlobWriter};
 use uuid::Uuid;
 
-use crate::consent::{ConsentService, now_micros};
+use crate::consent::{Access, ConsentService, now_micros};
 use crate::formats::envelope::{Binding, Encryptor, EnvelopeError, Header};
+use crate::formats::input::{DataCategory, FileName, IdempotencyKey, UserId};
 use crate::pipeline::events;
 
 /// Why an upload did not become a stored package. Whatever the reason, nothing of it is
@@ -27,7 +28,7 @@ pub enum IngestError {
     #[error("the upload was interrupted: {0}")]
     Interrupted(String),
     #[error("consent for data category `{0}` was withdrawn during the upload")]
-    ConsentWithdrawn(String),
+    ConsentWithdrawn(DataCategory),
     #[error("malware detected: {0}; the upload was quarantined and stored nowhere readable")]
     Malware(String),
     #[error("the upload is larger than the malware scanner can scan ({limit} bytes)")]
@@ -65,14 +66,14 @@ fn count_upload(result: &Result<PackageRecord, IngestError>) {
 /// What the uploader told us about the file.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
-    pub user_id: String,
+    pub user_id: UserId,
     pub consent_entry_id: Uuid,
-    pub data_category: String,
-    pub original_name: String,
+    pub data_category: DataCategory,
+    pub original_name: FileName,
     pub content_type: String,
     pub metadata: serde_json::Value,
     /// The client's `Idempotency-Key`, if it sent one.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     /// The body's size, when declared in advance (`Content-Length`, `Upload-Length`).
     pub size_hint: Option<u64>,
 }
@@ -165,12 +166,12 @@ impl Ingestor {
         self.packages
             .create_package(&NewPackage {
                 id,
-                user_id: request.user_id.clone(),
+                user_id: request.user_id.to_string(),
                 consent_entry_id: request.consent_entry_id,
-                data_category: request.data_category.clone(),
-                original_name: request.original_name.clone(),
+                data_category: request.data_category.to_string(),
+                original_name: request.original_name.to_string(),
                 declared_content_type: request.content_type.clone(),
-                idempotency_key: request.idempotency_key.clone(),
+                idempotency_key: request.idempotency_key.as_ref().map(ToString::to_string),
                 staging_key: object_key(id),
                 metadata: request.metadata.clone(),
                 created_at: now_micros(),
@@ -232,7 +233,7 @@ impl Ingestor {
         // A withdrawal that landed while the bytes streamed wins: nothing is stored.
         let state = self.consents.state(&request.user_id).await?;
         if state
-            .admitting(&request.data_category, None, chrono::Utc::now())
+            .admitting(&request.data_category, Access::Upload, chrono::Utc::now())
             .is_none()
         {
             return Err(IngestError::ConsentWithdrawn(request.data_category.clone()));
@@ -296,10 +297,10 @@ impl Ingestor {
     {
         let ctx = KeyContext {
             package_id: id,
-            user_id: request.user_id.clone(),
+            user_id: request.user_id.to_string(),
         };
         let data_key = self.kms.generate_data_key(&ctx).await?;
-        let header = Header::new(data_key.key_id.clone(), data_key.wrapped.clone());
+        let header = Header::new(data_key.key_id.clone());
         let mut encryptor = Encryptor::new(
             &data_key.plaintext,
             &header,

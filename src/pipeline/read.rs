@@ -13,7 +13,7 @@ use udim_ports::metadata::{PackageRead, PackageRecord, PackageStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
-use crate::consent::{ConsentService, now_micros};
+use crate::consent::{Access, ConsentService, now_micros};
 use crate::formats::envelope::{Binding, Decryptor, EnvelopeError, Header, Layout, Span};
 use crate::formats::range::ByteRange;
 
@@ -22,7 +22,10 @@ use crate::formats::range::ByteRange;
 pub enum ReadError {
     #[error("package {0} not found")]
     NotFound(Uuid),
-    #[error("the owner's consent does not cover purpose `{purpose}` for this package's data category")]
+    #[error(
+        "the owner's consent does not cover purpose `{purpose}` for this package's data category, or does not name \
+         this reader among its recipients"
+    )]
     NoConsent { purpose: String },
     #[error("the range is outside the package's {size} bytes")]
     RangeNotSatisfiable { size: u64 },
@@ -83,7 +86,11 @@ impl ContentReader {
         let package = self.packages.get_stored(id).await?.ok_or(ReadError::NotFound(id))?;
         let state = self.consents.state(&package.user_id).await?;
         if state
-            .admitting(&package.data_category, Some(purpose), chrono::Utc::now())
+            .admitting(
+                &package.data_category,
+                Access::Read { purpose, reader },
+                chrono::Utc::now(),
+            )
             .is_none()
         {
             return Err(ReadError::NoConsent {
@@ -110,10 +117,13 @@ impl ContentReader {
             package_id: id,
             user_id: package.user_id.clone(),
         };
-        let data_key = self
-            .kms
-            .unwrap_data_key(&header.key_id, &header.wrapped_key, &ctx)
-            .await?;
+        // The database's copy is the only one: a format-1 header's copy is ignored, so
+        // erasing the row's key shreds every copy of the object.
+        let wrapped_key = package
+            .wrapped_key
+            .as_deref()
+            .ok_or_else(|| PortError::Integrity("stored package without a wrapped data key".into()))?;
+        let data_key = self.kms.unwrap_data_key(&header.key_id, wrapped_key, &ctx).await?;
         let layout = Layout {
             header_len: header_len as u64,
             segment_size: u64::from(header.segment_size),

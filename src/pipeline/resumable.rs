@@ -17,8 +17,9 @@ use udim_ports::metadata::{NewUpload, PackageRecord, UploadChunk, UploadRecord, 
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
-use crate::consent::{ConsentService, now_micros};
+use crate::consent::{Access, ConsentService, now_micros};
 use crate::formats::envelope::{Binding, Decryptor, Encryptor, EnvelopeError, Header};
+use crate::formats::input::{DataCategory, FileName, UserId};
 use crate::formats::tus::{Checksum, ChecksumAlgorithm};
 use crate::pipeline::ingest::{IngestError, Ingestor, UploadRequest};
 
@@ -43,7 +44,7 @@ pub enum TusError {
     #[error("{0}")]
     Invalid(String),
     #[error("no active consent covers data category `{0}`")]
-    NoConsent(String),
+    NoConsent(DataCategory),
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -56,8 +57,8 @@ pub enum TusError {
 #[derive(Debug, Clone)]
 pub struct Creation {
     pub length: u64,
-    pub data_category: String,
-    pub filename: String,
+    pub data_category: DataCategory,
+    pub filename: FileName,
     pub content_type: String,
     pub metadata: serde_json::Value,
 }
@@ -133,7 +134,10 @@ impl Resumable {
             .into());
         }
         let state = self.consents.state(user_id).await?;
-        if state.admitting(&creation.data_category, None, Utc::now()).is_none() {
+        if state
+            .admitting(&creation.data_category, Access::Upload, Utc::now())
+            .is_none()
+        {
             return Err(TusError::NoConsent(creation.data_category));
         }
         let id = Uuid::now_v7();
@@ -147,8 +151,8 @@ impl Resumable {
         let upload = NewUpload {
             id,
             user_id: user_id.to_owned(),
-            data_category: creation.data_category,
-            filename: creation.filename,
+            data_category: creation.data_category.into(),
+            filename: creation.filename.into(),
             content_type: creation.content_type,
             metadata: creation.metadata,
             length: creation.length,
@@ -241,7 +245,7 @@ impl Resumable {
             });
         }
         let key = self.data_key(upload).await?;
-        let header = Header::new(upload.key_id.clone(), upload.wrapped_key.clone());
+        let header = Header::new(upload.key_id.clone());
         let binding = Binding {
             package_id: chunk_binding_id(upload.id, offset),
             user_id: &upload.user_id,
@@ -320,15 +324,18 @@ impl Resumable {
             }
             expected += chunk.length;
         }
-        let state = self.consents.state(&upload.user_id).await?;
+        let stored = |what: &str, why: &str| PortError::Integrity(format!("upload {}: stored {what} {why}", upload.id));
+        let user_id = UserId::parse(&upload.user_id).map_err(|why| stored("user id", why))?;
+        let data_category = DataCategory::parse(&upload.data_category).map_err(|why| stored("data category", why))?;
+        let state = self.consents.state(&user_id).await?;
         let consent = state
-            .admitting(&upload.data_category, None, Utc::now())
-            .ok_or_else(|| TusError::NoConsent(upload.data_category.clone()))?;
+            .admitting(&data_category, Access::Upload, Utc::now())
+            .ok_or_else(|| TusError::NoConsent(data_category.clone()))?;
         let request = UploadRequest {
-            user_id: upload.user_id.clone(),
+            user_id,
             consent_entry_id: consent.record.record_id,
-            data_category: upload.data_category.clone(),
-            original_name: upload.filename.clone(),
+            data_category,
+            original_name: FileName::sanitize(&upload.filename),
             content_type: upload.content_type.clone(),
             metadata: upload.metadata.clone(),
             idempotency_key: None,

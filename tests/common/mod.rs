@@ -18,45 +18,39 @@ use tokio_util::sync::CancellationToken;
 use udim::config::{QueueSettings, RabbitMqSettings, Settings};
 use udim::startup::{Application, Overrides};
 use udim_ports::storage::BlobStore;
+pub use udim_testkit::postgres::TestDatabase;
 use uuid::Uuid;
-
-pub fn postgres_admin_url() -> String {
-    std::env::var("UDIM_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
 
 pub fn amqp_url() -> String {
     std::env::var("UDIM_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Runs each named `async fn(Db)` as a test on each engine: `sqlite::<name>` and
+/// `postgres::<name>`, so every test is named after what it checks, once per engine.
+#[allow(unused_macros, reason = "not every test binary runs on both engines")]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Db::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Db::Postgres).await
+            })*
+        }
+    };
+}
+#[allow(unused_imports, reason = "not every test binary runs on both engines")]
+pub(crate) use on_both_databases;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
     Sqlite,
     Postgres,
-}
-
-/// A fresh PostgreSQL database, dropped by [`TestApp::stop`].
-pub async fn create_postgres_database() -> (String, String) {
-    use sqlx::Connection as _;
-    let name = format!("udim_test_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
-        .await
-        .expect("PostgreSQL must be running for the tests (UDIM_TEST_POSTGRES_URL)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = postgres_admin_url();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    (name, url)
-}
-
-pub async fn drop_postgres_database(name: &str) {
-    use sqlx::Connection as _;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
 }
 
 /// RabbitMQ names private to one test.
@@ -151,13 +145,15 @@ pub struct TestApp {
     pub settings: Settings,
     pub queue: Option<TestQueue>,
     pub db: Db,
-    pg_database: Option<String>,
+    /// Dropped with the app, even when the test panics.
+    pg_database: Option<TestDatabase>,
     stop: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
     dir: tempfile::TempDir,
 }
 
-pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<String>) {
+pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<TestDatabase>) {
+    udim_testkit::log::init();
     let mut settings = Settings {
         data_dir: dir.to_path_buf(),
         ..Settings::default()
@@ -170,9 +166,9 @@ pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<St
     settings.database.max_connections = 5;
     let mut pg_database = None;
     if db == Db::Postgres {
-        let (name, url) = create_postgres_database().await;
-        settings.database.url = Some(url.try_into().expect("a PostgreSQL URL"));
-        pg_database = Some(name);
+        let database = TestDatabase::create().await;
+        settings.database.url = Some(database.url().to_owned().try_into().expect("a PostgreSQL URL"));
+        pg_database = Some(database);
     }
     (settings, pg_database)
 }
@@ -228,6 +224,17 @@ impl TestApp {
             server,
             dir,
         }
+    }
+
+    /// The service's database, through its ports (a pool of its own).
+    pub async fn database(&self) -> udim_sql::Database {
+        udim_sql::connect(&udim_sql::DbOptions {
+            url: self.settings.database_url().expose_secret().to_owned(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("the test database")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -342,9 +349,6 @@ impl TestApp {
         self.server.await.unwrap().unwrap();
         if let Some(q) = &self.queue {
             q.delete().await;
-        }
-        if let Some(name) = &self.pg_database {
-            drop_postgres_database(name).await;
         }
     }
 }

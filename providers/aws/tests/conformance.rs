@@ -3,12 +3,10 @@
 //!
 //! Needs moto: `scripts/test` installs it into `.venv` (override with `UDIM_TEST_MOTO`).
 
-#[path = "../../../tests/support/moto.rs"]
-mod moto;
-
 use std::time::Duration;
 
 use udim_ports::conformance;
+use udim_testkit::moto;
 
 #[tokio::test]
 async fn s3_storage_conforms_with_a_multipart_object() {

@@ -15,6 +15,10 @@ const LOCAL_PART_SIZE: usize = 4 * 1024 * 1024;
 /// the object and renames it on completion; a writer dropped or aborted removes its staging
 /// file, but a killed process cannot. So `delete` also removes the object's staging files:
 /// deleting the key of an upload a crash abandoned (as the sweeper does) leaves nothing.
+///
+/// A finished write is durable before `finish` returns: the file and its directory are
+/// fsynced (object_store's local store does neither), so a package is never marked `stored`
+/// over an object a power cut could still take away.
 #[derive(Debug, Clone)]
 pub struct FsBlobs {
     inner: ObjectStoreBlobs,
@@ -73,7 +77,10 @@ impl FsBlobs {
 #[async_trait]
 impl BlobStore for FsBlobs {
     async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
-        self.inner.create(key, size_hint).await
+        Ok(Box::new(DurableWriter {
+            inner: self.inner.create(key, size_hint).await?,
+            path: self.root.join(key),
+        }))
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
@@ -95,6 +102,40 @@ impl BlobStore for FsBlobs {
 
     fn uri(&self, key: &str) -> String {
         self.inner.uri(key)
+    }
+}
+
+/// A writer whose `finish` returns only once the object survives a power cut.
+struct DurableWriter {
+    inner: Box<dyn BlobWriter>,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl BlobWriter for DurableWriter {
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.inner.write(data).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        let written = self.inner.finish().await?;
+        let path = self.path;
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path)?.sync_all()?;
+            // The rename that made the object visible lives in its directory.
+            match path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| PortError::generic("filesystem", e))?
+        .map_err(|e| PortError::unavailable("filesystem", e))?;
+        Ok(written)
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.inner.abort().await
     }
 }
 

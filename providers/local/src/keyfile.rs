@@ -63,7 +63,8 @@ fn key_line(material: &[u8; 32]) -> String {
 impl LocalKeyFile {
     /// Opens the key file, creating it with one fresh key (mode 0600) if it does not exist.
     pub fn open_or_create(path: &Path) -> Result<Self> {
-        let text = crate::secret_file::load_or_create(path, || key_line(&random_key()).into_bytes())
+        // One key line is an id, a space and 44 base64 characters.
+        let text = crate::secret_file::load_or_create(path, 46, || key_line(&random_key()).into_bytes())
             .map_err(|e| PortError::generic(PROVIDER, e))?;
         let text = String::from_utf8(text).map_err(|_| invalid(path, "the key file is not UTF-8"))?;
         let keys = parse_keys(path, &text)?;

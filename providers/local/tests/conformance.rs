@@ -36,6 +36,22 @@ async fn local_key_file_conforms_and_keeps_old_keys_after_rotation() {
     conformance::key_service(&rotated).await;
 }
 
+#[tokio::test]
+async fn clamd_finds_eicar_alone_and_split_inside_a_larger_stream_and_passes_clean_bytes() {
+    let clamd = udim_testkit::clamd::Clamd::start("10M").await;
+    let scanner = udim_local::clamd::Clamd::new(
+        udim_local::clamd::ClamdAddress::Tcp(clamd.address()),
+        10 * 1024 * 1024,
+        std::time::Duration::from_secs(30),
+    );
+    conformance::malware_scanner(&scanner, true).await;
+}
+
+#[tokio::test]
+async fn disabled_scanning_reports_every_stream_as_not_scanned() {
+    conformance::malware_scanner(&udim_ports::scanner::ScanningDisabled, false).await;
+}
+
 #[test]
 fn the_key_file_is_owner_only() {
     use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,37 @@
+//! What the workspace's tests share: fresh PostgreSQL databases ([`postgres`]), a real clamd
+//! ([`clamd`]) and moto ([`moto`]) started per test, free ports ([`free_listener`]) and test
+//! logs ([`log`]).
+//!
+//! Every stand-in is the real program on loopback; a test that cannot start one fails with
+//! the override to set, it never skips. Each launcher is a feature (all on by default) so a
+//! crate's tests build only what they start.
+
+#[cfg(feature = "clamd")]
+pub mod clamd;
+pub mod log;
+#[cfg(feature = "moto")]
+pub mod moto;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use std::net::TcpListener;
+
+/// A listener bound to a free port on 127.0.0.1, to hand to the server under test (for
+/// tokio: `set_nonblocking(true)` then `tokio::net::TcpListener::from_std`). Keeping the
+/// bound socket, instead of noting port 0's choice and binding it again, leaves no moment in
+/// which another test can take the port.
+pub fn free_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1")
+}
+
+/// A free port for a child process that binds its own socket (clamd, moto): it cannot take
+/// over a listener, so the port is released for it, and the launchers retry on another port
+/// when the child exits at once because someone else bound it first.
+#[cfg(any(feature = "clamd", feature = "moto"))]
+fn port_for_child() -> u16 {
+    free_listener().local_addr().expect("the listener's address").port()
+}
+
+/// How often a launcher tries a fresh port before giving up.
+#[cfg(any(feature = "clamd", feature = "moto"))]
+const START_ATTEMPTS: usize = 3;
