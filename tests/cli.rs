@@ -29,14 +29,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_until_healthy(base: &str) {
     for _ in 0..100 {
         if reqwest::get(format!("{base}/healthz"))
@@ -53,7 +45,7 @@ async fn wait_until_healthy(base: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_token_upload_and_outbox_work_with_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = udim_testkit::port_for_child();
     let base = format!("http://127.0.0.1:{port}");
     let server = Server(
         udim(dir.path())

@@ -32,14 +32,6 @@ async fn forward(listener: TcpListener, upstream: String, stop: CancellationToke
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn rabbit_host() -> String {
     let url = common::amqp_url();
     let after_at = url.rsplit_once('@').map(|(_, h)| h).unwrap_or(&url);
@@ -47,7 +39,7 @@ fn rabbit_host() -> String {
 }
 
 async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_after(db: Db) {
-    let port = free_port();
+    let port = udim_testkit::port_for_child();
     let app = TestApp::spawn_with(
         db,
         Options {

@@ -108,15 +108,7 @@ async fn detections_are_quarantined_and_clean_files_stored(db: Db) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scanning_on_sqlite() {
-    detections_are_quarantined_and_clean_files_stored(Db::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scanning_on_postgres() {
-    detections_are_quarantined_and_clean_files_stored(Db::Postgres).await;
-}
+common::on_both_databases!(detections_are_quarantined_and_clean_files_stored);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_scanner_fails_closed_and_nothing_is_stored() {

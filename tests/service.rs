@@ -6,15 +6,19 @@ mod common;
 use common::{Db, TestApp};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_lists_every_problem_code_the_service_sends() {
-    let app = TestApp::spawn(Db::Sqlite).await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base))
+async fn openapi(app: &TestApp) -> Value {
+    reqwest::get(format!("{}/openapi.json", app.base))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_problem_code_the_service_sends() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let doc = openapi(&app).await;
     let listed: Vec<&str> = doc["components"]["schemas"]["ProblemCode"]["enum"]
         .as_array()
         .expect("the ProblemCode schema lists its values")
@@ -32,12 +36,7 @@ async fn the_openapi_document_lists_every_problem_code_the_service_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_endpoint() {
     let app = TestApp::spawn(Db::Sqlite).await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", app.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = openapi(&app).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [

@@ -26,6 +26,23 @@ pub struct NewLedgerEntry {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl NewLedgerEntry {
+    /// The entry as stored at `index`.
+    pub fn at(&self, index: u64) -> LedgerEntry {
+        LedgerEntry {
+            index,
+            id: self.id,
+            user_id: self.user_id.clone(),
+            consent_id: self.consent_id,
+            event_type: self.event_type.clone(),
+            record: self.record.clone(),
+            salt: self.salt,
+            leaf_hash: self.leaf_hash,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
 /// An entry as stored, with its position in the log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LedgerEntry {

@@ -322,17 +322,7 @@ impl QldbLedger {
             let completed = frontier
                 .push(e.leaf_hash)
                 .map_err(|e| integrity(format!("tree: {e}")))?;
-            let entry = LedgerEntry {
-                index: old_size + offset as u64,
-                id: e.id,
-                user_id: e.user_id.clone(),
-                consent_id: e.consent_id,
-                event_type: e.event_type.clone(),
-                record: e.record.clone(),
-                salt: e.salt,
-                leaf_hash: e.leaf_hash,
-                recorded_at: e.recorded_at,
-            };
+            let entry = e.at(old_size + offset as u64);
             documents.push(entry_document(&entry, &completed)?);
             new_nodes.extend(completed);
             stored_entries.push(entry);

@@ -37,31 +37,34 @@ pub(crate) struct Dialect {
     pub claim_outbox: &'static str,
 }
 
-// A package's events go out in order: none is handed out while an earlier one of the same
-// package is still unsent (failed and waiting, or leased to another relay).
+/// Leases due outbox rows. A package's events go out in order: none is handed out while an
+/// earlier one of the same package is still unsent (failed and waiting, or leased to another
+/// relay). `$lock` ends the sub-select.
+macro_rules! claim_outbox {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
+             WHERE seq IN (SELECT seq FROM outbox o \
+                 WHERE sent_at IS NULL AND next_attempt_at <= $1 \
+                   AND (lease_until IS NULL OR lease_until <= $1) \
+                   AND NOT EXISTS (SELECT 1 FROM outbox e \
+                       WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
+                 ORDER BY seq LIMIT $3",
+            $lock,
+            ") RETURNING seq, id, event_type, schema_version, aggregate_id, payload, created_at, attempts, \
+             last_error, next_attempt_at, sent_at"
+        )
+    };
+}
+
+// PostgreSQL: claimers on other connections skip the rows this one locked.
 const POSTGRES: Dialect = Dialect {
-    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
-        WHERE seq IN (SELECT seq FROM outbox o \
-            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
-              AND (lease_until IS NULL OR lease_until <= $1) \
-              AND NOT EXISTS (SELECT 1 FROM outbox e \
-                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
-            ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
-        RETURNING seq, id, event_type, schema_version, aggregate_id, payload, created_at, attempts, \
-            last_error, next_attempt_at, sent_at",
+    claim_outbox: claim_outbox!(" FOR UPDATE SKIP LOCKED"),
 };
 
 // SQLite has one writer at a time, so the sub-select needs no row locks.
 const SQLITE: Dialect = Dialect {
-    claim_outbox: "UPDATE outbox SET lease_until = $2, attempts = attempts + 1 \
-        WHERE seq IN (SELECT seq FROM outbox o \
-            WHERE sent_at IS NULL AND next_attempt_at <= $1 \
-              AND (lease_until IS NULL OR lease_until <= $1) \
-              AND NOT EXISTS (SELECT 1 FROM outbox e \
-                  WHERE e.aggregate_id = o.aggregate_id AND e.sent_at IS NULL AND e.seq < o.seq) \
-            ORDER BY seq LIMIT $3) \
-        RETURNING seq, id, event_type, schema_version, aggregate_id, payload, created_at, attempts, \
-            last_error, next_attempt_at, sent_at",
+    claim_outbox: claim_outbox!(""),
 };
 
 impl Pool {

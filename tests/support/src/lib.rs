@@ -24,11 +24,11 @@ pub fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1")
 }
 
-/// A free port for a child process that binds its own socket (clamd, moto): it cannot take
-/// over a listener, so the port is released for it, and the launchers retry on another port
-/// when the child exits at once because someone else bound it first.
-#[cfg(any(feature = "clamd", feature = "moto"))]
-fn port_for_child() -> u16 {
+/// A free port for something that binds its own socket (a child process such as clamd,
+/// moto or `udim serve`, or a stand-in opened later): it cannot take over a listener, so the
+/// port is released for it. Another test may take it meanwhile; the launchers here retry on a
+/// fresh port when their child exits at once for that reason.
+pub fn port_for_child() -> u16 {
     free_listener().local_addr().expect("the listener's address").port()
 }
 

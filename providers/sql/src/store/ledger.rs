@@ -93,17 +93,7 @@ fn extend(
                 .push(e.leaf_hash)
                 .map_err(|e| integrity(format!("tree: {e}")))?,
         );
-        stored_entries.push(LedgerEntry {
-            index: old_size + offset as u64,
-            id: e.id,
-            user_id: e.user_id.clone(),
-            consent_id: e.consent_id,
-            event_type: e.event_type.clone(),
-            record: e.record.clone(),
-            salt: e.salt,
-            leaf_hash: e.leaf_hash,
-            recorded_at: e.recorded_at,
-        });
+        stored_entries.push(e.at(old_size + offset as u64));
     }
     known.extend(new_nodes.iter().copied());
     Ok(Extension {

@@ -1,0 +1,195 @@
+//! Erasure: shredding, scrubbing the outbox, tombstones.
+
+use super::*;
+
+pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice: &str, bob: &str) {
+    // One package whose event was sent, one whose event still waits.
+    let (sent, sent_object, sent_event) = create_stored(store, alice, "documents", now()).await;
+    outbox.mark_sent(sent_event.id, now()).await.expect("mark_sent");
+    let (unsent, unsent_object, unsent_event) = create_stored(store, alice, "documents", now()).await;
+
+    // The deletion event cannot be written (its id is taken): nothing changes.
+    let clash = OutboxMessage {
+        id: unsent_event.id,
+        ..event("package.deleted", sent.id)
+    };
+    let failed = store.mark_deleted(alice, sent.id, &clash).await;
+    assert!(
+        failed.is_err(),
+        "mark_deleted with an event id already in the outbox must fail, or an event is lost"
+    );
+    assert_holds(
+        &get(store, alice, sent.id).await,
+        &sent_object,
+        "mark_deleted erased the package without its event: not one transaction",
+    );
+    assert_eq!(
+        entry(outbox, sent_event.id).await.map(|e| e.message.payload),
+        Some(sent_event.payload.clone()),
+        "mark_deleted scrubbed the events without its own: not one transaction"
+    );
+
+    let theirs = store
+        .mark_deleted(bob, sent.id, &event("package.deleted", sent.id))
+        .await;
+    assert!(
+        matches!(theirs, Err(PortError::NotFound(_))),
+        "mark_deleted of another user's package is NotFound: {theirs:?}"
+    );
+
+    let deleted_event = event("package.deleted", sent.id);
+    let erased = store
+        .mark_deleted(alice, sent.id, &deleted_event)
+        .await
+        .expect("mark_deleted of a stored package");
+    assert_eq!(
+        erased,
+        Erasure::Erased {
+            object_key: Some(sent_object.object_key.clone())
+        },
+        "mark_deleted names the object still to delete"
+    );
+    let tombstone = get(store, alice, sent.id).await;
+    assert_eq!(tombstone.status, PackageStatus::Deleted);
+    assert!(
+        tombstone.wrapped_key.is_none() && tombstone.sha256.is_none(),
+        "an erased package keeps neither its wrapped key nor its hash: {tombstone:?}"
+    );
+    assert!(
+        tombstone.original_name.is_empty()
+            && tombstone.declared_content_type.is_empty()
+            && tombstone.sniffed_content_type.is_none(),
+        "an erased package keeps neither its name nor its types: {tombstone:?}"
+    );
+    assert!(
+        tombstone.metadata.as_object().is_none_or(|m| m.is_empty()),
+        "an erased package keeps no metadata: {}",
+        tombstone.metadata
+    );
+    assert_eq!(
+        tombstone.object_key,
+        Some(sent_object.object_key.clone()),
+        "the tombstone keeps the object key until the object is gone"
+    );
+    let scrubbed = entry(outbox, sent_event.id)
+        .await
+        .expect("a sent event of an erased package keeps its id");
+    assert_eq!(
+        scrubbed.message.payload,
+        serde_json::json!({"erased": true}),
+        "a sent event of an erased package is scrubbed"
+    );
+    assert!(scrubbed.sent_at.is_some());
+    assert_event(outbox, &deleted_event, "mark_deleted").await;
+    assert!(
+        store.get_stored(sent.id).await.unwrap().is_none(),
+        "get_stored: an erased package is not stored"
+    );
+
+    let repeated = event("package.deleted", sent.id);
+    assert_eq!(
+        store
+            .mark_deleted(alice, sent.id, &repeated)
+            .await
+            .expect("a second erasure"),
+        Erasure::AlreadyDeleted,
+        "a second erasure finds it done"
+    );
+    assert_no_event(outbox, &repeated, "a second erasure").await;
+
+    let deleted_unsent = event("package.deleted", unsent.id);
+    assert_eq!(
+        store.mark_deleted(alice, unsent.id, &deleted_unsent).await.unwrap(),
+        Erasure::Erased {
+            object_key: Some(unsent_object.object_key.clone())
+        }
+    );
+    assert!(
+        entry(outbox, unsent_event.id).await.is_none(),
+        "an unsent event of an erased package is dropped"
+    );
+    assert_event(outbox, &deleted_unsent, "mark_deleted").await;
+
+    let (quarantined, quarantined_event) = create_quarantined(store, alice, "documents", now()).await;
+    assert_eq!(
+        store
+            .mark_deleted(alice, quarantined.id, &event("package.deleted", quarantined.id))
+            .await
+            .expect("mark_deleted of a quarantined package"),
+        Erasure::Erased { object_key: None },
+        "a quarantined package has no object to delete"
+    );
+    assert!(entry(outbox, quarantined_event.id).await.is_none());
+    let record = get(store, alice, quarantined.id).await;
+    assert!(
+        record.status == PackageStatus::Deleted && record.scan_detail.is_none() && record.original_name.is_empty(),
+        "an erased quarantined package keeps neither its name nor its signature: {record:?}"
+    );
+
+    let receiving = create(store, alice, "documents", now()).await;
+    let early = event("package.deleted", receiving.id);
+    let refused = store.mark_deleted(alice, receiving.id, &early).await;
+    assert!(
+        matches!(refused, Err(PortError::Conflict(_))),
+        "mark_deleted of a package being received is Conflict: {refused:?}"
+    );
+    assert_no_event(outbox, &early, "mark_deleted of a receiving package").await;
+    assert_eq!(status(store, alice, receiving.id).await, PackageStatus::Receiving);
+
+    // Nothing brings an erased package back.
+    let revived = event("package.stored", sent.id);
+    let refused = store
+        .mark_stored(alice, sent.id, &stored_object(sent.id, now()), &revived)
+        .await;
+    assert!(
+        matches!(refused, Err(PortError::Conflict(_))),
+        "mark_stored of an erased package is Conflict: {refused:?}"
+    );
+    assert_no_event(outbox, &revived, "mark_stored of an erased package").await;
+    assert!(
+        store.discard(alice, sent.id).await.is_err(),
+        "discard refuses an erased package"
+    );
+    assert_eq!(
+        get(store, alice, sent.id).await.object_key,
+        Some(sent_object.object_key.clone()),
+        "the tombstone stays until its object is gone"
+    );
+
+    // The cleanup path.
+    let pending = store.deleted_objects(WINDOW).await.expect("deleted_objects");
+    let position = |id: Uuid| pending.iter().position(|(p, _)| *p == id);
+    assert!(
+        pending.contains(&(sent.id, sent_object.object_key.clone()))
+            && pending.contains(&(unsent.id, unsent_object.object_key.clone())),
+        "deleted_objects lists erased packages with their object keys"
+    );
+    assert!(
+        position(sent.id) < position(unsent.id),
+        "deleted_objects lists the oldest erasure first"
+    );
+    assert!(
+        position(quarantined.id).is_none(),
+        "deleted_objects: a package without an object has nothing to delete"
+    );
+    store.object_removed(sent.id).await.expect("object_removed");
+    assert!(
+        !store
+            .deleted_objects(WINDOW)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(id, _)| *id == sent.id),
+        "deleted_objects forgets a package once its object is removed"
+    );
+    let tombstone = get(store, alice, sent.id).await;
+    assert!(tombstone.status == PackageStatus::Deleted && tombstone.object_key.is_none());
+
+    let (kept, kept_object, _) = create_stored(store, alice, "documents", now()).await;
+    store.object_removed(kept.id).await.expect("object_removed");
+    assert_holds(
+        &get(store, alice, kept.id).await,
+        &kept_object,
+        "object_removed of a package that is not deleted",
+    );
+}
