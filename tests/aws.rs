@@ -8,16 +8,34 @@ use serde_json::Value;
 use udim::config::{AwsKmsSettings, KmsSettings, QueueSettings, S3Settings, SqsSettings, StorageSettings};
 use udim_testkit::moto;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
+/// moto with a bucket, a KMS key and a queue, and the service on PostgreSQL using them.
+struct OnAws {
+    app: TestApp,
+    endpoint: String,
+    bucket: String,
+    queue_url: String,
+    config: udim_aws::aws_config::SdkConfig,
+    _moto: moto::Moto,
+}
+
+async fn on_aws(versioned_bucket: bool) -> OnAws {
     let moto = moto::start().await;
     let endpoint = moto.endpoint.clone();
     let bucket = format!("udim-{}", uuid::Uuid::new_v4().simple());
-    reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .unwrap();
+    let http = reqwest::Client::new();
+    http.put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+    if versioned_bucket {
+        let enabled = http
+            .put(format!("{endpoint}/{bucket}?versioning"))
+            .body(
+                "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <Status>Enabled</Status></VersioningConfiguration>",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(enabled.status().is_success(), "versioning on");
+    }
     let config = udim_aws::sdk_config(Some("us-east-1"), Some(&endpoint)).await;
     let key_id = udim_aws::aws_sdk_kms::Client::new(&config)
         .create_key()
@@ -28,8 +46,7 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         .unwrap()
         .key_id()
         .to_owned();
-    let sqs = udim_aws::aws_sdk_sqs::Client::new(&config);
-    let queue_url = sqs
+    let queue_url = udim_aws::aws_sdk_sqs::Client::new(&config)
         .create_queue()
         .queue_name("udim-events")
         .send()
@@ -38,7 +55,6 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         .queue_url()
         .unwrap()
         .to_owned();
-
     let (b, e, q) = (bucket.clone(), endpoint.clone(), queue_url.clone());
     let app = TestApp::spawn_with(
         Db::Postgres,
@@ -66,6 +82,27 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         },
     )
     .await;
+    OnAws {
+        app,
+        endpoint,
+        bucket,
+        queue_url,
+        config,
+        _moto: moto,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
+    let OnAws {
+        app,
+        endpoint,
+        bucket,
+        queue_url,
+        config,
+        _moto,
+    } = on_aws(false).await;
+    let sqs = udim_aws::aws_sdk_sqs::Client::new(&config);
     let alice = app.uploader("alice");
     app.grant(&alice, &["audio"]).await;
     let plaintext = common::distinctive_bytes(500_000);
@@ -151,5 +188,85 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         plaintext.as_slice(),
         "decrypted through AWS KMS"
     );
+    app.stop().await;
+}
+
+/// With versioning on, erasing a package leaves its object's old version in S3 (until a
+/// lifecycle rule expires it): that version must be undecryptable, by the service and by
+/// direct AWS KMS calls with the package's encryption context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_s3_version_of_an_erased_package_cannot_be_decrypted() {
+    let OnAws {
+        app,
+        endpoint,
+        bucket,
+        config,
+        _moto,
+        ..
+    } = on_aws(true).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let response = app.upload(&alice, "audio", common::distinctive_bytes(300_000)).await;
+    assert_eq!(response.status(), 201);
+    let package: Value = response.json().await.unwrap();
+    let id: uuid::Uuid = package["id"].as_str().unwrap().parse().unwrap();
+    let key_id = package["encryption_key_id"].as_str().unwrap().to_owned();
+    let database = app.database().await;
+    let wrapped_key = database
+        .packages
+        .get_package("alice", id)
+        .await
+        .unwrap()
+        .and_then(|p| p.wrapped_key)
+        .expect("the wrapped key, before the erasure");
+
+    let erased = app
+        .http
+        .delete(format!("{}/v1/packages/{id}", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 204);
+
+    let http = reqwest::Client::new();
+    let listing = http
+        .get(format!("{endpoint}/{bucket}?versions&prefix=packages/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let version = listing
+        .split("<Version>")
+        .nth(1)
+        .and_then(|v| v.split("<VersionId>").nth(1))
+        .and_then(|v| v.split("</VersionId>").next())
+        .unwrap_or_else(|| panic!("the erased object's old version is still listed: {listing}"))
+        .to_owned();
+    let old = http
+        .get(format!("{endpoint}/{bucket}/packages/{id}?versionId={version}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(old.status().is_success(), "the old version is readable from S3");
+    let old = old.bytes().await.unwrap();
+    assert!(old.starts_with(b"UDIM"), "it is the package's envelope");
+
+    let read = app
+        .http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&app.token("pipeline", &["udim:read"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404);
+    let kms = udim_aws::AwsKms::new(&config, &key_id).await.unwrap();
+    let ctx = udim_ports::kms::KeyContext {
+        package_id: id,
+        user_id: "alice".into(),
+    };
+    common::assert_no_key_in_object(&old, &wrapped_key, &kms, &key_id, &ctx, 512).await;
     app.stop().await;
 }

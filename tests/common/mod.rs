@@ -383,3 +383,31 @@ pub fn distinctive_bytes(len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// What an erased package leaves for anyone holding a copy of its object: asserts that the
+/// copy does not contain `wrapped_key` (the data key's only copy, from the database before
+/// the erasure) and that no window of the object's first `scan` bytes unwraps through `kms`
+/// with the package's own context — the header is where format 1 kept a copy.
+pub async fn assert_no_key_in_object(
+    object: &[u8],
+    wrapped_key: &[u8],
+    kms: &dyn udim_ports::kms::KeyService,
+    key_id: &str,
+    ctx: &udim_ports::kms::KeyContext,
+    scan: usize,
+) {
+    assert!(
+        memchr::memmem::find(object, wrapped_key).is_none(),
+        "the object carries its wrapped data key"
+    );
+    let len = wrapped_key.len();
+    for offset in 0..scan.min(object.len().saturating_sub(len)) {
+        assert!(
+            kms.unwrap_data_key(key_id, &object[offset..offset + len], ctx)
+                .await
+                .is_err(),
+            "bytes {offset}..{} of the object unwrap to its data key",
+            offset + len
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Crypto-shredding on the filesystem store: a copy of a package's object taken before its
+//! erasure (a backup, an old version, a failed delete) cannot be decrypted afterwards, not by
+//! the service and not by anyone calling the key service directly, because the only copy of
+//! its wrapped data key was in the database row the erasure cleared.
+
+mod common;
+
+use common::{Db, TestApp};
+use serde_json::Value;
+use udim_local::keyfile::LocalKeyFile;
+use udim_ports::kms::KeyContext;
+use uuid::Uuid;
+
+async fn a_copy_taken_before_erasure_cannot_be_decrypted_after_it(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let response = app.upload(&alice, "audio", common::distinctive_bytes(200_000)).await;
+    assert_eq!(response.status(), 201);
+    let package: Value = response.json().await.unwrap();
+    let id: Uuid = package["id"].as_str().unwrap().parse().unwrap();
+    let key_id = package["encryption_key_id"].as_str().unwrap().to_owned();
+    let path = app.objects_dir().join("packages").join(id.to_string());
+    let copy = std::fs::read(&path).unwrap();
+    let database = app.database().await;
+    let wrapped_key = database
+        .packages
+        .get_package("alice", id)
+        .await
+        .unwrap()
+        .and_then(|p| p.wrapped_key)
+        .expect("a stored package's wrapped key");
+
+    let erased = app
+        .http
+        .delete(format!("{}/v1/packages/{id}", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 204);
+    let row = database.packages.get_package("alice", id).await.unwrap().unwrap();
+    assert_eq!(row.wrapped_key, None, "the database's copy is destroyed");
+
+    // The service's own path: even with the object restored from the copy, nothing reads.
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &copy).unwrap();
+    let pipeline = app.token("pipeline", &["udim:read"]);
+    let read = app
+        .http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404);
+
+    // The key service, called directly with the package's own context, finds no key in it.
+    let kms = LocalKeyFile::open_or_create(&app.data_dir().join("keys/kek.keys")).unwrap();
+    let ctx = KeyContext {
+        package_id: id,
+        user_id: "alice".into(),
+    };
+    common::assert_no_key_in_object(&copy, &wrapped_key, &kms, &key_id, &ctx, 4096).await;
+    app.stop().await;
+}
+
+common::on_both_databases!(a_copy_taken_before_erasure_cannot_be_decrypted_after_it);
