@@ -141,6 +141,7 @@ async fn erasure(db: Db, relayed: bool) {
         "the second package; the first was gone already"
     );
     assert_eq!(report["ledger_entries_redacted"], 1);
+    assert_eq!(report["uploads_terminated"], 1);
     assert!(!objects.join(&second).exists());
     let head = app
         .http
@@ -365,3 +366,97 @@ mod undeletable {
         }
     }
 }
+
+/// Erasing everything while a PATCH is still sending: the upload ends at once, the chunk the
+/// PATCH was writing is refused and removed, nothing of the upload is left, and later
+/// PATCHes find no upload.
+async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1000000")
+        .header("upload-metadata", "data_category YXVkaW8=,filename c2VjcmV0Lndhdg==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_owned();
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let patch = {
+        let request = app
+            .http
+            .patch(&url)
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        tokio::spawn(request.send())
+    };
+    tx.send(Ok(common::distinctive_bytes(300_000))).await.unwrap();
+    let chunk_dir = app.objects_dir().join("uploads").join(&id);
+    for _ in 0..200 {
+        if common::files_under(&chunk_dir)
+            .iter()
+            .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        !common::files_under(&chunk_dir).is_empty(),
+        "the PATCH is writing its chunk"
+    );
+
+    let response = delete(&app, &alice, "/v1/me").await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["uploads_terminated"], 1, "{report}");
+
+    tx.send(Ok(common::distinctive_bytes(100_000))).await.unwrap();
+    drop(tx);
+    let answer = patch.await.unwrap().unwrap();
+    assert!(
+        answer.status().is_client_error(),
+        "the PATCH cannot complete an erased upload: {}",
+        answer.status()
+    );
+    assert!(
+        common::files_under(&chunk_dir).is_empty(),
+        "no chunk of the erased upload is left: {:?}",
+        common::files_under(&chunk_dir)
+    );
+    let again = app
+        .http
+        .patch(&url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    assert!(
+        app.database()
+            .await
+            .uploads
+            .get_upload("alice", id.parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    app.stop().await;
+}
+
+common::on_both_databases!(erasing_everything_ends_an_upload_whose_patch_is_in_flight);

@@ -66,3 +66,53 @@ async fn a_copy_taken_before_erasure_cannot_be_decrypted_after_it(db: Db) {
 }
 
 common::on_both_databases!(a_copy_taken_before_erasure_cannot_be_decrypted_after_it);
+
+/// On SQLite the destroyed key must not linger in the database files: not in the page it
+/// was cleared from (secure_delete) and not in the WAL (checkpointed after the erasure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destroyed_key_does_not_linger_in_the_sqlite_files() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let response = app.upload(&alice, "audio", common::distinctive_bytes(10_000 + n)).await;
+        let package: Value = response.json().await.unwrap();
+        ids.push(package["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    let database = app.database().await;
+    let mut keys = Vec::new();
+    for id in &ids {
+        let record = database.packages.get_package("alice", *id).await.unwrap().unwrap();
+        keys.push(record.wrapped_key.expect("stored with its key"));
+    }
+    database.close().await;
+    let files = || {
+        ["udim.db", "udim.db-wal"]
+            .iter()
+            .filter_map(|name| std::fs::read(app.data_dir().join(name)).ok())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        keys.iter()
+            .all(|key| files().iter().any(|f| memchr::memmem::find(f, key).is_some())),
+        "before the erasure the keys are in the files (else this test proves nothing)"
+    );
+    let erased = app
+        .http
+        .delete(format!("{}/v1/me", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    for (n, key) in keys.iter().enumerate() {
+        for file in files() {
+            assert!(
+                memchr::memmem::find(&file, key).is_none(),
+                "package {n}'s key is still in a database file"
+            );
+        }
+    }
+    app.stop().await;
+}

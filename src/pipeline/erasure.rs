@@ -30,6 +30,8 @@ use crate::pipeline::events::{self, DeletionReason};
 pub struct ErasureReport {
     /// Packages erased by this request (already-deleted ones are not counted).
     pub packages_deleted: u64,
+    /// Unfinished resumable uploads ended by this request, with their chunks and metadata.
+    pub uploads_terminated: u64,
     /// Consent-ledger entries whose bodies were redacted by this request.
     pub ledger_entries_redacted: u64,
 }
@@ -77,14 +79,11 @@ impl Eraser {
         let mut report = ErasureReport {
             ledger_entries_redacted: self.consents.ledger().redact_user(user_id).await?,
             packages_deleted: 0,
+            uploads_terminated: 0,
         };
-        // One being written to right now is refused at its end (no consent is left) and
-        // expires like any abandoned upload.
-        for upload in self.resumable.uploads.open_uploads(user_id).await? {
-            if let Err(e) = self.resumable.terminate(user_id, upload.id).await {
-                tracing::info!(upload_id = %upload.id, error = %e, "an unfinished upload is left to expire");
-            }
-        }
+        // Also those being written to right now: their rows go, so the PATCH in flight cannot
+        // record its chunk (and removes it), and every later PATCH finds no upload.
+        report.uploads_terminated = self.resumable.erase_user_uploads(user_id).await?;
         for status in [PackageStatus::Stored, PackageStatus::Quarantined] {
             loop {
                 let page = self

@@ -305,9 +305,14 @@ impl Resumable {
             length: received,
             object_key,
         };
-        self.uploads
-            .append_chunk(upload.id, token, &chunk, self.expiry())
-            .await?;
+        if let Err(e) = self.uploads.append_chunk(upload.id, token, &chunk, self.expiry()).await {
+            // Not recorded, so unreachable: an upload erased or moved on meanwhile must not
+            // keep a chunk of ciphertext nobody can find.
+            if let Err(delete) = self.blobs.delete(&chunk.object_key).await {
+                tracing::warn!(upload_id = %upload.id, key = chunk.object_key, error = %delete, "removing an unrecorded chunk failed");
+            }
+            return Err(e.into());
+        }
         Ok(UploadRecord {
             offset: offset + received,
             ..upload.clone()
@@ -379,12 +384,36 @@ impl Resumable {
         }
     }
 
-    async fn discard(&self, upload: &UploadRecord) {
-        let chunks = self.uploads.upload_chunks(upload.id).await.unwrap_or_default();
-        self.delete_chunk_objects(upload.id, &chunks).await;
-        if let Err(e) = self.uploads.delete_upload(upload.id).await {
-            tracing::warn!(upload_id = %upload.id, error = %e, "deleting an upload failed");
+    /// Removes an upload, its metadata and every chunk, whoever holds its lease. Returns
+    /// false if the upload could not be removed (it stays for the sweeper).
+    async fn discard(&self, upload: &UploadRecord) -> bool {
+        match self.uploads.delete_upload(upload.id).await {
+            Ok(keys) => {
+                for key in keys {
+                    if let Err(e) = self.blobs.delete(&key).await {
+                        tracing::warn!(upload_id = %upload.id, key, error = %e, "deleting an upload chunk failed");
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(upload_id = %upload.id, error = %e, "deleting an upload failed");
+                false
+            }
         }
+    }
+
+    /// Ends every unfinished upload of `user_id` (their erasure): rows, metadata and chunks
+    /// go even while a PATCH is writing, whose chunk is then refused and removed, and every
+    /// later PATCH finds no upload. Returns how many went.
+    pub async fn erase_user_uploads(&self, user_id: &str) -> Result<u64, PortError> {
+        let mut removed = 0;
+        for upload in self.uploads.open_uploads(user_id).await? {
+            if self.discard(&upload).await {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Termination: removes the upload and every stored chunk.
@@ -397,8 +426,11 @@ impl Resumable {
                 None => Err(TusError::NotFound(id)),
             };
         };
-        self.discard(&upload).await;
-        Ok(())
+        if self.discard(&upload).await {
+            Ok(())
+        } else {
+            Err(PortError::unavailable("upload store", "the upload could not be removed").into())
+        }
     }
 
     /// Removes expired unfinished uploads and their chunks; returns how many went.

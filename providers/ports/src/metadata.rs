@@ -360,7 +360,10 @@ pub trait UploadStore: Send + Sync + std::fmt::Debug {
     async fn upload_chunks(&self, id: Uuid) -> Result<Vec<UploadChunk>>;
     /// Records the package a complete upload became.
     async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<()>;
-    async fn delete_upload(&self, id: Uuid) -> Result<()>;
+    /// Removes the upload and its chunk rows in one transaction, whoever holds its lease, and
+    /// returns the removed chunks' object keys: a concurrent `append_chunk` either lands
+    /// before (and its chunk is returned) or fails after (and its writer removes its object).
+    async fn delete_upload(&self, id: Uuid) -> Result<Vec<String>>;
     /// Unfinished uploads whose expiry has passed.
     async fn expired_uploads(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>>;
     /// The user's unfinished uploads.

@@ -76,6 +76,31 @@ impl Pool {
     }
 }
 
+/// After an erasure commits: on SQLite, checkpoint the WAL and truncate it, so the frames
+/// written before the erasure (which still hold the destroyed wrapped key) leave the WAL;
+/// with `secure_delete` on, the database pages themselves hold zeros where the key was.
+/// Best effort: a reader still holding an old snapshot makes the checkpoint partial, and the
+/// next erasure's (or the restart's) checkpoint finishes it. PostgreSQL keeps dead tuples
+/// until VACUUM and WAL until it is recycled: docs/erasure.md says what an operator bounds.
+pub(crate) async fn after_erasure(pool: &Pool) {
+    if let Pool::Sqlite(pool) = pool {
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(pool)
+            .await
+        {
+            Ok((0, _, _)) => {}
+            Ok((_, log, done)) => {
+                tracing::info!(
+                    log,
+                    done,
+                    "the WAL checkpoint after an erasure was partial; the next one finishes it"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "the WAL checkpoint after an erasure failed"),
+        }
+    }
+}
+
 /// A database error as a port error: connection trouble is `Unavailable` (retry later), a
 /// unique violation `AlreadyExists`, anything else `Generic`.
 pub(crate) fn db_err(e: sqlx::Error) -> PortError {

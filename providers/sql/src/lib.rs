@@ -90,6 +90,9 @@ pub async fn connect(options: &DbOptions) -> Result<Database> {
                 // FULL: a commit that returned survives a power cut, as the outbox and the
                 // ledger promise.
                 .synchronous(SqliteSynchronous::Full)
+                // Deleted content is overwritten, not left in free space: an erased package's
+                // wrapped key must not survive in the file (see `engine::after_erasure`).
+                .pragma("secure_delete", "ON")
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()

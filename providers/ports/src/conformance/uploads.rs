@@ -24,7 +24,7 @@ use crate::metadata::{NewUpload, UploadChunk, UploadRecord, UploadStore};
 /// - `expired_uploads` lists unfinished uploads past their expiry, skipping those under a live
 ///   lease and completed ones;
 /// - `open_uploads` lists the user's unfinished uploads only;
-/// - `delete_upload` removes the upload and its chunks.
+/// - `delete_upload` removes the upload and its chunks, and names the chunks' objects.
 ///
 /// Waits about a second, for one lease to run out in real time.
 pub async fn upload_store(uploads: &dyn UploadStore) {
@@ -245,7 +245,20 @@ pub async fn upload_store(uploads: &dyn UploadStore) {
 
     // Deletion.
     for id in [upload.id, live] {
-        uploads.delete_upload(id).await.expect("delete_upload");
+        let mut expected: Vec<String> = uploads
+            .upload_chunks(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.object_key)
+            .collect();
+        let mut removed = uploads.delete_upload(id).await.expect("delete_upload");
+        expected.sort();
+        removed.sort();
+        assert_eq!(
+            removed, expected,
+            "delete_upload returns the removed chunks' object keys"
+        );
         assert!(
             uploads.get_upload(&alice, id).await.unwrap().is_none(),
             "a deleted upload is gone"

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::rows::{CheckpointRow, LedgerRow, NodeRow, convert, fixed, ledger_select, to_i64, unsigned};
 use super::{CHUNK, SqlStore};
-use crate::engine::{db_err, on_pool};
+use crate::engine::{after_erasure, db_err, on_pool};
 
 const LATEST_CHECKPOINT: &str = "SELECT size, root, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1";
 
@@ -344,7 +344,7 @@ impl ConsentLedger for SqlStore {
     }
 
     async fn redact_user(&self, user_id: &str) -> Result<u64> {
-        on_pool!(&self.pool, |pool| {
+        let removed = on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
             // The redaction goes on record first: the trigger lets a body go only then.
             sqlx::query(
@@ -368,8 +368,10 @@ impl ConsentLedger for SqlStore {
             .map_err(db_err)?
             .rows_affected();
             tx.commit().await.map_err(db_err)?;
-            Ok(removed)
-        })
+            removed
+        });
+        after_erasure(&self.pool).await;
+        Ok(removed)
     }
 
     async fn size(&self) -> Result<u64> {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::rows::{PackageRow, convert, package_columns, to_i64};
 use super::{SqlStore, insert_event};
-use crate::engine::{db_err, on_pool};
+use crate::engine::{after_erasure, db_err, on_pool};
 
 fn not_receiving(id: Uuid) -> PortError {
     PortError::Conflict(format!("package {id} is not being received"))
@@ -260,7 +260,7 @@ impl PackageStore for SqlStore {
     }
 
     async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Erasure> {
-        on_pool!(&self.pool, |pool| {
+        let object_key = on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
             // The status guard makes concurrent erasures (a user and the retention sweep)
             // race safely: one erases and announces, the other finds it done.
@@ -316,8 +316,10 @@ impl PackageStore for SqlStore {
                 .map_err(db_err)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
-            Ok(Erasure::Erased { object_key })
-        })
+            object_key
+        });
+        after_erasure(&self.pool).await;
+        Ok(Erasure::Erased { object_key })
     }
 
     async fn expired_packages(

@@ -160,22 +160,25 @@ impl UploadStore for SqlStore {
         Ok(())
     }
 
-    async fn delete_upload(&self, id: Uuid) -> Result<()> {
-        on_pool!(&self.pool, |pool| {
+    async fn delete_upload(&self, id: Uuid) -> Result<Vec<String>> {
+        let keys: Vec<(String,)> = on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
-            sqlx::query("DELETE FROM tus_chunks WHERE upload_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            // The upload row first: deleting it waits for a concurrent append's row lock, so
+            // the chunk delete below (a later statement, a later snapshot) sees that chunk.
             sqlx::query("DELETE FROM tus_uploads WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+            let keys = sqlx::query_as("DELETE FROM tus_chunks WHERE upload_id = $1 RETURNING object_key")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
+            keys
         });
-        Ok(())
+        Ok(keys.into_iter().map(|(key,)| key).collect())
     }
 
     async fn open_uploads(&self, user_id: &str) -> Result<Vec<UploadRecord>> {
