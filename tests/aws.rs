@@ -257,7 +257,7 @@ async fn an_old_s3_version_of_an_erased_package_cannot_be_decrypted() {
     let read = app
         .http
         .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
-        .bearer_auth(&app.token("pipeline", &["udim:read"]))
+        .bearer_auth(app.token("pipeline", &["udim:read"]))
         .send()
         .await
         .unwrap();
