@@ -69,7 +69,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     database.migrate().await?;
-    let signer = Arc::new(LedgerSigner::load("bench.test/ledger", None, &dir.path().join("key"))?);
+    let key = udim::config::SigningKeySource::Generated(dir.path().join("key"));
+    let signer = Arc::new(LedgerSigner::load("bench.test/ledger", &key)?);
     let service = ConsentService::new(
         database.ledger.clone(),
         Sequencer::start(database.ledger.clone(), signer.clone(), 256),

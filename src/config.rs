@@ -240,9 +240,13 @@ impl Default for OutboxSettings {
 pub struct LedgerSettings {
     /// The log's name: the checkpoint origin line and the signing key's name.
     pub origin: String,
-    /// The Ed25519 checkpoint signing key, `PRIVATE+KEY+<origin>+<id>+<base64>`. Unset: one is
-    /// generated into `<data_dir>/secrets/ledger-signing-key` on first start.
+    /// The Ed25519 checkpoint signing key, `PRIVATE+KEY+<origin>+<id>+<base64>` (make one with
+    /// `udim ledger keygen`). Required on PostgreSQL, unless `signing_key_file` is set: every
+    /// replica must sign with the same key. On SQLite, unset means one is generated into
+    /// `<data_dir>/secrets/ledger-signing-key` on first start.
     pub signing_key: Option<SecretString>,
+    /// A file holding the signing key (a mounted secret); it must exist, mode 0600.
+    pub signing_key_file: Option<PathBuf>,
     /// Most entries appended (and signed) in one transaction.
     pub max_batch: usize,
     /// Where the log is stored.
@@ -254,6 +258,7 @@ impl Default for LedgerSettings {
         Self {
             origin: "udim.local/consent-ledger".into(),
             signing_key: None,
+            signing_key_file: None,
             max_batch: 256,
             store: LedgerStore::default(),
         }
@@ -283,6 +288,17 @@ impl Default for LogSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the ledger's checkpoint signing key comes from.
+#[derive(Debug, Clone)]
+pub enum SigningKeySource {
+    /// `ledger.signing_key`.
+    Configured(SecretString),
+    /// `ledger.signing_key_file`: must exist.
+    File(PathBuf),
+    /// Generated into this file on first start (SQLite only).
+    Generated(PathBuf),
 }
 
 /// A configuration problem, as one line naming the key.
@@ -410,8 +426,25 @@ impl Settings {
             .unwrap_or_else(|| DatabaseUrl::sqlite_file(&self.data_dir.join("udim.db")))
     }
 
-    pub fn ledger_key_file(&self) -> PathBuf {
-        self.data_dir.join("secrets").join("ledger-signing-key")
+    /// Where the ledger's signing key comes from. A generated key is refused on PostgreSQL:
+    /// replicas sharing the database would each generate their own and refuse each other's
+    /// checkpoints. The key is never kept in the database, whose tampering its signatures
+    /// exist to expose.
+    pub fn signing_key_source(&self) -> Result<SigningKeySource, ConfigError> {
+        match (&self.ledger.signing_key, &self.ledger.signing_key_file) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "set one of `ledger.signing_key` and `ledger.signing_key_file`, not both",
+            )),
+            (Some(key), None) => Ok(SigningKeySource::Configured(key.clone())),
+            (None, Some(file)) => Ok(SigningKeySource::File(file.clone())),
+            (None, None) if self.database_url().engine() == udim_sql::Engine::Postgres => Err(ConfigError::new(
+                "`ledger.signing_key` (or `ledger.signing_key_file`) is required on PostgreSQL, so that every \
+                 replica signs with the same key: make one with `udim ledger keygen`",
+            )),
+            (None, None) => Ok(SigningKeySource::Generated(
+                self.data_dir.join("secrets").join("ledger-signing-key"),
+            )),
+        }
     }
 
     pub fn hs256_secret_file(&self) -> PathBuf {

@@ -132,8 +132,7 @@ impl Application {
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let ledger_signer = Arc::new(LedgerSigner::load(
             &settings.ledger.origin,
-            settings.ledger.signing_key.as_ref(),
-            &settings.ledger_key_file(),
+            &settings.signing_key_source()?,
         )?);
         let ledger = factory::ledger(&settings, &database).await?;
         let sequencer = Sequencer::start(ledger.clone(), ledger_signer.clone(), settings.ledger.max_batch);

@@ -325,3 +325,60 @@ async fn the_upload_client_sends_a_file_in_chunks_and_resumes_an_interrupted_upl
     );
     app.stop().await;
 }
+
+/// Replicas on one PostgreSQL must sign one ledger with one key: a key generated per
+/// replica is refused, `udim ledger keygen` makes the one to configure, and with it the
+/// service starts.
+#[tokio::test]
+async fn on_postgres_the_ledger_key_must_be_configured_and_keygen_makes_one() {
+    let database = common::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = udim_testkit::port_for_child();
+    let mut refused = udim(dir.path())
+        .env("UDIM_DATABASE__URL", database.url())
+        .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("the service started on PostgreSQL with a generated ledger key");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("`ledger.signing_key`") && stderr.contains("udim ledger keygen"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("secrets/ledger-signing-key").exists(),
+        "no key is generated for PostgreSQL"
+    );
+
+    let keygen = udim(dir.path()).args(["ledger", "keygen"]).output().unwrap();
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let key = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+    let signer = udim_ledger::note::Signer::parse(&key).expect("keygen prints a signing key");
+    assert_eq!(signer.verifier().name(), "udim.local/consent-ledger");
+
+    let server = Server(
+        udim(dir.path())
+            .env("UDIM_DATABASE__URL", database.url())
+            .env("UDIM_LEDGER__SIGNING_KEY", &key)
+            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_healthy(&format!("http://127.0.0.1:{port}")).await;
+    drop(server);
+}

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use common::{Db, TestApp};
+use secrecy::ExposeSecret as _;
 use serde_json::Value;
+use udim::config::SigningKeySource;
 use udim::consent::sequencer::Sequencer;
 use udim::consent::signer::LedgerSigner;
 use udim::consent::{ConsentService, Grant};
@@ -29,11 +31,36 @@ fn b64(text: &str) -> Vec<u8> {
 }
 
 /// `udim ledger …` against a data dir and database, as an operator runs it.
+/// `udim ledger ARGS` on a database whose ledger was signed with the key `instance` generated
+/// into `data_dir`, configured as replicas on PostgreSQL must have it.
 fn ledger_cli(data_dir: &Path, database_url: &str, args: &[&str]) -> std::process::Output {
+    let key_file = data_dir.join("secrets/ledger-signing-key");
+    cli(
+        data_dir,
+        database_url,
+        ("UDIM_LEDGER__SIGNING_KEY_FILE", key_file.into_os_string()),
+        args,
+    )
+}
+
+/// `udim ledger ARGS` with the running app's own settings.
+fn app_ledger_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let key = match &app.settings.ledger.signing_key {
+        Some(key) => ("UDIM_LEDGER__SIGNING_KEY", key.expose_secret().into()),
+        None => (
+            "UDIM_LEDGER__SIGNING_KEY_FILE",
+            app.data_dir().join("secrets/ledger-signing-key").into_os_string(),
+        ),
+    };
+    cli(&app.data_dir(), &database_url(app), key, args)
+}
+
+fn cli(data_dir: &Path, database_url: &str, key: (&str, std::ffi::OsString), args: &[&str]) -> std::process::Output {
     Command::new(UDIM)
         .env_clear()
         .env("UDIM_DATA_DIR", data_dir)
         .env("UDIM_DATABASE__URL", database_url)
+        .env(key.0, key.1)
         .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
         .arg("ledger")
         .args(args)
@@ -74,7 +101,7 @@ fn record_from(entry: &Value, subject: &str) -> ConsentRecord {
 
 async fn proofs_from_the_running_service_verify_with_the_library_alone(db: Db) {
     let app = TestApp::spawn(db).await;
-    let key_output = ledger_cli(&app.data_dir(), &database_url(&app), &["key"]);
+    let key_output = app_ledger_cli(&app, &["key"]);
     assert!(key_output.status.success());
     let printed_key = String::from_utf8(key_output.stdout).unwrap();
     let key = VerifierKey::parse(printed_key.trim()).expect("`udim ledger key` prints a signed-note verifier key");
@@ -154,7 +181,7 @@ async fn proofs_from_the_running_service_verify_with_the_library_alone(db: Db) {
         .await;
     assert_eq!(status, 404, "another user cannot fetch alice's entry");
 
-    let audit = ledger_cli(&app.data_dir(), &database_url(&app), &["verify"]);
+    let audit = app_ledger_cli(&app, &["verify"]);
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
     app.stop().await;
 }
@@ -190,7 +217,8 @@ async fn instance(url: &str, data_dir: &Path) -> ConsentService {
     .await
     .unwrap();
     db.migrate().await.unwrap();
-    let signer = Arc::new(LedgerSigner::load(ORIGIN, None, &data_dir.join("secrets/ledger-signing-key")).unwrap());
+    let key = SigningKeySource::Generated(data_dir.join("secrets/ledger-signing-key"));
+    let signer = Arc::new(LedgerSigner::load(ORIGIN, &key).unwrap());
     ConsentService::new(db.ledger.clone(), Sequencer::start(db.ledger.clone(), signer, 256))
 }
 

@@ -1,7 +1,7 @@
 //! Faults delay notifications but lose none: with RabbitMQ unreachable the event waits in
-//! the outbox, and is delivered once the broker is back. The outage is real: the service
-//! talks to RabbitMQ through a TCP relay the test opens and closes. And a package's events
-//! leave the outbox in order, also when one of them fails.
+//! the outbox, and is delivered once the broker is back; the service talks to RabbitMQ
+//! through a TCP relay the test opens late. (Per-package order in the outbox is the outbox
+//! conformance suite's, in providers/sql/tests.)
 
 mod common;
 

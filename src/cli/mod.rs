@@ -73,6 +73,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LedgerCommand {
+    /// Print a new checkpoint signing key (`PRIVATE+KEY+…`) for `ledger.signing_key`: keep it
+    /// secret, give every replica the same one, and never lose it.
+    Keygen,
     /// Print the log's verifier key (`name+keyid+base64(0x01 || public key)`).
     Key,
     /// Print the latest signed checkpoint.
@@ -201,11 +204,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 
 async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()> {
     use crate::consent::signer::LedgerSigner;
-    let signer = LedgerSigner::load(
-        &settings.ledger.origin,
-        settings.ledger.signing_key.as_ref(),
-        &settings.ledger_key_file(),
-    )?;
+    if let LedgerCommand::Keygen = command {
+        let signer = udim_ledger::note::Signer::generate(&settings.ledger.origin)
+            .map_err(|e| anyhow::anyhow!("cannot generate a signing key: {e}"))?;
+        println!("{}", signer.to_secret_string());
+        return Ok(());
+    }
+    let signer = LedgerSigner::load(&settings.ledger.origin, &settings.signing_key_source()?)?;
     if let LedgerCommand::Key = command {
         println!("{}", signer.verifier());
         return Ok(());
@@ -236,7 +241,10 @@ async fn ledger(settings: Settings, command: LedgerCommand) -> anyhow::Result<()
                 report.entries, report.redacted, report.checkpoints
             );
         }
-        LedgerCommand::Key | LedgerCommand::VerifyProof { .. } | LedgerCommand::VerifyConsistency { .. } => {
+        LedgerCommand::Keygen
+        | LedgerCommand::Key
+        | LedgerCommand::VerifyProof { .. }
+        | LedgerCommand::VerifyConsistency { .. } => {
             unreachable!("handled before any settings are loaded")
         }
     }

@@ -1,13 +1,13 @@
-//! The log's Ed25519 checkpoint signer: configured as a secret, or generated into `data_dir`
-//! on first start.
+//! The log's Ed25519 checkpoint signer: configured as a secret or a secret file, or (on
+//! SQLite) generated into `data_dir` on first start.
 
-use std::path::Path;
-
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use udim_ledger::checkpoint::Checkpoint;
 use udim_ledger::note::{Signer, VerifierKey};
 use udim_ports::BoxError;
 use udim_ports::ledger::{CheckpointSigner, Hash};
+
+use crate::config::SigningKeySource;
 
 /// Signs and opens this log's checkpoints.
 #[derive(Debug)]
@@ -17,22 +17,30 @@ pub struct LedgerSigner {
 }
 
 impl LedgerSigner {
-    /// Uses `configured` (a `PRIVATE+KEY+…` signer key) or else the key file, creating it
-    /// (mode 0600) with a fresh key named `origin`. The key's name must be `origin`.
-    pub fn load(origin: &str, configured: Option<&SecretString>, key_file: &Path) -> anyhow::Result<Self> {
-        let signer = match configured {
-            Some(secret) => Signer::parse(secret.expose_secret())
+    /// Loads the key from `source`, generating it if the source says so. The key's name must
+    /// be `origin`.
+    pub fn load(origin: &str, source: &SigningKeySource) -> anyhow::Result<Self> {
+        // `PRIVATE+KEY+<origin>+<id>+<base64 of 33 bytes>`: never shorter than this.
+        const MIN_LEN: usize = 60;
+        let signer = match source {
+            SigningKeySource::Configured(secret) => Signer::parse(secret.expose_secret())
                 .map_err(|e| anyhow::anyhow!("configuration error: `ledger.signing_key`: {e}"))?,
-            None => {
-                // `PRIVATE+KEY+<origin>+<id>+<base64 of 33 bytes>`: never shorter than this.
-                let bytes = udim_local::secret_file::load_or_create(key_file, 60, || {
+            SigningKeySource::File(path) => {
+                let bytes = udim_local::secret_file::load(path, MIN_LEN).map_err(|e| {
+                    anyhow::anyhow!("configuration error: `ledger.signing_key_file` {}: {e}", path.display())
+                })?;
+                let text = String::from_utf8(bytes)?;
+                Signer::parse(text.trim()).map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", path.display()))?
+            }
+            SigningKeySource::Generated(path) => {
+                let bytes = udim_local::secret_file::load_or_create(path, MIN_LEN, || {
                     Signer::generate(origin)
                         .map(|s| s.to_secret_string().into_bytes())
                         .unwrap_or_default()
                 })
-                .map_err(|e| anyhow::anyhow!("cannot read or create the ledger key {}: {e}", key_file.display()))?;
+                .map_err(|e| anyhow::anyhow!("cannot read or create the ledger key {}: {e}", path.display()))?;
                 let text = String::from_utf8(bytes)?;
-                Signer::parse(&text).map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", key_file.display()))?
+                Signer::parse(text.trim()).map_err(|e| anyhow::anyhow!("the ledger key {}: {e}", path.display()))?
             }
         };
         let verifier = signer.verifier();

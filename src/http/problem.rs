@@ -249,10 +249,6 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.code.status_and_title().0
     }
-
-    pub fn code(&self) -> ProblemCode {
-        self.code
-    }
 }
 
 /// `error: cause: cause …` on one line.

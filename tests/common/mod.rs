@@ -168,6 +168,9 @@ pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<Te
     if db == Db::Postgres {
         let database = TestDatabase::create().await;
         settings.database.url = Some(database.url().to_owned().try_into().expect("a PostgreSQL URL"));
+        // Required on PostgreSQL, where replicas share the ledger.
+        let key = udim_ledger::note::Signer::generate(&settings.ledger.origin).expect("a signing key");
+        settings.ledger.signing_key = Some(key.to_secret_string().into());
         pg_database = Some(database);
     }
     (settings, pg_database)

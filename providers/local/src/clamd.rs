@@ -33,7 +33,7 @@ impl TryFrom<String> for ClamdAddress {
         match (address.strip_prefix("tcp://"), address.strip_prefix("unix://")) {
             (Some(tcp), _) if !tcp.is_empty() => Ok(Self::Tcp(tcp.to_owned())),
             (_, Some(path)) if !path.is_empty() => Ok(Self::Unix(path.into())),
-            _ => Err("must be tcp://host:port or unix:///path"),
+            _ => Err("`scanner.address` must be tcp://host:port or unix:///path"),
         }
     }
 }

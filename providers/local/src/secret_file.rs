@@ -40,6 +40,12 @@ pub fn load_or_create(path: &Path, min_len: usize, generate: impl FnOnce() -> Ve
     }
 }
 
+/// Reads the secret at `path`, which must exist, be readable by its owner only and hold at
+/// least `min_len` bytes (a secret provided by the operator, say a mounted one).
+pub fn load(path: &Path, min_len: usize) -> std::io::Result<Vec<u8>> {
+    read_checked(path, min_len)
+}
+
 fn read_checked(path: &Path, min_len: usize) -> std::io::Result<Vec<u8>> {
     let mode = std::fs::metadata(path)?.permissions().mode();
     if mode & 0o077 != 0 {

@@ -90,11 +90,13 @@ impl PackageStore for SqlStore {
             .await
             .map_err(db_err)?
             .ok_or_else(|| not_receiving(id))?;
+            // Checked before the commit: a row that cannot be read back rolls it all back.
+            let record = PackageRecord::try_from(row)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
-            row
+            record
         });
-        row.try_into()
+        Ok(row)
     }
 
     async fn discard(&self, user_id: &str, id: Uuid) -> Result<()> {
