@@ -291,6 +291,11 @@ async fn sweep_loop(
             Ok(n) => tracing::info!(count = n, "cleaned up abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
+        match resumable.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "finished complete uploads left without their package"),
+            Err(e) => tracing::warn!(error = %e, "finishing complete uploads failed"),
+        }
         match resumable.expire().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "removed expired resumable uploads"),

@@ -208,8 +208,9 @@ async fn another_users_token_gets_404_on_the_package(db: Db) {
 async fn a_failing_object_write_leaves_no_stored_row(db: Db) {
     // Fault injection around the real filesystem store: the write fails after 100 KB.
     let dir = tempfile::tempdir().unwrap();
-    let real = udim_local::fs::build(&dir.path().join("objects")).unwrap();
-    let failing = std::sync::Arc::new(faulty::FailingAfter::new(real, 100_000));
+    let faults = common::faults::Faults::new();
+    faults.fail_writes_after(100_000);
+    let failing = common::faults::FaultyStore::on(&dir.path().join("objects"), &faults);
     let app = TestApp::spawn_with(
         db,
         Options {
@@ -348,75 +349,4 @@ async fn the_ledger_assigns_gap_free_indices_with_rfc_9162_leaf_hashes(db: Db) {
 
 fn hex_sha256(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
-}
-
-mod faulty {
-    use async_trait::async_trait;
-    use bytes::Bytes;
-    use udim_ports::storage::{BlobStore, BlobWriter, ByteStream};
-    use udim_ports::{PortError, Result};
-
-    /// A real store whose writers fail once more than `limit` bytes were written: a disk
-    /// or network failure in the middle of an upload.
-    #[derive(Debug)]
-    pub struct FailingAfter<S> {
-        inner: S,
-        limit: u64,
-    }
-
-    impl<S> FailingAfter<S> {
-        pub fn new(inner: S, limit: u64) -> Self {
-            Self { inner, limit }
-        }
-    }
-
-    struct Writer {
-        inner: Box<dyn BlobWriter>,
-        written: u64,
-        limit: u64,
-    }
-
-    #[async_trait]
-    impl BlobWriter for Writer {
-        async fn write(&mut self, data: Bytes) -> Result<()> {
-            self.written += data.len() as u64;
-            if self.written > self.limit {
-                // As the port's contract has it: a failed write is the store being unavailable.
-                return Err(PortError::unavailable("faulty storage", "injected write failure"));
-            }
-            self.inner.write(data).await
-        }
-        async fn finish(self: Box<Self>) -> Result<u64> {
-            self.inner.finish().await
-        }
-        async fn abort(self: Box<Self>) -> Result<()> {
-            self.inner.abort().await
-        }
-    }
-
-    #[async_trait]
-    impl<S: BlobStore> BlobStore for FailingAfter<S> {
-        async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
-            Ok(Box::new(Writer {
-                inner: self.inner.create(key, size_hint).await?,
-                written: 0,
-                limit: self.limit,
-            }))
-        }
-        async fn get(&self, key: &str) -> Result<ByteStream> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
-            self.inner.get_range(key, range).await
-        }
-        async fn exists(&self, key: &str) -> Result<bool> {
-            self.inner.exists(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<()> {
-            self.inner.delete(key).await
-        }
-        fn uri(&self, key: &str) -> String {
-            self.inner.uri(key)
-        }
-    }
 }

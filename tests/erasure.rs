@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{Db, Options, TestApp};
 use serde_json::Value;
@@ -218,12 +217,9 @@ async fn erasure_shreds_and_scrubs_events_already_relayed_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     let dir = tempfile::tempdir().unwrap();
-    let real = udim_local::fs::build(&dir.path().join("objects")).unwrap();
-    let refuse = Arc::new(AtomicBool::new(true));
-    let store = Arc::new(undeletable::RefusingDeletes {
-        inner: real,
-        refuse: refuse.clone(),
-    });
+    let faults = common::faults::Faults::new();
+    faults.refuse_deletes(true);
+    let store = common::faults::FaultyStore::on(&dir.path().join("objects"), &faults);
     let app = TestApp::spawn_with(
         Db::Sqlite,
         Options {
@@ -240,7 +236,7 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     assert_eq!(delete(&app, &alice, &format!("/v1/packages/{id}")).await.status(), 204);
     assert!(object.exists(), "the store refused the deletion");
     assert_eq!(read_status(&app, &id).await, 404, "but the package is erased already");
-    refuse.store(false, Ordering::SeqCst);
+    faults.refuse_deletes(false);
     for _ in 0..100 {
         if !object.exists() {
             break;
@@ -324,47 +320,6 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
     assert_eq!(event["payload"]["reason"], "retention_expired");
     assert_eq!(event["payload"]["package_id"], old.as_str());
     app.stop().await;
-}
-
-mod undeletable {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use async_trait::async_trait;
-    use udim_ports::storage::{BlobStore, BlobWriter, ByteStream};
-    use udim_ports::{PortError, Result};
-
-    /// A real store whose deletes fail while `refuse` is set: an outage during erasure.
-    #[derive(Debug)]
-    pub struct RefusingDeletes<S> {
-        pub inner: S,
-        pub refuse: Arc<AtomicBool>,
-    }
-
-    #[async_trait]
-    impl<S: BlobStore> BlobStore for RefusingDeletes<S> {
-        async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
-            self.inner.create(key, size_hint).await
-        }
-        async fn get(&self, key: &str) -> Result<ByteStream> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
-            self.inner.get_range(key, range).await
-        }
-        async fn exists(&self, key: &str) -> Result<bool> {
-            self.inner.exists(key).await
-        }
-        async fn delete(&self, key: &str) -> Result<()> {
-            if self.refuse.load(Ordering::SeqCst) {
-                return Err(PortError::unavailable("refusing store", "injected outage"));
-            }
-            self.inner.delete(key).await
-        }
-        fn uri(&self, key: &str) -> String {
-            self.inner.uri(key)
-        }
-    }
 }
 
 /// Erasing everything while a PATCH is still sending: the upload ends at once, the chunk the

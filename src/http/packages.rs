@@ -192,8 +192,12 @@ pub async fn upload(
         metadata,
         idempotency_key,
         size_hint: declared_length(&headers),
+        exact_size: None,
+        package_id: None,
     };
-    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let stream = body
+        .into_data_stream()
+        .map_err(|e| IngestError::Interrupted(e.to_string()));
     let record = state.ingest.receive(request, stream).await?;
     state.relay_wake.notify_one();
     Ok((StatusCode::CREATED, Json(record.into())))

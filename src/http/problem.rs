@@ -207,6 +207,10 @@ pub struct Problem {
     pub code: ProblemCode,
 }
 
+/// `Retry-After` on 503 answers: long enough for a restarted dependency, short enough that a
+/// waiting client (tus-js-client retries on its own) does not give up.
+const RETRY_AFTER_SECS: &str = "5";
+
 /// An error on its way to becoming a problem response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -281,6 +285,10 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // Every 503 is a dependency that may come back: say when to try again.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
         response
     }

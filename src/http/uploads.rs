@@ -196,7 +196,12 @@ pub async fn create(
     path = "/v1/uploads/{id}",
     tag = "uploads",
     params(("id" = Uuid, Path)),
-    responses((status = 200), (status = 404)),
+    responses(
+        (status = 200, description = "`Upload-Offset` equals `Upload-Length` only once the package is stored"),
+        (status = 404, body = Problem),
+        (status = 423, body = Problem, description = "being finished by another request; retry"),
+        (status = 503, body = Problem, description = "finishing failed for now; every byte is kept, retry after `Retry-After`"),
+    ),
     security(("bearer" = []))
 )]
 pub async fn head(
@@ -207,7 +212,17 @@ pub async fn head(
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let principal = caller.require(Scope::Upload)?;
-    let upload = state.resumable.status(&principal.subject, id).await?;
+    let mut upload = state.resumable.status(&principal.subject, id).await?;
+    // Every byte arrived but no package yet (a failure or a crash cut finalization short):
+    // finish it now, so the offset never says "complete" of an upload that is not stored.
+    let package = if upload.offset == upload.length && upload.package_id.is_none() {
+        let package = state.resumable.finish(&principal.subject, id).await?;
+        state.relay_wake.notify_one();
+        upload = state.resumable.status(&principal.subject, id).await?;
+        package
+    } else {
+        None
+    };
     // The creation extension: HEAD repeats the metadata the client gave at creation.
     let pairs: std::collections::BTreeMap<String, String> =
         serde_json::from_value(upload.metadata.clone()).unwrap_or_default();
@@ -219,7 +234,7 @@ pub async fn head(
             .headers_mut()
             .insert(HeaderName::from_static("upload-metadata"), value);
     }
-    Ok(with_tus_headers(response, Some(&Progress { upload, package: None })))
+    Ok(with_tus_headers(response, Some(&Progress { upload, package })))
 }
 
 /// Append bytes at `Upload-Offset` (tus PATCH), optionally verified by `Upload-Checksum`.

@@ -76,6 +76,12 @@ pub struct UploadRequest {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The body's size, when declared in advance (`Content-Length`, `Upload-Length`).
     pub size_hint: Option<u64>,
+    /// The size the body must have, checked on the bytes received: a resumable upload's
+    /// `Upload-Length`. A different size fails the upload as an integrity failure.
+    pub exact_size: Option<u64>,
+    /// The package id to use; `None` makes a fresh one. A resumable upload's package takes the
+    /// upload's id, so finishing it again after a crash finds the first attempt.
+    pub package_id: Option<Uuid>,
 }
 
 /// What to do when scanning cannot decide.
@@ -157,12 +163,14 @@ impl Ingestor {
 
     /// Receives one upload. On success the package is `stored` and its event is in the
     /// outbox; on failure everything written for it has been removed.
-    pub async fn receive<S, E>(&self, request: UploadRequest, body: S) -> Result<PackageRecord, IngestError>
+    ///
+    /// A body stream error is the error of the upload: `IngestError::Interrupted` for a
+    /// client's connection, `IngestError::Port` for a store the bytes are read back from.
+    pub async fn receive<S>(&self, request: UploadRequest, body: S) -> Result<PackageRecord, IngestError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin + Send,
     {
-        let id = Uuid::now_v7();
+        let id = request.package_id.unwrap_or_else(Uuid::now_v7);
         self.packages
             .create_package(&NewPackage {
                 id,
@@ -193,10 +201,9 @@ impl Ingestor {
         result
     }
 
-    async fn store<S, E>(&self, id: Uuid, request: &UploadRequest, body: S) -> Result<PackageRecord, IngestError>
+    async fn store<S>(&self, id: Uuid, request: &UploadRequest, body: S) -> Result<PackageRecord, IngestError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin + Send,
     {
         let final_key = object_key(id);
         // The envelope adds 16 bytes per 64 KiB segment and a small header.
@@ -284,7 +291,7 @@ impl Ingestor {
         Ok(self.packages.mark_stored(&request.user_id, id, &object, &event).await?)
     }
 
-    async fn write<S, E>(
+    async fn write<S>(
         &self,
         id: Uuid,
         request: &UploadRequest,
@@ -292,8 +299,7 @@ impl Ingestor {
         writer: &mut dyn BlobWriter,
     ) -> Result<Written, IngestError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes, IngestError>> + Unpin + Send,
     {
         let ctx = KeyContext {
             package_id: id,
@@ -322,7 +328,7 @@ impl Ingestor {
         let mut prefix: Vec<u8> = Vec::with_capacity(crate::formats::content::SNIFF_LEN);
         let mut sniffed: Option<Option<String>> = None;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| IngestError::Interrupted(e.to_string()))?;
+            let chunk = chunk?;
             size += chunk.len() as u64;
             if size > limit {
                 drain(&mut body).await;
@@ -345,6 +351,13 @@ impl Ingestor {
             if !sealed.is_empty() {
                 writer.write(Bytes::from(sealed)).await?;
             }
+        }
+        if request.exact_size.is_some_and(|exact| exact != size) {
+            return Err(PortError::Integrity(format!(
+                "{size} bytes arrived where {} were promised",
+                request.exact_size.unwrap_or_default()
+            ))
+            .into());
         }
         let sniffed = match sniffed {
             Some(sniffed) => sniffed,
@@ -418,13 +431,18 @@ impl Ingestor {
     }
 
     /// Removes every trace of a package that did not become `stored`. Failures are logged:
-    /// the `receiving` row stays, and the sweeper retries from it later.
-    async fn clean_up(&self, user_id: &str, id: Uuid) {
+    /// the `receiving` row stays, and the sweeper retries from it later. Returns whether it
+    /// is gone.
+    pub async fn clean_up(&self, user_id: &str, id: Uuid) -> bool {
         if !self.delete_objects(id).await {
-            return;
+            return false;
         }
-        if let Err(e) = self.packages.discard(user_id, id).await {
-            tracing::warn!(package_id = %id, error = %e, "could not discard a failed upload");
+        match self.packages.discard(user_id, id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(package_id = %id, error = %e, "could not discard a failed upload");
+                false
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
 use udim_ports::PortError;
 use udim_ports::kms::{KeyContext, KeyService, PlainKey};
-use udim_ports::metadata::{NewUpload, PackageRecord, UploadChunk, UploadRecord, UploadStore};
+use udim_ports::metadata::{NewUpload, PackageRecord, PackageStatus, UploadChunk, UploadRecord, UploadStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
@@ -51,6 +51,18 @@ pub enum TusError {
     Port(#[from] PortError),
     #[error("a stored chunk is unreadable: {0}")]
     Envelope(#[from] EnvelopeError),
+}
+
+impl TusError {
+    /// A failure of ours that may pass (a dependency unavailable): the upload keeps its
+    /// chunks and the client is told to retry.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Ingest(IngestError::Port(p)) | Self::Port(p) => p.is_transient(),
+            Self::Ingest(IngestError::ScannerUnavailable(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What a creation request asked for, already parsed.
@@ -208,6 +220,16 @@ impl Resumable {
                 None => Err(TusError::NotFound(id)),
             };
         };
+        if upload.offset == upload.length && upload.package_id.is_none() {
+            // Every byte is here already (this is a retry of the last PATCH, whose answer was
+            // lost or a 503): finish instead of writing.
+            let mut body = body;
+            crate::pipeline::ingest::drain(&mut body).await;
+            self.uploads.unlock_upload(id, token).await?;
+            let package = self.finish(user_id, id).await?;
+            let upload = self.status(user_id, id).await?;
+            return Ok(Progress { upload, package });
+        }
         let result = self.write_chunk(&upload, token, offset, checksum, body).await;
         if result.is_err()
             && let Err(e) = self.uploads.unlock_upload(id, token).await
@@ -216,7 +238,7 @@ impl Resumable {
         }
         let upload = result?;
         let package = if upload.offset == upload.length && upload.package_id.is_none() {
-            Some(self.finalize(&upload).await?)
+            self.finish(user_id, id).await?
         } else {
             None
         };
@@ -319,8 +341,70 @@ impl Resumable {
         })
     }
 
-    /// Decrypts the chunks in order and runs them through the upload pipeline.
+    /// Finishes a complete upload under its lease: the one way its package comes to be, from
+    /// the PATCH that brought its last byte, a later HEAD or PATCH, or the sweeper after a
+    /// crash. Idempotent: the package takes the upload's id, so an earlier attempt is found
+    /// and either completed (stored) or cleared away (cut short) before trying again.
+    /// `Ok(None)` when the upload still waits for bytes.
+    pub async fn finish(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>, TusError> {
+        let token = Uuid::new_v4();
+        let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let Some(upload) = self.uploads.lock_upload(user_id, id, token, until).await? else {
+            return match self.uploads.get_upload(user_id, id).await? {
+                Some(_) => Err(TusError::Locked),
+                None => Err(TusError::NotFound(id)),
+            };
+        };
+        let result = match upload.package_id {
+            Some(package_id) => self
+                .ingest
+                .packages
+                .get_package(user_id, package_id)
+                .await
+                .map_err(TusError::from),
+            None if upload.offset < upload.length => Ok(None),
+            None => self.finalize(&upload).await.map(Some),
+        };
+        if let Err(e) = self.uploads.unlock_upload(id, token).await {
+            tracing::warn!(upload_id = %id, error = %e, "releasing an upload lease failed");
+        }
+        result
+    }
+
+    /// Decrypts the chunks in order and runs them through the upload pipeline. A refusal
+    /// (malware, withdrawn consent, a limit) ends the upload; a failure of ours that may pass
+    /// (storage, KMS, database, scanner unavailable) keeps every chunk for the next try.
     async fn finalize(&self, upload: &UploadRecord) -> Result<PackageRecord, TusError> {
+        let result = self.try_finalize(upload).await;
+        match &result {
+            Err(e) if !e.is_transient() => {
+                self.discard(upload).await;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn try_finalize(&self, upload: &UploadRecord) -> Result<PackageRecord, TusError> {
+        let stored = |what: &str, why: &str| PortError::Integrity(format!("upload {}: stored {what} {why}", upload.id));
+        let user_id = UserId::parse(&upload.user_id).map_err(|why| stored("user id", why))?;
+        if let Some(earlier) = self.ingest.packages.get_package(&user_id, upload.id).await? {
+            match earlier.status {
+                PackageStatus::Stored => return self.completed(upload, earlier).await,
+                PackageStatus::Receiving | PackageStatus::Scanning => {
+                    // An attempt a crash cut short: its object and row go before the next.
+                    if !self.ingest.clean_up(&user_id, upload.id).await {
+                        return Err(
+                            PortError::unavailable("upload store", "an earlier attempt is not cleared yet").into(),
+                        );
+                    }
+                }
+                PackageStatus::Quarantined => {
+                    return Err(IngestError::Malware(earlier.scan_detail.unwrap_or_default()).into());
+                }
+                PackageStatus::Rejected | PackageStatus::Deleted => return Err(TusError::NotFound(upload.id)),
+            }
+        }
         let chunks = self.uploads.upload_chunks(upload.id).await?;
         let mut expected = 0;
         for chunk in &chunks {
@@ -329,8 +413,13 @@ impl Resumable {
             }
             expected += chunk.length;
         }
-        let stored = |what: &str, why: &str| PortError::Integrity(format!("upload {}: stored {what} {why}", upload.id));
-        let user_id = UserId::parse(&upload.user_id).map_err(|why| stored("user id", why))?;
+        if expected != upload.length {
+            return Err(PortError::Integrity(format!(
+                "upload {} has {expected} bytes of chunks for a length of {}",
+                upload.id, upload.length
+            ))
+            .into());
+        }
         let data_category = DataCategory::parse(&upload.data_category).map_err(|why| stored("data category", why))?;
         let state = self.consents.state(&user_id).await?;
         let consent = state
@@ -345,9 +434,10 @@ impl Resumable {
             metadata: upload.metadata.clone(),
             idempotency_key: None,
             size_hint: Some(upload.length),
+            exact_size: Some(upload.length),
+            package_id: Some(upload.id),
         };
         let key = Arc::new(self.data_key(upload).await?);
-        let stored_chunks = chunks.clone();
         let plaintext = {
             let blobs = self.blobs.clone();
             let upload = upload.clone();
@@ -359,29 +449,33 @@ impl Resumable {
                 .try_flatten()
                 .boxed()
         };
-        let result = self.ingest.receive(request, plaintext).await;
-        let package = match result {
-            Ok(package) => package,
-            Err(e) => {
-                // A refused upload (malware, consent withdrawn, scanner limit) is over: its
-                // chunks go. A transient failure keeps them, so the last PATCH can be retried.
-                if !matches!(&e, IngestError::Port(p) if p.is_transient()) {
-                    self.discard(upload).await;
-                }
-                return Err(e.into());
+        let package = self.ingest.receive(request, plaintext).await?;
+        self.completed(upload, package).await
+    }
+
+    /// Links the stored package to its upload and removes the chunks, now redundant.
+    async fn completed(&self, upload: &UploadRecord, package: PackageRecord) -> Result<PackageRecord, TusError> {
+        let chunks = self.uploads.complete_upload(upload.id, package.id).await?;
+        for key in chunks {
+            if let Err(e) = self.blobs.delete(&key).await {
+                tracing::warn!(upload_id = %upload.id, key, error = %e, "deleting an upload chunk failed");
             }
-        };
-        self.uploads.complete_upload(upload.id, package.id).await?;
-        self.delete_chunk_objects(upload.id, &stored_chunks).await;
+        }
         Ok(package)
     }
 
-    async fn delete_chunk_objects(&self, id: Uuid, chunks: &[UploadChunk]) {
-        for chunk in chunks {
-            if let Err(e) = self.blobs.delete(&chunk.object_key).await {
-                tracing::warn!(upload_id = %id, key = chunk.object_key, error = %e, "deleting an upload chunk failed");
+    /// Finishes complete uploads a crash (or a failure that has passed) left without their
+    /// package. Returns how many became packages.
+    pub async fn recover(&self) -> Result<usize, PortError> {
+        let mut finished = 0;
+        for upload in self.uploads.unfinished_complete(Utc::now()).await? {
+            match self.finish(&upload.user_id, upload.id).await {
+                Ok(Some(_)) => finished += 1,
+                Ok(None) | Err(TusError::Locked | TusError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(upload_id = %upload.id, error = %e, "finishing a complete upload failed"),
             }
         }
+        Ok(finished)
     }
 
     /// Removes an upload, its metadata and every chunk, whoever holds its lease. Returns
@@ -443,23 +537,31 @@ impl Resumable {
     }
 }
 
-/// A chunk's plaintext as a stream, each segment authenticated before it is released.
+/// A chunk's plaintext as a stream, each segment authenticated before it is released. A
+/// chunk that cannot be read is the store's failure (`IngestError::Port`, perhaps transient),
+/// one that does not authenticate an integrity failure, never the client's.
 async fn decrypt_chunk(
     blobs: &dyn BlobStore,
     key: &PlainKey,
     upload: &UploadRecord,
     chunk: &UploadChunk,
-) -> Result<futures::stream::BoxStream<'static, Result<Bytes, String>>, String> {
-    let object = blobs.get(&chunk.object_key).await.map_err(|e| e.to_string())?;
-    let (header, _, body) = crate::pipeline::read::open_envelope(object)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<futures::stream::BoxStream<'static, Result<Bytes, IngestError>>, IngestError> {
+    fn ours(e: crate::pipeline::read::ReadError) -> IngestError {
+        use crate::pipeline::read::ReadError;
+        match e {
+            ReadError::Port(p) => IngestError::Port(p),
+            ReadError::Envelope(e) => IngestError::Envelope(e),
+            other => IngestError::Port(PortError::Integrity(other.to_string())),
+        }
+    }
+    let object = blobs.get(&chunk.object_key).await?;
+    let (header, _, body) = crate::pipeline::read::open_envelope(object).await.map_err(ours)?;
     let binding = Binding {
         package_id: chunk_binding_id(upload.id, chunk.offset),
         user_id: &upload.user_id,
     };
     let decryptor = Decryptor::new(key, &header, binding);
     Ok(crate::pipeline::read::decrypt_stream(body, decryptor, 0, chunk.length)
-        .map_err(|e| e.to_string())
+        .map_err(ours)
         .boxed())
 }

@@ -6,6 +6,8 @@
 //! override where); a test that cannot reach them fails, it never skips.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

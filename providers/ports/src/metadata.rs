@@ -358,8 +358,13 @@ pub trait UploadStore: Send + Sync + std::fmt::Debug {
     async fn unlock_upload(&self, id: Uuid, token: Uuid) -> Result<()>;
     async fn append_chunk(&self, id: Uuid, token: Uuid, chunk: &UploadChunk, expires_at: DateTime<Utc>) -> Result<()>;
     async fn upload_chunks(&self, id: Uuid) -> Result<Vec<UploadChunk>>;
-    /// Records the package a complete upload became.
-    async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<()>;
+    /// Records the package a complete upload became and removes its chunk rows, in one
+    /// transaction; returns the removed chunks' object keys. `Conflict` when the upload
+    /// already became another package.
+    async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<Vec<String>>;
+    /// Uploads whose every byte arrived but that have no package yet, and that nobody holds a
+    /// live lease on at `now`: finalization a crash or a passing failure interrupted.
+    async fn unfinished_complete(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>>;
     /// Removes the upload and its chunk rows in one transaction, whoever holds its lease, and
     /// returns the removed chunks' object keys: a concurrent `append_chunk` either lands
     /// before (and its chunk is returned) or fails after (and its writer removes its object).

@@ -20,7 +20,8 @@ use crate::metadata::{NewUpload, UploadChunk, UploadRecord, UploadStore};
 ///   (else `Conflict`, nothing recorded); it advances the offset by the chunk's length, sets
 ///   the new expiry and releases the lease;
 /// - `upload_chunks` lists the chunks in offset order;
-/// - `complete_upload` records the package; a completed upload is no longer open;
+/// - `complete_upload` records the package once, removes and names the chunks; a completed
+///   upload is no longer open; `unfinished_complete` finds complete uploads without a package;
 /// - `expired_uploads` lists unfinished uploads past their expiry, skipping those under a live
 ///   lease and completed ones;
 /// - `open_uploads` lists the user's unfinished uploads only;
@@ -163,12 +164,46 @@ pub async fn upload_store(uploads: &dyn UploadStore) {
         "upload_chunks lists the chunks in offset order"
     );
 
-    // Completion.
+    // Completion: a complete upload without its package is found for recovery, until
+    // completed; completing removes the chunk rows and names their objects.
+    let waiting = ids(uploads.unfinished_complete(now()).await.expect("unfinished_complete"));
+    assert!(
+        waiting.contains(&upload.id),
+        "unfinished_complete lists an upload whose every byte arrived"
+    );
+    let t5 = Uuid::new_v4();
+    assert!(lock(uploads, &alice, upload.id, t5, minute()).await.is_some());
+    assert!(
+        !ids(uploads.unfinished_complete(now()).await.unwrap()).contains(&upload.id),
+        "unfinished_complete skips an upload under a live lease"
+    );
+    let mut written: Vec<String> = uploads
+        .upload_chunks(upload.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.object_key)
+        .collect();
     let package_id = Uuid::new_v4();
-    uploads
+    let mut removed = uploads
         .complete_upload(upload.id, package_id)
         .await
         .expect("complete_upload");
+    removed.sort();
+    written.sort();
+    assert_eq!(removed, written, "complete_upload names the chunks it removed");
+    assert!(uploads.upload_chunks(upload.id).await.unwrap().is_empty());
+    assert!(
+        matches!(
+            uploads.complete_upload(upload.id, Uuid::new_v4()).await,
+            Err(crate::PortError::Conflict(_))
+        ),
+        "an upload completes into one package only"
+    );
+    assert!(
+        !ids(uploads.unfinished_complete(now()).await.unwrap()).contains(&upload.id),
+        "a completed upload is not waiting"
+    );
     assert_eq!(
         get(uploads, &alice, upload.id).await.package_id,
         Some(package_id),

@@ -143,21 +143,49 @@ impl UploadStore for SqlStore {
         convert(rows)
     }
 
-    async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<()> {
-        on_pool!(&self.pool, |pool| {
-            sqlx::query("UPDATE tus_uploads SET package_id = $2 WHERE id = $1")
+    async fn complete_upload(&self, id: Uuid, package_id: Uuid) -> Result<Vec<String>> {
+        let keys: Vec<(String,)> = on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            let updated = sqlx::query(
+                "UPDATE tus_uploads SET package_id = $2, lock_token = NULL, locked_until = NULL \
+                 WHERE id = $1 AND (package_id IS NULL OR package_id = $2)",
+            )
+            .bind(id)
+            .bind(package_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if updated == 0 {
+                return Err(PortError::Conflict(format!(
+                    "upload {id} is gone or became another package"
+                )));
+            }
+            let keys = sqlx::query_as("DELETE FROM tus_chunks WHERE upload_id = $1 RETURNING object_key")
                 .bind(id)
-                .bind(package_id)
-                .execute(pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query("DELETE FROM tus_chunks WHERE upload_id = $1")
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            keys
         });
-        Ok(())
+        Ok(keys.into_iter().map(|(key,)| key).collect())
+    }
+
+    async fn unfinished_complete(&self, now: DateTime<Utc>) -> Result<Vec<UploadRecord>> {
+        let rows: Vec<UploadRow> = on_pool!(&self.pool, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                upload_columns!(),
+                " FROM tus_uploads WHERE package_id IS NULL AND upload_offset = length \
+                 AND (lock_token IS NULL OR locked_until < $1) LIMIT 100"
+            ))
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db_err)?;
+        convert(rows)
     }
 
     async fn delete_upload(&self, id: Uuid) -> Result<Vec<String>> {
