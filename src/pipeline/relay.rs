@@ -15,6 +15,10 @@ use crate::config::OutboxSettings;
 /// Lease on claimed rows: long enough for a slow publish, short enough that a crashed
 /// relay's rows are retried soon.
 const LEASE: Duration = Duration::from_secs(60);
+/// A batch's publish must end well inside its lease: one that outlived it could land after
+/// another relay had re-claimed and sent the same events and the package's later ones,
+/// breaking per-package order. Past this, the batch is given back to be retried.
+const PUBLISH_BUDGET: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -53,7 +57,16 @@ impl Relay {
             }
         };
         let messages: Vec<&OutboxMessage> = batch.iter().map(|entry| &entry.message).collect();
-        let mut results = self.notifier.publish_batch(&messages).await.into_iter();
+        let mut results = match tokio::time::timeout(PUBLISH_BUDGET, self.notifier.publish_batch(&messages)).await {
+            Ok(results) => results.into_iter(),
+            Err(_) => {
+                tracing::warn!(
+                    events = messages.len(),
+                    "publishing a batch outlasted its budget; it is retried"
+                );
+                Vec::new().into_iter()
+            }
+        };
         let mut sent = 0;
         let mut failed = false;
         for entry in &batch {

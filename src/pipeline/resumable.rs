@@ -23,8 +23,39 @@ use crate::formats::input::{DataCategory, FileName, UserId};
 use crate::formats::tus::{Checksum, ChecksumAlgorithm};
 use crate::pipeline::ingest::{IngestError, Ingestor, UploadRequest};
 
-/// How long one PATCH may hold an upload's lease; a crashed holder's lease runs out.
-const LEASE: Duration = Duration::from_secs(3600);
+/// An upload's lease: short, so the lease of a replica that died runs out within seconds and
+/// the client resumes on another; renewed every [`HEARTBEAT`] while its holder works, so a
+/// PATCH or a finalization may take as long as it needs.
+const LEASE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Keeps an upload's lease alive until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(uploads: Arc<dyn UploadStore>, id: Uuid, token: Uuid) -> Self {
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                match uploads.renew_lease(id, token, lease_end()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(upload_id = %id, error = %e, "renewing an upload lease failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lease_end() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default()
+}
 
 /// Why a tus request failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +244,7 @@ impl Resumable {
         E: std::fmt::Display,
     {
         let token = Uuid::new_v4();
-        let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
-        let Some(upload) = self.uploads.lock_upload(user_id, id, token, until).await? else {
+        let Some(upload) = self.uploads.lock_upload(user_id, id, token, lease_end()).await? else {
             return match self.uploads.get_upload(user_id, id).await? {
                 Some(_) => Err(TusError::Locked),
                 None => Err(TusError::NotFound(id)),
@@ -230,7 +260,9 @@ impl Resumable {
             let upload = self.status(user_id, id).await?;
             return Ok(Progress { upload, package });
         }
+        let heartbeat = Heartbeat::start(self.uploads.clone(), id, token);
         let result = self.write_chunk(&upload, token, offset, checksum, body).await;
+        drop(heartbeat);
         if result.is_err()
             && let Err(e) = self.uploads.unlock_upload(id, token).await
         {
@@ -348,13 +380,13 @@ impl Resumable {
     /// `Ok(None)` when the upload still waits for bytes.
     pub async fn finish(&self, user_id: &str, id: Uuid) -> Result<Option<PackageRecord>, TusError> {
         let token = Uuid::new_v4();
-        let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
-        let Some(upload) = self.uploads.lock_upload(user_id, id, token, until).await? else {
+        let Some(upload) = self.uploads.lock_upload(user_id, id, token, lease_end()).await? else {
             return match self.uploads.get_upload(user_id, id).await? {
                 Some(_) => Err(TusError::Locked),
                 None => Err(TusError::NotFound(id)),
             };
         };
+        let heartbeat = Heartbeat::start(self.uploads.clone(), id, token);
         let result = match upload.package_id {
             Some(package_id) => self
                 .ingest
@@ -365,6 +397,7 @@ impl Resumable {
             None if upload.offset < upload.length => Ok(None),
             None => self.finalize(&upload).await.map(Some),
         };
+        drop(heartbeat);
         if let Err(e) = self.uploads.unlock_upload(id, token).await {
             tracing::warn!(upload_id = %id, error = %e, "releasing an upload lease failed");
         }

@@ -356,6 +356,9 @@ pub trait UploadStore: Send + Sync + std::fmt::Debug {
         until: DateTime<Utc>,
     ) -> Result<Option<UploadRecord>>;
     async fn unlock_upload(&self, id: Uuid, token: Uuid) -> Result<()>;
+    /// Extends the lease `token` holds to `until` (a heartbeat, so a short lease outlives a
+    /// long PATCH but not its holder). False when `token` no longer holds it.
+    async fn renew_lease(&self, id: Uuid, token: Uuid, until: DateTime<Utc>) -> Result<bool>;
     async fn append_chunk(&self, id: Uuid, token: Uuid, chunk: &UploadChunk, expires_at: DateTime<Utc>) -> Result<()>;
     async fn upload_chunks(&self, id: Uuid) -> Result<Vec<UploadChunk>>;
     /// Records the package a complete upload became and removes its chunk rows, in one

@@ -26,7 +26,9 @@ const ALL: u32 = 10_000;
 /// - `limit` caps a claim, and successive claims continue oldest first;
 /// - `list` shows messages newest first, only unsent ones when `pending_only`, with their
 ///   delivery state;
-/// - `prune_sent` deletes only messages sent before the cutoff; unsent ones stay, however old.
+/// - `prune_sent` deletes only messages sent before the cutoff; unsent ones stay, however old;
+/// - an erasure while a package's event is being published keeps that event (scrubbed), so
+///   `package.deleted` still waits behind it; a failed publish of it then drops it.
 ///
 /// Claims lease every due message in the store, the suite's or not, for a minute (times are
 /// passed in, so the suite never waits): run it where no relay drains the same outbox.
@@ -199,10 +201,55 @@ pub async fn outbox(store: &dyn PackageStore, outbox: &dyn Outbox) {
         left.contains(&unsent.id),
         "prune_sent keeps unsent messages, however old"
     );
+    erasure_during_a_publish(store, outbox, &owner).await;
 }
 
 /// A second in 2000, different for every run, to send messages at: pruning before it
 /// touches no other run's messages.
+/// A package erased while a relay is publishing its `package.stored`: the event in flight
+/// stays (its payload scrubbed) and `package.deleted` waits behind it, so consumers never
+/// hear of the deletion first; when the publish fails, the event is dropped, not retried.
+async fn erasure_during_a_publish(store: &dyn PackageStore, outbox: &dyn Outbox, owner: &str) {
+    let package = new_package(owner, "documents", now());
+    store.create_package(&package).await.expect("create_package");
+    let stored = event("package.stored", package.id);
+    store
+        .mark_stored(owner, package.id, &stored_object(package.id, now()), &stored)
+        .await
+        .expect("mark_stored");
+    let t = now() + Duration::seconds(1);
+    assert_eq!(ids(&claim(outbox, &[stored.id], t, ALL).await), [stored.id]);
+    let deleted = event("package.deleted", package.id);
+    store
+        .mark_deleted(owner, package.id, &deleted)
+        .await
+        .expect("mark_deleted");
+    let kept = listed(outbox, &[stored.id], true).await;
+    assert_eq!(ids(&kept), [stored.id], "the event being published is kept");
+    assert_eq!(
+        kept[0].message.payload,
+        serde_json::json!({"erased": true}),
+        "and scrubbed"
+    );
+    assert!(
+        claim(outbox, &[stored.id, deleted.id], t, ALL).await.is_empty(),
+        "package.deleted waits behind the event being published"
+    );
+    outbox
+        .mark_failed(stored.id, "broker down", t)
+        .await
+        .expect("mark_failed");
+    assert!(
+        listed(outbox, &[stored.id], false).await.is_empty(),
+        "a failed publish of an erased package's event drops it"
+    );
+    assert_eq!(
+        ids(&claim(outbox, &[stored.id, deleted.id], t + Duration::seconds(1), ALL).await),
+        [deleted.id],
+        "then package.deleted goes"
+    );
+}
+
 fn long_ago() -> DateTime<Utc> {
     let offset = i64::from(u32::from_be_bytes(Uuid::new_v4().as_bytes()[..4].try_into().unwrap()) % 31_536_000);
     DateTime::from_timestamp(946_684_800 + offset, 0).expect("a time in 2000")

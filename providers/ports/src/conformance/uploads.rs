@@ -19,6 +19,7 @@ use crate::metadata::{NewUpload, UploadChunk, UploadRecord, UploadStore};
 /// - `append_chunk` only with the token holding the lease and only from the expected offset
 ///   (else `Conflict`, nothing recorded); it advances the offset by the chunk's length, sets
 ///   the new expiry and releases the lease;
+/// - `renew_lease` extends a lease for its holder only;
 /// - `upload_chunks` lists the chunks in offset order;
 /// - `complete_upload` records the package once, removes and names the chunks; a completed
 ///   upload is no longer open; `unfinished_complete` finds complete uploads without a package;
@@ -149,7 +150,21 @@ pub async fn upload_store(uploads: &dyn UploadStore) {
         std::slice::from_ref(&first),
         "a refused chunk is not recorded"
     );
+    // Heartbeats: the holder extends its lease, nobody else can.
+    let later = now() + Duration::minutes(5);
+    assert!(
+        uploads.renew_lease(upload.id, t3, later).await.expect("renew_lease"),
+        "renew_lease extends the holder's lease"
+    );
+    assert!(
+        !uploads.renew_lease(upload.id, Uuid::new_v4(), later).await.unwrap(),
+        "renew_lease refuses a token that does not hold the lease"
+    );
     uploads.unlock_upload(upload.id, t3).await.unwrap();
+    assert!(
+        !uploads.renew_lease(upload.id, t3, later).await.unwrap(),
+        "a released lease cannot be renewed"
+    );
     let t4 = Uuid::new_v4();
     assert!(lock(uploads, &alice, upload.id, t4, minute()).await.is_some());
     let second = chunk(40, 60);

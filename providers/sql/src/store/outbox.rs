@@ -47,6 +47,16 @@ impl Outbox for SqlStore {
 
     async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()> {
         on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            // Its package was erased while it was being published: nobody needs it any more.
+            sqlx::query(
+                "DELETE FROM outbox WHERE id = $1 AND sent_at IS NULL \
+                 AND aggregate_id IN (SELECT id FROM packages WHERE status = 'deleted')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             sqlx::query(
                 "UPDATE outbox SET last_error = $2, next_attempt_at = $3, lease_until = NULL \
                  WHERE id = $1 AND sent_at IS NULL",
@@ -54,11 +64,11 @@ impl Outbox for SqlStore {
             .bind(id)
             .bind(error)
             .bind(next_attempt_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
-            .map(|_| ())
-        })
-        .map_err(db_err)?;
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+        });
         Ok(())
     }
 

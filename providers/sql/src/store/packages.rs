@@ -305,11 +305,18 @@ impl PackageStore for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query("DELETE FROM outbox WHERE aggregate_id = $1 AND sent_at IS NULL")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            // Unsent events go, except one a relay is publishing right now: it stays (scrubbed
+            // below) so this package's later events, `package.deleted` among them, still wait
+            // behind it, and the relay drops it if that publish fails.
+            sqlx::query(
+                "DELETE FROM outbox WHERE aggregate_id = $1 AND sent_at IS NULL \
+                 AND (lease_until IS NULL OR lease_until <= $2)",
+            )
+            .bind(id)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             sqlx::query("UPDATE outbox SET payload = $2, last_error = NULL WHERE aggregate_id = $1")
                 .bind(id)
                 .bind(Json(serde_json::json!({"erased": true})))

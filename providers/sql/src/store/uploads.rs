@@ -96,6 +96,20 @@ impl UploadStore for SqlStore {
         Ok(())
     }
 
+    async fn renew_lease(&self, id: Uuid, token: Uuid, until: DateTime<Utc>) -> Result<bool> {
+        let renewed = on_pool!(&self.pool, |pool| {
+            sqlx::query("UPDATE tus_uploads SET locked_until = $3 WHERE id = $1 AND lock_token = $2")
+                .bind(id)
+                .bind(token)
+                .bind(until)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(db_err)?;
+        Ok(renewed == 1)
+    }
+
     async fn append_chunk(&self, id: Uuid, token: Uuid, chunk: &UploadChunk, expires_at: DateTime<Utc>) -> Result<()> {
         let offset = to_i64(chunk.offset, "offset")?;
         let length = to_i64(chunk.length, "length")?;
