@@ -1,0 +1,362 @@
+//! Two real `udim serve` processes on one PostgreSQL, one object store, one key file and one
+//! RabbitMQ queue behave as one service: concurrent consents on both make one ledger that
+//! `udim ledger verify` accepts, every checkpoint either replica signed is consistent with
+//! the earlier ones, simple and tus uploads whose PATCHes alternate between the replicas
+//! become packages whose events all arrive, and a replica killed in the middle of a PATCH
+//! leaves the upload to be resumed on the other within seconds.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestDatabase, TestQueue};
+use serde_json::{Value, json};
+use udim_ledger::note::VerifierKey;
+use udim_ledger::proof::ConsistencyProof;
+
+const UDIM: &str = env!("CARGO_BIN_EXE_udim");
+const SECRET: &str = "replicas-share-this-hs256-secret-of-32+bytes";
+
+/// One replica: a child process, killed when dropped.
+struct Replica {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the replicas share.
+struct Shared {
+    database: TestDatabase,
+    queue: TestQueue,
+    signing_key: String,
+    dir: tempfile::TempDir,
+}
+
+impl Shared {
+    async fn new() -> Self {
+        let database = TestDatabase::create().await;
+        let queue = TestQueue::new(&common::amqp_url());
+        let signing_key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+            .unwrap()
+            .to_secret_string();
+        Self {
+            database,
+            queue,
+            signing_key,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, name: &str) -> Command {
+        let q = &self.queue.settings;
+        let mut cmd = Command::new(UDIM);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // Built-in defaults only (no data-category allow-lists), plus what is set here.
+            .env("UDIM_CONFIG_DIR", self.dir.path().join("no-config"))
+            // Each replica has a data directory of its own; all they share is configured.
+            .env("UDIM_DATA_DIR", self.dir.path().join(name))
+            .env("UDIM_DATABASE__URL", self.database.url())
+            .env("UDIM_STORAGE__TYPE", "filesystem")
+            .env("UDIM_STORAGE__PATH", self.dir.path().join("objects"))
+            .env("UDIM_KMS__TYPE", "local")
+            .env("UDIM_KMS__KEY_FILE", self.dir.path().join("kek.keys"))
+            .env("UDIM_AUTH__HS256_SECRET", SECRET)
+            .env("UDIM_LEDGER__SIGNING_KEY", &self.signing_key)
+            .env("UDIM_QUEUE__TYPE", "rabbitmq")
+            .env("UDIM_QUEUE__URL", secrecy::ExposeSecret::expose_secret(&q.url))
+            .env("UDIM_QUEUE__EXCHANGE", &q.exchange)
+            .env("UDIM_QUEUE__QUEUE", &q.queue)
+            .env("UDIM_QUEUE__DEAD_LETTER_EXCHANGE", &q.dead_letter_exchange)
+            .env("UDIM_QUEUE__DEAD_LETTER_QUEUE", &q.dead_letter_queue)
+            .env("UDIM_OUTBOX__POLL_INTERVAL_MS", "100");
+        cmd
+    }
+
+    async fn start(&self, name: &str) -> Replica {
+        for _ in 0..3 {
+            let port = udim_testkit::port_for_child();
+            let child = self
+                .command(name)
+                .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+                .arg("serve")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut replica = Replica {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+            };
+            for _ in 0..200 {
+                if replica.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if reqwest::get(format!("{}/healthz", replica.base))
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    return replica;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = replica.child.kill();
+        }
+        panic!("replica {name} did not start");
+    }
+
+    fn token(&self, sub: &str) -> String {
+        let mut settings = udim::config::Settings::default();
+        settings.auth.hs256_secret = Some(SECRET.to_owned().into());
+        udim::auth::Authenticator::from_settings(&settings)
+            .unwrap()
+            .mint(sub, &["udim:upload".to_owned()])
+            .unwrap()
+    }
+}
+
+async fn grant(http: &reqwest::Client, base: &str, token: &str) -> Value {
+    let response = http
+        .post(format!("{base}/v1/consents"))
+        .bearer_auth(token)
+        .json(&json!({
+            "purposes": ["model-training"],
+            "data_categories": ["audio"],
+            "policy_version": "2026-01",
+            "jurisdiction": "EU",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+async fn checkpoint_size(http: &reqwest::Client, base: &str) -> u64 {
+    let note = http
+        .get(format!("{base}/v1/ledger/checkpoint"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    note.lines().nth(1).unwrap().parse().unwrap()
+}
+
+fn tus(request: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    request.bearer_auth(token).header("tus-resumable", "1.0.0")
+}
+
+async fn patch(http: &reqwest::Client, url: &str, token: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Response {
+    tus(http.patch(url), token)
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_are_one_service() {
+    let shared = Shared::new().await;
+    let (a, b) = (shared.start("a").await, shared.start("b").await);
+    let bases = [a.base.clone(), b.base.clone()];
+    let http = reqwest::Client::new();
+
+    // Concurrent consents on both replicas, and the checkpoints each one signs meanwhile.
+    let users: Vec<String> = (0..12).map(|n| format!("user-{n}")).collect();
+    let grants = users.iter().enumerate().map(|(n, user)| {
+        let (http, base, token) = (http.clone(), bases[n % 2].clone(), shared.token(user));
+        tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            for _ in 0..3 {
+                grant(&http, &base, &token).await;
+                sizes.push(checkpoint_size(&http, &base).await);
+            }
+            sizes
+        })
+    });
+    let mut sizes: Vec<u64> = futures::future::join_all(grants)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    sizes.sort();
+    sizes.dedup();
+    assert_eq!(
+        checkpoint_size(&http, &bases[0]).await,
+        36,
+        "one log: every grant on either replica"
+    );
+    assert_eq!(checkpoint_size(&http, &bases[1]).await, 36);
+    let key = VerifierKey::parse(
+        http.get(format!("{}/v1/ledger/key", bases[1]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    for pair in sizes.windows(2) {
+        let base = &bases[(pair[0] % 2) as usize];
+        let proof: ConsistencyProof = http
+            .get(format!("{base}/v1/ledger/consistency?from={}&to={}", pair[0], pair[1]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (old, new) = proof
+            .verify(&key)
+            .expect("every checkpoint is consistent with the one before");
+        assert_eq!((old.size, new.size), (pair[0], pair[1]));
+    }
+
+    // Simple uploads on both, and tus uploads whose PATCHes alternate between them.
+    let mut packages = Vec::new();
+    for (n, user) in users.iter().take(4).enumerate() {
+        let token = shared.token(user);
+        let response = http
+            .post(format!(
+                "{}/v1/packages?data_category=audio&filename=a.bin",
+                bases[n % 2]
+            ))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(common::distinctive_bytes(50_000 + n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let package: Value = response.json().await.unwrap();
+        packages.push(package["id"].as_str().unwrap().to_owned());
+
+        let body = common::distinctive_bytes(200_000 + n);
+        let created = tus(http.post(format!("{}/v1/uploads", bases[(n + 1) % 2])), &token)
+            .header("upload-length", body.len().to_string())
+            .header("upload-metadata", "data_category YXVkaW8=")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let path = created.headers()["location"].to_str().unwrap().to_owned();
+        let mut offset = 0;
+        let mut last = None;
+        for (part, bytes) in body.chunks(60_000).enumerate() {
+            let response = patch(
+                &http,
+                &format!("{}{path}", bases[part % 2]),
+                &token,
+                offset,
+                bytes.to_vec(),
+            )
+            .await;
+            assert_eq!(response.status(), 204, "PATCH {part} on replica {}", part % 2);
+            offset += bytes.len();
+            last = Some(response);
+        }
+        let id = last.unwrap().headers()["udim-package-id"].to_str().unwrap().to_owned();
+        packages.push(id);
+    }
+
+    // Every package's event arrives, once a relay on either replica has sent it.
+    let mut announced = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while announced.len() < packages.len() && Instant::now() < deadline {
+        if let Some((_, event)) = shared.queue.next_event(Duration::from_secs(2)).await {
+            assert_eq!(event["event_type"], "package.stored");
+            announced.insert(event["package_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = packages.iter().cloned().collect();
+    assert_eq!(announced, expected, "every package's event is delivered");
+
+    // Replica a dies in the middle of a PATCH; the client resumes on b within seconds.
+    let token = shared.token("user-0");
+    let body = common::distinctive_bytes(400_000);
+    let created = tus(http.post(format!("{}/v1/uploads", bases[0])), &token)
+        .header("upload-length", body.len().to_string())
+        .header("upload-metadata", "data_category YXVkaW8=")
+        .send()
+        .await
+        .unwrap();
+    let path = created.headers()["location"].to_str().unwrap().to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let in_flight = tokio::spawn(
+        tus(http.patch(format!("{}{path}", bases[0])), &token)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    tx.send(Ok(body[..100_000].to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    drop(tx);
+    let _ = in_flight.await;
+
+    let url_b = format!("{}{path}", bases[1]);
+    let resumed = loop {
+        let head = tus(http.head(&url_b), &token).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        let offset: usize = head.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+        let response = patch(&http, &url_b, &token, offset, body[offset..].to_vec()).await;
+        if response.status() == 204 {
+            break response;
+        }
+        assert_eq!(
+            response.status(),
+            423,
+            "only the dead replica's lease stands in the way"
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the lease outlived its replica"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let waited = killed.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "resumed {waited:?} after the replica died"
+    );
+    let id = resumed.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    let (status, package) = {
+        let response = http
+            .get(format!("{}/v1/packages/{id}", bases[1]))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(
+        package["sha256"],
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref())
+    );
+
+    // And the one ledger both wrote passes the operator's audit.
+    let audit = shared.command("audit").args(["ledger", "verify"]).output().unwrap();
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("36 entries"));
+    drop(b);
+    shared.queue.delete().await;
+}
