@@ -167,6 +167,12 @@ impl ConsentService {
     }
 
     async fn append(&self, record: ConsentRecord) -> Result<AppendedConsent> {
+        self.append_expecting(record, None).await
+    }
+
+    /// Appends `record`; with `expects_latest`, only if the consent's newest entry is still
+    /// at that index when the batch is written (`Conflict` otherwise).
+    async fn append_expecting(&self, record: ConsentRecord, expects_latest: Option<u64>) -> Result<AppendedConsent> {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| PortError::generic("rng", "random generator failed"))?;
         let leaf = record.leaf_hash(&salt);
@@ -181,6 +187,7 @@ impl ConsentService {
                 salt,
                 leaf_hash: leaf,
                 recorded_at: record.recorded_at,
+                expects_latest,
             })
             .await?;
         let proof = RecordProof::new(appended.entry.index, &leaf, &appended.proof, appended.checkpoint.note);
@@ -202,32 +209,51 @@ impl ConsentService {
 
     /// Appends an `updated` record: the consent `consent_id` now has the scope of `grant`.
     pub async fn update(&self, user_id: &str, consent_id: Uuid, grant: Grant) -> Result<AppendedConsent, ConsentError> {
-        self.current(user_id, consent_id).await?;
-        let record = grant.into_record(Uuid::now_v7(), consent_id, user_id, ConsentEvent::Updated);
-        Ok(self.append(record).await?)
-    }
-
-    /// The latest record of the caller's consent `consent_id`, which must not be withdrawn.
-    async fn current(&self, user_id: &str, consent_id: Uuid) -> Result<ConsentRecord, ConsentError> {
-        let state = self.state(user_id).await?;
-        let current = state.latest(consent_id).ok_or(ConsentError::NotFound(consent_id))?;
-        if current.record.event == ConsentEvent::Withdrawn {
-            return Err(ConsentError::Withdrawn(consent_id));
-        }
-        Ok(current.record.clone())
+        self.change(user_id, consent_id, |_| {
+            grant
+                .clone()
+                .into_record(Uuid::now_v7(), consent_id, user_id, ConsentEvent::Updated)
+        })
+        .await
     }
 
     /// Appends a `withdrawn` record for the caller's consent `consent_id`.
     pub async fn withdraw(&self, user_id: &str, consent_id: Uuid) -> Result<AppendedConsent, ConsentError> {
-        let current = self.current(user_id, consent_id).await?;
-        Ok(self
-            .append(ConsentRecord {
-                record_id: Uuid::now_v7(),
-                event: ConsentEvent::Withdrawn,
-                recorded_at: now_micros(),
-                ..current
-            })
-            .await?)
+        self.change(user_id, consent_id, |current| ConsentRecord {
+            record_id: Uuid::now_v7(),
+            event: ConsentEvent::Withdrawn,
+            recorded_at: now_micros(),
+            ..current.clone()
+        })
+        .await
+    }
+
+    /// Appends `next(current)` for a consent that is not withdrawn, checked and appended as
+    /// one step: the append holds only if the consent's newest entry is still the one `next`
+    /// saw, across every process. If another change landed first, the state is read again:
+    /// a withdrawal that won ends it (`Withdrawn`); anything else is tried once more on top.
+    async fn change(
+        &self,
+        user_id: &str,
+        consent_id: Uuid,
+        next: impl Fn(&ConsentRecord) -> ConsentRecord,
+    ) -> Result<AppendedConsent, ConsentError> {
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            let state = self.state(user_id).await?;
+            let current = state.latest(consent_id).ok_or(ConsentError::NotFound(consent_id))?;
+            if current.record.event == ConsentEvent::Withdrawn {
+                return Err(ConsentError::Withdrawn(consent_id));
+            }
+            match self
+                .append_expecting(next(&current.record), Some(current.entry.index))
+                .await
+            {
+                Err(PortError::Conflict(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(PortError::unavailable("consent ledger", "the consent keeps changing; retry").into())
     }
 }
 

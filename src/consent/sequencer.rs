@@ -62,16 +62,25 @@ impl Sequencer {
                     .record(started.elapsed().as_secs_f64());
                 match result {
                     Ok(appended) => {
-                        metrics::counter!(crate::ops::metrics::LEDGER_ENTRIES).increment(entries.len() as u64);
-                        metrics::histogram!(crate::ops::metrics::LEDGER_BATCH).record(entries.len() as f64);
+                        metrics::counter!(crate::ops::metrics::LEDGER_ENTRIES).increment(appended.entries.len() as u64);
+                        metrics::histogram!(crate::ops::metrics::LEDGER_BATCH).record(appended.entries.len() as f64);
                         metrics::gauge!(crate::ops::metrics::LEDGER_SIZE).set(appended.checkpoint.size as f64);
                         let checkpoint = appended.checkpoint;
-                        for ((request, entry), proof) in batch.drain(..).zip(appended.entries).zip(appended.proofs) {
-                            let _ = request.reply.send(Ok(Appended {
-                                entry,
-                                proof,
-                                checkpoint: checkpoint.clone(),
-                            }));
+                        let mut appended_entries = appended.entries.into_iter().zip(appended.proofs);
+                        for (position, request) in batch.drain(..).enumerate() {
+                            let reply = if appended.refused.contains(&position) {
+                                Err(PortError::Conflict("the consent changed meanwhile".into()))
+                            } else {
+                                match appended_entries.next() {
+                                    Some((entry, proof)) => Ok(Appended {
+                                        entry,
+                                        proof,
+                                        checkpoint: checkpoint.clone(),
+                                    }),
+                                    None => Err(PortError::Integrity("the ledger answered for fewer entries".into())),
+                                }
+                            };
+                            let _ = request.reply.send(reply);
                         }
                     }
                     Err(error) => {
@@ -87,7 +96,8 @@ impl Sequencer {
         Self { requests }
     }
 
-    /// Appends one entry; resolves when its batch is committed and signed.
+    /// Appends one entry; resolves when its batch is committed and signed. `Conflict` when the
+    /// entry's `expects_latest` no longer held.
     pub async fn append(&self, entry: NewLedgerEntry) -> Result<Appended> {
         let (reply, answer) = oneshot::channel();
         self.requests

@@ -24,6 +24,10 @@ pub struct NewLedgerEntry {
     pub salt: [u8; 16],
     pub leaf_hash: Hash,
     pub recorded_at: DateTime<Utc>,
+    /// Append only if the newest entry of `consent_id` is still the one at this index (what
+    /// the caller decided on); otherwise the entry is refused, alone, and the batch goes on.
+    /// This makes a withdrawal or an update check-and-append atomically, across processes.
+    pub expects_latest: Option<u64>,
 }
 
 impl NewLedgerEntry {
@@ -70,7 +74,11 @@ pub struct StoredCheckpoint {
 /// against the batch's checkpoint.
 #[derive(Debug, Clone)]
 pub struct AppendedBatch {
+    /// The appended entries, in input order, without the refused ones.
     pub entries: Vec<LedgerEntry>,
+    /// Positions in the input of entries refused because their `expects_latest` no longer
+    /// held.
+    pub refused: Vec<usize>,
     /// `proofs[i]` proves `entries[i]` in the tree of `checkpoint.size`.
     pub proofs: Vec<Vec<Hash>>,
     pub checkpoint: StoredCheckpoint,

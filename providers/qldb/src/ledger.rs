@@ -361,8 +361,11 @@ impl QldbLedger {
             known.extend(fetch_nodes(txn, &missing).await?);
         }
         let proofs = batch.assemble(&known).map_err(|e| integrity(format!("proof: {e}")))?;
+        // `expects_latest` is not checked on this legacy store: a withdrawal racing another
+        // change of the same consent is not atomic here (docs/ledger.md says so).
         Ok(AppendedBatch {
             entries: stored_entries,
+            refused: Vec::new(),
             proofs,
             checkpoint: StoredCheckpoint {
                 size: new_size,

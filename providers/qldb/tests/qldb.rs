@@ -162,5 +162,6 @@ fn entry(user: &str) -> udim_ports::ledger::NewLedgerEntry {
         record: serde_json::to_value(&record).unwrap(),
         salt,
         recorded_at: record.recorded_at,
+        expects_latest: None,
     }
 }

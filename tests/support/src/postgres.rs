@@ -185,11 +185,29 @@ async fn make_template() -> String {
         .expect("connect to the template being built");
         db.migrate().await.expect("migrate the template");
         db.close().await;
+        // A database with a session still attached cannot be renamed, and the migration's
+        // pool has been seen to leave one behind after `close` (its last statement sqlx's own
+        // advisory unlock): end any such session first. Nothing else connects to a template
+        // being built.
         let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
-        sqlx::query(&rename)
+        let mut attempts = 0;
+        loop {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&building)
             .execute(&mut admin)
             .await
-            .unwrap_or_else(|e| panic!("{rename}: {e}"));
+            .expect("end the template's leftover sessions");
+            match sqlx::query(&rename).execute(&mut admin).await {
+                Ok(_) => break,
+                Err(e) => {
+                    attempts += 1;
+                    assert!(attempts < 10, "{rename}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(lock)

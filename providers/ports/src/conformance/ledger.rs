@@ -68,6 +68,7 @@ fn consent_entry(user: &str) -> NewLedgerEntry {
         record: serde_json::to_value(&record).expect("record"),
         salt,
         recorded_at,
+        expects_latest: None,
     }
 }
 

@@ -134,7 +134,39 @@ impl ConsentLedger for SqlStore {
                 .await
                 .map_err(db_err)?;
             let last = last.map(StoredCheckpoint::try_from).transpose()?;
-            let mut ext = extend(old_size, &stored, last, entries, signer)?;
+            // Entries whose consent moved on since their caller looked are refused, alone.
+            let mut latest: HashMap<Uuid, Option<u64>> = HashMap::new();
+            let mut accepted = Vec::with_capacity(entries.len());
+            let mut refused = Vec::new();
+            for (position, entry) in entries.iter().enumerate() {
+                if let Some(expected) = entry.expects_latest {
+                    if !latest.contains_key(&entry.consent_id) {
+                        let (max,): (Option<i64>,) =
+                            sqlx::query_as("SELECT max(idx) FROM consent_records WHERE consent_id = $1")
+                                .bind(entry.consent_id)
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(db_err)?;
+                        latest.insert(entry.consent_id, max.map(|m| unsigned(m, "ledger index")).transpose()?);
+                    }
+                    if latest[&entry.consent_id] != Some(expected) {
+                        refused.push(position);
+                        continue;
+                    }
+                }
+                latest.insert(entry.consent_id, Some(old_size + accepted.len() as u64));
+                accepted.push(entry.clone());
+            }
+            if accepted.is_empty() {
+                let checkpoint = last.ok_or_else(|| integrity("refused entries in an empty log"))?;
+                return Ok(AppendedBatch {
+                    entries: Vec::new(),
+                    refused,
+                    proofs: Vec::new(),
+                    checkpoint,
+                });
+            }
+            let mut ext = extend(old_size, &stored, last, &accepted, signer)?;
 
             // Unnamed statements: batch sizes vary, and caching one prepared statement per
             // size would only fill the cache.
@@ -209,6 +241,7 @@ impl ConsentLedger for SqlStore {
             tx.commit().await.map_err(db_err)?;
             Ok(AppendedBatch {
                 entries: ext.entries,
+                refused,
                 proofs,
                 checkpoint: StoredCheckpoint {
                     size: ext.size,
