@@ -140,16 +140,20 @@ impl ConsentLedger for SqlStore {
             let mut refused = Vec::new();
             for (position, entry) in entries.iter().enumerate() {
                 if let Some(expected) = entry.expects_latest {
-                    if !latest.contains_key(&entry.consent_id) {
-                        let (max,): (Option<i64>,) =
-                            sqlx::query_as("SELECT max(idx) FROM consent_records WHERE consent_id = $1")
-                                .bind(entry.consent_id)
-                                .fetch_one(&mut *tx)
-                                .await
-                                .map_err(db_err)?;
-                        latest.insert(entry.consent_id, max.map(|m| unsigned(m, "ledger index")).transpose()?);
-                    }
-                    if latest[&entry.consent_id] != Some(expected) {
+                    let newest = match latest.get(&entry.consent_id) {
+                        Some(newest) => *newest,
+                        None => {
+                            let (max,): (Option<i64>,) =
+                                sqlx::query_as("SELECT max(idx) FROM consent_records WHERE consent_id = $1")
+                                    .bind(entry.consent_id)
+                                    .fetch_one(&mut *tx)
+                                    .await
+                                    .map_err(db_err)?;
+                            max.map(|m| unsigned(m, "ledger index")).transpose()?
+                        }
+                    };
+                    if newest != Some(expected) {
+                        latest.insert(entry.consent_id, newest);
                         refused.push(position);
                         continue;
                     }
