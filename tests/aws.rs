@@ -211,23 +211,11 @@ async fn an_old_s3_version_of_an_erased_package_cannot_be_decrypted() {
     let package: Value = response.json().await.unwrap();
     let id: uuid::Uuid = package["id"].as_str().unwrap().parse().unwrap();
     let key_id = package["encryption_key_id"].as_str().unwrap().to_owned();
-    let database = app.database().await;
-    let wrapped_key = database
-        .packages
-        .get_package("alice", id)
+    let wrapped_key = app
+        .wrapped_key("alice", id)
         .await
-        .unwrap()
-        .and_then(|p| p.wrapped_key)
         .expect("the wrapped key, before the erasure");
-
-    let erased = app
-        .http
-        .delete(format!("{}/v1/packages/{id}", app.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(erased.status(), 204);
+    app.erase_package(&alice, id).await;
 
     let http = reqwest::Client::new();
     let listing = http

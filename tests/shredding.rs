@@ -22,25 +22,16 @@ async fn a_copy_taken_before_erasure_cannot_be_decrypted_after_it(db: Db) {
     let key_id = package["encryption_key_id"].as_str().unwrap().to_owned();
     let path = app.objects_dir().join("packages").join(id.to_string());
     let copy = std::fs::read(&path).unwrap();
-    let database = app.database().await;
-    let wrapped_key = database
-        .packages
-        .get_package("alice", id)
+    let wrapped_key = app
+        .wrapped_key("alice", id)
         .await
-        .unwrap()
-        .and_then(|p| p.wrapped_key)
         .expect("a stored package's wrapped key");
-
-    let erased = app
-        .http
-        .delete(format!("{}/v1/packages/{id}", app.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(erased.status(), 204);
-    let row = database.packages.get_package("alice", id).await.unwrap().unwrap();
-    assert_eq!(row.wrapped_key, None, "the database's copy is destroyed");
+    app.erase_package(&alice, id).await;
+    assert_eq!(
+        app.wrapped_key("alice", id).await,
+        None,
+        "the database's copy is destroyed"
+    );
 
     // The service's own path: even with the object restored from the copy, nothing reads.
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -80,13 +71,10 @@ async fn the_destroyed_key_does_not_linger_in_the_sqlite_files() {
         let package: Value = response.json().await.unwrap();
         ids.push(package["id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
-    let database = app.database().await;
     let mut keys = Vec::new();
     for id in &ids {
-        let record = database.packages.get_package("alice", *id).await.unwrap().unwrap();
-        keys.push(record.wrapped_key.expect("stored with its key"));
+        keys.push(app.wrapped_key("alice", *id).await.expect("stored with its key"));
     }
-    database.close().await;
     let files = || {
         ["udim.db", "udim.db-wal"]
             .iter()

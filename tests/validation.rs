@@ -232,3 +232,42 @@ async fn an_idempotency_key_returns_the_first_result_instead_of_a_second_package
     assert!(bad.is_err() || bad.unwrap().status() == 400);
     app.stop().await;
 }
+
+/// A resumable upload is refused at its creation when its declared length passes the
+/// category's cap or its declared type is not on the category's allow-list: nobody stages
+/// gigabytes into a category capped at kilobytes. Nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tus_upload_that_cannot_fit_its_category_is_refused_at_creation() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["images"]).await;
+    let create = |length: u64, metadata: &'static str| {
+        app.http
+            .post(format!("{}/v1/uploads", app.base))
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .header("upload-metadata", metadata)
+            .send()
+    };
+    // data_category "images"; filetype "application/pdf" / "image/png".
+    let too_large = create(64 * 1024 * 1024 * 1024, "data_category aW1hZ2Vz,filetype aW1hZ2UvcG5n")
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), 413);
+    let wrong_type = create(100, "data_category aW1hZ2Vz,filetype YXBwbGljYXRpb24vcGRm")
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    let problem: Value = wrong_type.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:unsupported-content");
+    let fits = create(100, "data_category aW1hZ2Vz,filetype aW1hZ2UvcG5n")
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 201, "within the cap and on the list");
+    let undeclared = create(100, "data_category aW1hZ2Vz").await.unwrap();
+    assert_eq!(undeclared.status(), 201, "no declared type: the bytes decide later");
+    let open = app.database().await.uploads.open_uploads("alice").await.unwrap();
+    assert_eq!(open.len(), 2, "the refused ones left nothing");
+    app.stop().await;
+}

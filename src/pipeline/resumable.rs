@@ -168,13 +168,20 @@ impl Resumable {
         Utc::now() + chrono::Duration::from_std(self.expire_after).unwrap_or_default()
     }
 
-    /// Creates an upload; consent must cover its category now.
+    /// Creates an upload; consent must cover its category now, and the declared length and
+    /// type must fit the category's cap and allow-list (the bytes are checked again as they
+    /// arrive and at the end: a declaration is only a claim).
     pub async fn create(&self, user_id: &str, creation: Creation) -> Result<UploadRecord, TusError> {
-        if creation.length > self.ingest.max_bytes {
-            return Err(IngestError::TooLarge {
-                limit: self.ingest.max_bytes,
-            }
-            .into());
+        let limit = self.ingest.limit_for(&creation.data_category);
+        if creation.length > limit {
+            return Err(IngestError::TooLarge { limit }.into());
+        }
+        // `application/octet-stream` declares nothing; the sniffed type decides later.
+        if creation.content_type != "application/octet-stream" {
+            self.ingest
+                .content
+                .check(&creation.data_category, &creation.content_type, None)
+                .map_err(IngestError::from)?;
         }
         let state = self.consents.state(user_id).await?;
         if state

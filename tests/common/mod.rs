@@ -242,6 +242,26 @@ impl TestApp {
         .expect("the test database")
     }
 
+    /// The wrapped data key the database holds for `user`'s package `id` (`None` once erased).
+    pub async fn wrapped_key(&self, user: &str, id: Uuid) -> Option<Vec<u8>> {
+        let database = self.database().await;
+        let record = database.packages.get_package(user, id).await.unwrap();
+        database.close().await;
+        record.and_then(|p| p.wrapped_key)
+    }
+
+    /// `DELETE /v1/packages/{id}` as the owner, which must succeed.
+    pub async fn erase_package(&self, token: &str, id: Uuid) {
+        let erased = self
+            .http
+            .delete(format!("{}/v1/packages/{id}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(erased.status(), 204);
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
