@@ -439,7 +439,9 @@ impl Settings {
             (None, Some(file)) => Ok(SigningKeySource::File(file.clone())),
             (None, None) if self.database_url().engine() == udim_sql::Engine::Postgres => Err(ConfigError::new(
                 "`ledger.signing_key` (or `ledger.signing_key_file`) is required on PostgreSQL, so that every \
-                 replica signs with the same key: make one with `udim ledger keygen`",
+                 replica signs with the same key: a deployment that ran with a generated key configures that one \
+                 (`<data_dir>/secrets/ledger-signing-key`, or `udim ledger verify` refuses its checkpoints); a new \
+                 one is made with `udim ledger keygen`",
             )),
             (None, None) => Ok(SigningKeySource::Generated(
                 self.data_dir.join("secrets").join("ledger-signing-key"),

@@ -110,6 +110,32 @@ async fn a_failed_finish_keeps_every_chunk_and_the_next_head_completes_it(db: Db
     app.stop().await;
 }
 
+/// A store that reports its failure as unclassified (not `Unavailable`) must not cost the
+/// upload either: only a refusal about the upload itself ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclassified_storage_failure_keeps_the_chunks_too() {
+    let (app, faults, objects) = app_with_faults(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let body = common::distinctive_bytes(LENGTH);
+    faults.unclassified_errors(true);
+    faults.refuse_chunk_reads(true);
+    let (url, last) = upload_in_two_patches(&app, &alice, &body).await;
+    assert!(last.status().is_server_error(), "{}", last.status());
+    assert!(last.headers().get("udim-package-id").is_none());
+    assert_eq!(
+        common::files_under(&objects.path().join("uploads")).len(),
+        2,
+        "both chunks are kept"
+    );
+    faults.refuse_chunk_reads(false);
+    let done = head(&app, &alice, &url).await;
+    assert_eq!(done.status(), 200);
+    let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    stored_package(&app, &alice, &id, &body).await;
+    app.stop().await;
+}
+
 /// The client did not hear the last PATCH's answer and sends it again: the retry finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_last_patch_finishes_the_upload() {

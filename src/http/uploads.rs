@@ -180,6 +180,13 @@ pub async fn create(
             state.relay_wake.notify_one();
         }
         progress
+    } else if upload.length == 0 {
+        // Complete on creation: nothing more will come, so it becomes its package now, and
+        // the answer's offset (0 of 0) never says "complete" of something not stored.
+        let package = state.resumable.finish(&principal.subject, upload.id).await?;
+        state.relay_wake.notify_one();
+        let upload = state.resumable.status(&principal.subject, upload.id).await?;
+        Progress { upload, package }
     } else {
         Progress { upload, package: None }
     };

@@ -24,32 +24,36 @@ use crate::formats::tus::{Checksum, ChecksumAlgorithm};
 use crate::pipeline::ingest::{IngestError, Ingestor, UploadRequest};
 
 /// An upload's lease: short, so the lease of a replica that died runs out within seconds and
-/// the client resumes on another; renewed every [`HEARTBEAT`] while its holder works, so a
-/// PATCH or a finalization may take as long as it needs.
+/// the client resumes on another; renewed every [`HEARTBEAT`] while its holder works (see
+/// `under_lease`), so a PATCH or a finalization may take as long as it needs.
 const LEASE: Duration = Duration::from_secs(15);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Keeps an upload's lease alive until dropped.
-struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Heartbeat {
-    fn start(uploads: Arc<dyn UploadStore>, id: Uuid, token: Uuid) -> Self {
-        Self(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                match uploads.renew_lease(id, token, lease_end()).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!(upload_id = %id, error = %e, "renewing an upload lease failed"),
+/// Runs `work` while keeping the lease `token` holds on upload `id` alive. If the lease
+/// cannot be kept — a renewal refused, or not confirmed within one heartbeat, so it may run
+/// out before the next — the work is stopped at once and the answer is a passing failure:
+/// whoever takes the upload next must never find its holder still writing.
+async fn under_lease<T>(
+    uploads: &dyn UploadStore,
+    id: Uuid,
+    token: Uuid,
+    work: impl std::future::Future<Output = Result<T, TusError>>,
+) -> Result<T, TusError> {
+    let keep = async {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            match tokio::time::timeout(HEARTBEAT, uploads.renew_lease(id, token, lease_end())).await {
+                Ok(Ok(true)) => {}
+                outcome => {
+                    tracing::warn!(upload_id = %id, ?outcome, "an upload's lease could not be kept; its work stops");
+                    return;
                 }
             }
-        }))
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = keep => Err(PortError::unavailable("upload store", "the upload's lease could not be kept").into()),
     }
 }
 
@@ -85,12 +89,23 @@ pub enum TusError {
 }
 
 impl TusError {
-    /// A failure of ours that may pass (a dependency unavailable): the upload keeps its
-    /// chunks and the client is told to retry.
-    pub fn is_transient(&self) -> bool {
+    /// A final answer about the upload itself (malware, withdrawn consent, a limit, chunks
+    /// that fail authentication or do not add up): it ends the upload. Anything else is a
+    /// failure of ours — a dependency down, slow or misbehaving — and keeps every chunk for
+    /// the next try, however the provider classed it.
+    pub fn ends_the_upload(&self) -> bool {
         match self {
-            Self::Ingest(IngestError::Port(p)) | Self::Port(p) => p.is_transient(),
-            Self::Ingest(IngestError::ScannerUnavailable(_)) => true,
+            Self::NoConsent(_) | Self::Envelope(_) | Self::Port(PortError::Integrity(_)) => true,
+            Self::Ingest(e) => matches!(
+                e,
+                IngestError::Malware(_)
+                    | IngestError::TooLarge { .. }
+                    | IngestError::TooLargeToScan { .. }
+                    | IngestError::ContentRefused(_)
+                    | IngestError::ConsentWithdrawn(_)
+                    | IngestError::Envelope(_)
+                    | IngestError::Port(PortError::Integrity(_))
+            ),
             _ => false,
         }
     }
@@ -267,9 +282,13 @@ impl Resumable {
             let upload = self.status(user_id, id).await?;
             return Ok(Progress { upload, package });
         }
-        let heartbeat = Heartbeat::start(self.uploads.clone(), id, token);
-        let result = self.write_chunk(&upload, token, offset, checksum, body).await;
-        drop(heartbeat);
+        let result = under_lease(
+            self.uploads.as_ref(),
+            id,
+            token,
+            self.write_chunk(&upload, token, offset, checksum, body),
+        )
+        .await;
         if result.is_err()
             && let Err(e) = self.uploads.unlock_upload(id, token).await
         {
@@ -393,7 +412,6 @@ impl Resumable {
                 None => Err(TusError::NotFound(id)),
             };
         };
-        let heartbeat = Heartbeat::start(self.uploads.clone(), id, token);
         let result = match upload.package_id {
             Some(package_id) => self
                 .ingest
@@ -402,9 +420,10 @@ impl Resumable {
                 .await
                 .map_err(TusError::from),
             None if upload.offset < upload.length => Ok(None),
-            None => self.finalize(&upload).await.map(Some),
+            None => under_lease(self.uploads.as_ref(), id, token, self.finalize(&upload))
+                .await
+                .map(Some),
         };
-        drop(heartbeat);
         if let Err(e) = self.uploads.unlock_upload(id, token).await {
             tracing::warn!(upload_id = %id, error = %e, "releasing an upload lease failed");
         }
@@ -412,12 +431,12 @@ impl Resumable {
     }
 
     /// Decrypts the chunks in order and runs them through the upload pipeline. A refusal
-    /// (malware, withdrawn consent, a limit) ends the upload; a failure of ours that may pass
-    /// (storage, KMS, database, scanner unavailable) keeps every chunk for the next try.
+    /// (malware, withdrawn consent, a limit) ends the upload; a failure of ours (storage,
+    /// KMS, database, scanner) keeps every chunk for the next try.
     async fn finalize(&self, upload: &UploadRecord) -> Result<PackageRecord, TusError> {
         let result = self.try_finalize(upload).await;
         match &result {
-            Err(e) if !e.is_transient() => {
+            Err(e) if e.ends_the_upload() => {
                 self.discard(upload).await;
             }
             _ => {}

@@ -18,6 +18,9 @@ pub struct Faults {
     refuse_deletes: Arc<AtomicBool>,
     /// Reads of keys under `uploads/` (a resumable upload's chunks) fail.
     refuse_chunk_reads: Arc<AtomicBool>,
+    /// ... and say so as an unclassified (`Generic`) error, as some providers do for a
+    /// network failure, instead of `Unavailable`.
+    unclassified: Arc<AtomicBool>,
 }
 
 impl Faults {
@@ -38,6 +41,10 @@ impl Faults {
 
     pub fn refuse_chunk_reads(&self, on: bool) {
         self.refuse_chunk_reads.store(on, Ordering::SeqCst);
+    }
+
+    pub fn unclassified_errors(&self, on: bool) {
+        self.unclassified.store(on, Ordering::SeqCst);
     }
 }
 
@@ -95,6 +102,12 @@ impl BlobStore for FaultyStore {
     }
     async fn get(&self, key: &str) -> Result<ByteStream> {
         if key.starts_with("uploads/") && self.faults.refuse_chunk_reads.load(Ordering::SeqCst) {
+            if self.faults.unclassified.load(Ordering::SeqCst) {
+                return Err(PortError::generic(
+                    "faulty storage",
+                    "injected unclassified chunk read failure",
+                ));
+            }
             return Err(injected("chunk read"));
         }
         self.inner.get(key).await

@@ -49,8 +49,9 @@ impl Outbox for SqlStore {
         on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
             // Its package was erased while it was being published: nobody needs it any more.
+            // Never `package.deleted` itself: that one must get through.
             sqlx::query(
-                "DELETE FROM outbox WHERE id = $1 AND sent_at IS NULL \
+                "DELETE FROM outbox WHERE id = $1 AND sent_at IS NULL AND event_type <> 'package.deleted' \
                  AND aggregate_id IN (SELECT id FROM packages WHERE status = 'deleted')",
             )
             .bind(id)

@@ -295,19 +295,24 @@ impl PackageStore for SqlStore {
             };
             // The resumable upload the package came from holds its name, metadata and a
             // wrapped key of its own.
-            sqlx::query("DELETE FROM tus_chunks WHERE upload_id IN (SELECT id FROM tus_uploads WHERE package_id = $1)")
+            // A resumable upload's package has the upload's id; the upload may not be linked
+            // yet if a crash came between storing and linking.
+            sqlx::query(
+                "DELETE FROM tus_chunks WHERE upload_id IN (SELECT id FROM tus_uploads WHERE package_id = $1 OR id = $1)",
+            )
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            sqlx::query("DELETE FROM tus_uploads WHERE package_id = $1")
+            sqlx::query("DELETE FROM tus_uploads WHERE package_id = $1 OR id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            // Unsent events go, except one a relay is publishing right now: it stays (scrubbed
-            // below) so this package's later events, `package.deleted` among them, still wait
-            // behind it, and the relay drops it if that publish fails.
+            // Unsent events go, except one a relay is publishing right now: it stays, whole,
+            // so this package's later events, `package.deleted` among them, still wait behind
+            // it; the relay drops it if that publish fails, and if the relay dies it goes out
+            // again as it was, still before `package.deleted`.
             sqlx::query(
                 "DELETE FROM outbox WHERE aggregate_id = $1 AND sent_at IS NULL \
                  AND (lease_until IS NULL OR lease_until <= $2)",
@@ -317,12 +322,14 @@ impl PackageStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-            sqlx::query("UPDATE outbox SET payload = $2, last_error = NULL WHERE aggregate_id = $1")
-                .bind(id)
-                .bind(Json(serde_json::json!({"erased": true})))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            sqlx::query(
+                "UPDATE outbox SET payload = $2, last_error = NULL WHERE aggregate_id = $1 AND sent_at IS NOT NULL",
+            )
+            .bind(id)
+            .bind(Json(serde_json::json!({"erased": true})))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             object_key
