@@ -58,8 +58,9 @@ async fn a_copy_taken_before_erasure_cannot_be_decrypted_after_it(db: Db) {
 
 common::on_both_databases!(a_copy_taken_before_erasure_cannot_be_decrypted_after_it);
 
-/// On SQLite the destroyed key must not linger in the database files: not in the page it
-/// was cleared from (secure_delete) and not in the WAL (checkpointed after the erasure).
+/// On SQLite the destroyed keys (packages' and an unfinished upload's) must not linger in the
+/// database files: not in the page they were cleared from (secure_delete) and not in the WAL
+/// (checkpointed after the erasure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_destroyed_key_does_not_linger_in_the_sqlite_files() {
     let app = TestApp::spawn(Db::Sqlite).await;
@@ -101,6 +102,54 @@ async fn the_destroyed_key_does_not_linger_in_the_sqlite_files() {
                 "package {n}'s key is still in a database file"
             );
         }
+    }
+
+    // Someone whose only trace is an unfinished resumable upload: its row holds a wrapped key
+    // of its own, and nothing else of theirs is erased (so no other checkpoint covers it).
+    let bob = app.uploader("bob");
+    app.grant(&bob, &["audio"]).await;
+    let created = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(&bob)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1000")
+        .header("upload-metadata", "data_category YXVkaW8=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let upload: Uuid = created.headers()["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let database = app.database().await;
+    let upload_key = database
+        .uploads
+        .get_upload("bob", upload)
+        .await
+        .unwrap()
+        .unwrap()
+        .wrapped_key;
+    database.close().await;
+    assert!(files().iter().any(|f| memchr::memmem::find(f, &upload_key).is_some()));
+    let erased = app
+        .http
+        .delete(format!("{}/v1/me", app.base))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    for file in files() {
+        assert!(
+            memchr::memmem::find(&file, &upload_key).is_none(),
+            "the upload's key is still in a database file"
+        );
     }
     app.stop().await;
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::SqlStore;
 use super::rows::{ChunkRow, UploadRow, convert, to_i64, upload_columns};
-use crate::engine::{db_err, on_pool};
+use crate::engine::{after_erasure, db_err, on_pool};
 
 #[async_trait]
 impl UploadStore for SqlStore {
@@ -220,6 +220,8 @@ impl UploadStore for SqlStore {
             tx.commit().await.map_err(db_err)?;
             keys
         });
+        // The row held the upload's own wrapped chunk key.
+        after_erasure(&self.pool).await;
         Ok(keys.into_iter().map(|(key,)| key).collect())
     }
 
