@@ -108,6 +108,11 @@ pub struct Ingestor {
     pub max_bytes: u64,
 }
 
+/// How often a long upload tells the package store it is alive, so the sweeper (which takes
+/// uploads idle for `upload.abandon_after_secs`, a day by default) never takes one that is
+/// slow but still receiving.
+const STILL_RECEIVING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The most of a refused body read and discarded, and for how long.
 const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
@@ -327,9 +332,14 @@ impl Ingestor {
         let limit = self.limit_for(&request.data_category);
         let mut prefix: Vec<u8> = Vec::with_capacity(crate::formats::content::SNIFF_LEN);
         let mut sniffed: Option<Option<String>> = None;
+        let mut alive_at = tokio::time::Instant::now();
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
+            if alive_at.elapsed() >= STILL_RECEIVING_EVERY {
+                alive_at = tokio::time::Instant::now();
+                self.packages.still_receiving(&request.user_id, id).await?;
+            }
             if size > limit {
                 drain(&mut body).await;
                 return Err(IngestError::TooLarge { limit });

@@ -239,6 +239,9 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     async fn discard(&self, user_id: &str, id: Uuid) -> Result<()>;
     /// `receiving → scanning`: the body is complete and its verdict is awaited.
     async fn mark_scanning(&self, user_id: &str, id: Uuid) -> Result<()>;
+    /// Records that a `receiving` package is still receiving bytes (a heartbeat), so
+    /// `stale_uploads` never takes an upload that is slow but alive.
+    async fn still_receiving(&self, user_id: &str, id: Uuid) -> Result<()>;
     /// ONE transaction: `receiving | scanning → quarantined` with the signature, AND `event`
     /// into the outbox. The package's object must already be gone.
     async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()>;

@@ -135,6 +135,20 @@ impl PackageStore for SqlStore {
         Ok(())
     }
 
+    async fn still_receiving(&self, user_id: &str, id: Uuid) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            sqlx::query("UPDATE packages SET updated_at = $3 WHERE id = $1 AND user_id = $2 AND status = 'receiving'")
+                .bind(id)
+                .bind(user_id)
+                .bind(Utc::now())
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()> {
         on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;

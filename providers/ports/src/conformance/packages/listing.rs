@@ -148,9 +148,19 @@ pub(super) async fn stale_uploads(store: &dyn PackageStore, alice: &str) {
     store.mark_scanning(alice, scanning.id).await.unwrap();
     let (stored, _, _) = create_stored(store, alice, "documents", long_ago).await;
     let fresh = create(store, alice, "documents", now()).await;
+    let alive = create(store, alice, "documents", long_ago).await;
+    store.still_receiving(alice, alive.id).await.expect("still_receiving");
+    store
+        .still_receiving("someone-else", abandoned.id)
+        .await
+        .expect("another user's heartbeat is a no-op");
 
     let stale = |records: Vec<PackageRecord>| ids(&records);
     let before_an_hour_ago = stale(store.stale_uploads(now() - Duration::hours(1)).await.unwrap());
+    assert!(
+        !before_an_hour_ago.contains(&alive.id),
+        "stale_uploads: a package whose upload said it is still receiving is not stale"
+    );
     assert!(
         before_an_hour_ago.contains(&abandoned.id),
         "stale_uploads lists a receiving package not updated since the cutoff"
@@ -161,7 +171,7 @@ pub(super) async fn stale_uploads(store: &dyn PackageStore, alice: &str) {
     );
     let before_now = stale(store.stale_uploads(now() + Duration::minutes(1)).await.unwrap());
     assert!(
-        [abandoned.id, scanning.id, fresh.id]
+        [abandoned.id, scanning.id, fresh.id, alive.id]
             .iter()
             .all(|id| before_now.contains(id)),
         "stale_uploads lists receiving and scanning packages"
