@@ -1,7 +1,8 @@
 //! Two real `udim serve` processes on one PostgreSQL, one object store, one key file and one
 //! RabbitMQ queue behave as one service: concurrent consents on both make one ledger that
 //! `udim ledger verify` accepts, every checkpoint either replica signed is consistent with
-//! the earlier ones, simple and tus uploads whose PATCHes alternate between the replicas
+//! the earlier ones, withdrawals of one consent racing on both give one withdrawn entry,
+//! simple and tus uploads whose PATCHes alternate between the replicas
 //! become packages whose events all arrive, and a replica killed in the middle of a PATCH
 //! leaves the upload to be resumed on the other within seconds.
 
@@ -225,6 +226,38 @@ async fn two_replicas_on_one_database_are_one_service() {
         assert_eq!((old.size, new.size), (pair[0], pair[1]));
     }
 
+    // Withdrawals of one consent racing on both replicas: one lands, the rest get 409.
+    let token = shared.token("user-11");
+    let consent = grant(&http, &bases[0], &token).await;
+    let id = consent["id"].as_str().unwrap().to_owned();
+    let withdrawals = (0..6).map(|n| {
+        let (http, url, token) = (
+            http.clone(),
+            format!("{}/v1/consents/{id}/withdraw", bases[n % 2]),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses: Vec<u16> = futures::future::join_all(withdrawals)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [201, 409, 409, 409, 409, 409],
+        "one withdrawal across both replicas"
+    );
+
     // Simple uploads on both, and tus uploads whose PATCHes alternate between them.
     let mut packages = Vec::new();
     for (n, user) in users.iter().take(4).enumerate() {
@@ -356,7 +389,7 @@ async fn two_replicas_on_one_database_are_one_service() {
     // And the one ledger both wrote passes the operator's audit.
     let audit = shared.command("audit").args(["ledger", "verify"]).output().unwrap();
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
-    assert!(String::from_utf8_lossy(&audit.stdout).contains("36 entries"));
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("38 entries"));
     drop(b);
     shared.queue.delete().await;
 }
