@@ -361,9 +361,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Fills in the defaults derived from `data_dir`, once, so every reader (the service, the
-    /// CLI) sees the same paths. Idempotent; [`Settings::load`] calls it, and so does the
-    /// application builder for settings made in code.
+    /// Fills in the paths derived from `data_dir`, once, so every reader (the service, the
+    /// CLI) sees the same ones (the database URL's default is [`Settings::database_url`]'s).
+    /// Idempotent; [`Settings::load`] calls it, and so does the application builder for
+    /// settings made in code.
     pub fn resolve(&mut self) {
         if let StorageSettings::Filesystem(fs) = &mut self.storage
             && fs.path.as_os_str().is_empty()
@@ -374,9 +375,6 @@ impl Settings {
             && local.key_file.as_os_str().is_empty()
         {
             local.key_file = self.data_dir.join("keys").join("kek.keys");
-        }
-        if self.database.url.is_none() {
-            self.database.url = Some(DatabaseUrl::sqlite_file(&self.data_dir.join("udim.db")));
         }
     }
 

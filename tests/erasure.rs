@@ -118,18 +118,9 @@ async fn erasure(db: Db, relayed: bool) {
     }
 
     // An unfinished resumable upload of alice's.
-    let created = app
-        .http
-        .post(format!("{}/v1/uploads", app.base))
-        .bearer_auth(&alice)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", "1000")
-        .header("upload-metadata", "filename YS5iaW4=,data_category YXVkaW8=")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let upload_url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
+    let upload_url = app
+        .create_upload(&alice, 1000, "filename YS5iaW4=,data_category YXVkaW8=")
+        .await;
 
     // Everything of alice's.
     let response = delete(&app, &alice, "/v1/me").await;
@@ -329,18 +320,9 @@ async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
     let app = TestApp::spawn(db).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["audio"]).await;
-    let created = app
-        .http
-        .post(format!("{}/v1/uploads", app.base))
-        .bearer_auth(&alice)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", "1000000")
-        .header("upload-metadata", "data_category YXVkaW8=,filename c2VjcmV0Lndhdg==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let url = format!("{}{}", app.base, created.headers()["location"].to_str().unwrap());
+    let url = app
+        .create_upload(&alice, 1_000_000, "data_category YXVkaW8=,filename c2VjcmV0Lndhdg==")
+        .await;
     let id = url.rsplit('/').next().unwrap().to_owned();
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);

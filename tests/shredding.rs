@@ -108,20 +108,9 @@ async fn the_destroyed_key_does_not_linger_in_the_sqlite_files() {
     // of its own, and nothing else of theirs is erased (so no other checkpoint covers it).
     let bob = app.uploader("bob");
     app.grant(&bob, &["audio"]).await;
-    let created = app
-        .http
-        .post(format!("{}/v1/uploads", app.base))
-        .bearer_auth(&bob)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", "1000")
-        .header("upload-metadata", "data_category YXVkaW8=")
-        .send()
+    let upload: Uuid = app
+        .create_upload(&bob, 1000, "data_category YXVkaW8=")
         .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let upload: Uuid = created.headers()["location"]
-        .to_str()
-        .unwrap()
         .rsplit('/')
         .next()
         .unwrap()

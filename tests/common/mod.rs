@@ -250,6 +250,23 @@ impl TestApp {
         record.and_then(|p| p.wrapped_key)
     }
 
+    /// Creates a resumable upload of `length` bytes with tus `Upload-Metadata` `metadata`;
+    /// returns its URL.
+    pub async fn create_upload(&self, token: &str, length: u64, metadata: &str) -> String {
+        let created = self
+            .http
+            .post(format!("{}/v1/uploads", self.base))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .header("upload-metadata", metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        format!("{}{}", self.base, created.headers()["location"].to_str().unwrap())
+    }
+
     /// `DELETE /v1/packages/{id}` as the owner, which must succeed.
     pub async fn erase_package(&self, token: &str, id: Uuid) {
         let erased = self
