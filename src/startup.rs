@@ -318,6 +318,11 @@ async fn sweep_loop(
             Ok(n) => tracing::info!(count = n, "removed objects of erased packages"),
             Err(e) => tracing::warn!(error = %e, "removing objects of erased packages failed"),
         }
+        match eraser.record_unrecorded().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "recorded erasures in the consent ledger"),
+            Err(e) => tracing::warn!(error = %e, "recording erasures in the consent ledger failed"),
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}

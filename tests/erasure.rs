@@ -1,7 +1,9 @@
 //! Erasure and export on both databases: one package (crypto-shredded, object gone,
 //! `package.deleted` announced, no longer readable), everything of one user (packages and
-//! ledger bodies, the log still verifying, nobody else touched), a failed object deletion
-//! finished later by the sweeper, and the export of what the service holds.
+//! ledger bodies, the log still verifying, nobody else touched), each erasure recorded in the
+//! consent ledger with a receipt that proves it and no personal data in the log, a failed
+//! object deletion or recording finished later by the sweeper, and the export of what the
+//! service holds.
 
 mod common;
 
@@ -82,14 +84,17 @@ async fn erasure(db: Db, relayed: bool) {
         404,
         "not bob's to delete"
     );
-    assert_eq!(
-        delete(&app, &alice, &format!("/v1/packages/{first}")).await.status(),
-        204
-    );
+    let key = ledger_key(&app).await;
+    let receipt: Value = {
+        let erased = delete(&app, &alice, &format!("/v1/packages/{first}")).await;
+        assert_eq!(erased.status(), 200);
+        erased.json().await.unwrap()
+    };
+    assert_receipt(&receipt, &key, "alice", &[first.as_str()]);
     assert_eq!(
         delete(&app, &alice, &format!("/v1/packages/{first}")).await.status(),
         204,
-        "repeatable"
+        "repeatable, and recorded once"
     );
     let (status, tombstone) = app.get_json(&alice, &format!("/v1/packages/{first}")).await;
     assert_eq!(status, 200);
@@ -132,6 +137,8 @@ async fn erasure(db: Db, relayed: bool) {
     );
     assert_eq!(report["ledger_entries_redacted"], 1);
     assert_eq!(report["uploads_terminated"], 1);
+    assert_eq!(report["receipts"].as_array().unwrap().len(), 1);
+    assert_receipt(&report["receipts"][0], &key, "alice", &[second.as_str()]);
     assert!(!objects.join(&second).exists());
     let head = app
         .http
@@ -170,8 +177,50 @@ async fn erasure(db: Db, relayed: bool) {
     let audit = udim::consent::audit::audit(app_ledger(&app).await, &ledger_key(&app).await)
         .await
         .expect("the log verifies after erasure");
-    assert_eq!((audit.entries, audit.redacted), (2, 1));
+    assert_eq!(
+        (audit.entries, audit.redacted),
+        (5, 1),
+        "two grants, three erasure records (the repeated DELETE /v1/me is recorded too)"
+    );
+    let rows = app_ledger(&app).await.audit_rows(0, 100).await.unwrap();
+    let bodies: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.body.as_ref().map(|(b, _)| b.as_str()))
+        .collect();
+    assert_eq!(bodies.len(), 4, "bob's grant and the three erasure records");
+    assert!(
+        bodies.iter().all(|b| !b.contains("alice")),
+        "nothing in the log names alice any more: {bodies:?}"
+    );
     app.stop().await;
+}
+
+/// Checks an erasure receipt as its holder would, offline: the record recomputes the proven
+/// leaf, the proof holds against a checkpoint signed by the ledger's key, the commitment
+/// opens to `subject` with the receipt's nonce, and the record names exactly `packages`.
+fn assert_receipt(receipt: &Value, key: &udim_ledger::note::VerifierKey, subject: &str, packages: &[&str]) {
+    use base64::Engine as _;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let record: udim_ledger::entry::ErasureRecord = serde_json::from_value(receipt["record"].clone()).unwrap();
+    let salt: [u8; 16] = b64(&receipt["salt"]).try_into().unwrap();
+    let nonce: [u8; 16] = b64(&receipt["subject_nonce"]).try_into().unwrap();
+    let proof: udim_ledger::proof::RecordProof = serde_json::from_value(receipt["proof"].clone()).unwrap();
+    proof
+        .verify(key, Some(&record.leaf_hash(&salt)))
+        .expect("the receipt proves its record is in the log");
+    assert!(record.is_about(&nonce, subject), "the commitment opens to {subject}");
+    assert!(!record.is_about(&nonce, "someone-else"));
+    let named: Vec<String> = record.packages.iter().map(|p| p.to_string()).collect();
+    assert_eq!(named, packages, "the record names the erased packages");
+    assert!(
+        !receipt["record"].to_string().contains(subject),
+        "the record holds no direct identifier: {}",
+        receipt["record"]
+    );
 }
 
 async fn app_ledger(app: &TestApp) -> Arc<dyn udim_ports::ledger::ConsentLedger> {
@@ -224,7 +273,7 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     app.grant(&alice, &["audio"]).await;
     let id = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
     let object = dir.path().join("objects/packages").join(&id);
-    assert_eq!(delete(&app, &alice, &format!("/v1/packages/{id}")).await.status(), 204);
+    assert_eq!(delete(&app, &alice, &format!("/v1/packages/{id}")).await.status(), 200);
     assert!(object.exists(), "the store refused the deletion");
     assert_eq!(read_status(&app, &id).await, 404, "but the package is erased already");
     faults.refuse_deletes(false);
@@ -235,6 +284,69 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(!object.exists(), "the sweeper finished the deletion");
+    app.stop().await;
+}
+
+/// An erasure that committed but was never recorded (a crash in between, or a ledger that
+/// failed then) is recorded by the sweeper, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| s.upload.sweep_interval_secs = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let id = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let id = uuid::Uuid::parse_str(&id).unwrap();
+
+    // The erasure's own transaction, without the recording that should follow it, and old
+    // enough that its request is no longer expected to record it.
+    let database = app.database().await;
+    let event = udim::pipeline::events::outbox_message(
+        id,
+        chrono::Utc::now(),
+        udim::pipeline::events::PackageDeleted {
+            user_id: "alice",
+            reason: udim::pipeline::events::DeletionReason::UserRequest,
+        },
+    )
+    .unwrap();
+    database.packages.mark_deleted("alice", id, &event).await.unwrap();
+    use sqlx::Connection as _;
+    let mut db = sqlx::SqliteConnection::connect(app.settings.database_url().expose_secret())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE packages SET updated_at = $1 WHERE id = $2")
+        .bind(chrono::Utc::now() - chrono::Duration::minutes(5))
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let erasure_records = async || {
+        let rows = database.ledger.audit_rows(0, 100).await.unwrap();
+        rows.into_iter()
+            .filter_map(|r| r.body)
+            .filter_map(|(body, _)| serde_json::from_str::<udim_ledger::entry::ErasureRecord>(&body).ok())
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..100 {
+        if !erasure_records().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let records = erasure_records().await;
+    assert_eq!(records.len(), 1, "the sweeper recorded the erasure: {records:?}");
+    assert_eq!(records[0].packages, [id]);
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(erasure_records().await.len(), 1, "and only once");
+    database.close().await;
     app.stop().await;
 }
 
@@ -310,6 +422,17 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
         .expect("a package.deleted event");
     assert_eq!(event["payload"]["reason"], "retention_expired");
     assert_eq!(event["payload"]["package_id"], old.as_str());
+    let erasures: Vec<udim_ledger::entry::ErasureRecord> = app_ledger(&app)
+        .await
+        .audit_rows(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.body)
+        .filter_map(|(body, _)| serde_json::from_str(&body).ok())
+        .collect();
+    assert_eq!(erasures.len(), 1, "the retention erasure is recorded in the ledger");
+    assert_eq!(erasures[0].packages, [uuid::Uuid::parse_str(&old).unwrap()]);
     app.stop().await;
 }
 

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 
 use crate::checkpoint::Checkpoint;
-use crate::entry::ConsentRecord;
+use crate::entry::EntryBody;
 use crate::merkle::{Frontier, Hash};
 use crate::note::VerifierKey;
 
@@ -61,7 +61,7 @@ fn fail(index: Option<u64>, reason: impl Into<String>) -> AuditFailure {
 
 /// Recomputes an entry's leaf hash from its stored JSON body and salt.
 pub fn recompute_leaf(body: &str, salt: &[u8; 16]) -> Result<Hash, String> {
-    let record: ConsentRecord = serde_json::from_str(body).map_err(|e| format!("body does not parse: {e}"))?;
+    let record: EntryBody = serde_json::from_str(body).map_err(|e| format!("body does not parse: {e}"))?;
     Ok(record.leaf_hash(salt))
 }
 
@@ -201,7 +201,7 @@ impl Auditor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::ConsentEvent;
+    use crate::entry::{ConsentEvent, ConsentRecord};
     use crate::note::Signer;
 
     fn record(i: u64) -> ConsentRecord {

@@ -1,4 +1,5 @@
-//! Consent records and their canonical encoding (specified in `docs/ledger.md`).
+//! Ledger entry bodies — consent records and erasure records — and their canonical encodings
+//! (specified in `docs/ledger.md`).
 //!
 //! A leaf commits to `canonical_bytes(record, salt)`, never to the stored JSON, so the JSON
 //! can be re-serialized freely, and the random per-entry salt keeps a redacted entry's leaf
@@ -12,6 +13,10 @@ use crate::merkle::{Hash, leaf_hash};
 
 /// Domain separation for version 1 of the encoding.
 const ENCODING_TAG: &[u8] = b"udim.consent-record.v1";
+/// Domain separation for erasure records, so no erasure encodes like a consent.
+const ERASURE_TAG: &str = "udim.erasure-record.v1";
+/// Domain separation for the commitment to an erasure's subject.
+const SUBJECT_TAG: &[u8] = b"udim.erasure-subject.v1";
 
 /// The consent event a record is about (ISO/IEC TS 27560 consent states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +137,82 @@ impl ConsentRecord {
         leaf_hash(&self.canonical_bytes(salt))
     }
 }
+/// The one event an erasure record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureEvent {
+    Erased,
+}
+
+/// The record of an erasure: which packages were erased and when, with no personal data. A
+/// person's `DELETE /v1/me` is recorded even when it erased no package (its consent records
+/// went), so `packages` may be empty.
+/// The subject appears only as a commitment whose nonce the person alone receives, so the
+/// stored log cannot be linked back to them, while they can show it was theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureRecord {
+    pub record_id: Uuid,
+    pub event: ErasureEvent,
+    /// `SHA-256("udim.erasure-subject.v1" || nonce || subject)`, lowercase hex.
+    pub subject_commitment: String,
+    /// The erased packages' ids, sorted.
+    pub packages: Vec<Uuid>,
+    /// When the erasure had committed (the wrapped keys were destroyed).
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The commitment an [`ErasureRecord`] holds instead of its subject.
+pub fn subject_commitment(nonce: &[u8; 16], subject: &str) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(SUBJECT_TAG);
+    context.update(nonce);
+    context.update(subject.as_bytes());
+    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ErasureRecord {
+    /// The canonical encoding, in the same style as [`ConsentRecord::canonical_bytes`]:
+    /// tag, salt, record id, event, commitment, the package ids as a list, time.
+    pub fn canonical_bytes(&self, salt: &[u8; 16]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + 40 * self.packages.len());
+        put_str(&mut out, ERASURE_TAG);
+        out.extend_from_slice(salt);
+        put_str(&mut out, &self.record_id.hyphenated().to_string());
+        put_str(&mut out, "erased");
+        put_str(&mut out, &self.subject_commitment);
+        let packages: Vec<String> = self.packages.iter().map(|p| p.hyphenated().to_string()).collect();
+        put_list(&mut out, &packages);
+        put_str(&mut out, &time(&self.recorded_at));
+        out
+    }
+
+    pub fn leaf_hash(&self, salt: &[u8; 16]) -> Hash {
+        leaf_hash(&self.canonical_bytes(salt))
+    }
+
+    /// True when `subject`, with the `nonce` the person was given, is this record's subject.
+    pub fn is_about(&self, nonce: &[u8; 16], subject: &str) -> bool {
+        subject_commitment(nonce, subject) == self.subject_commitment
+    }
+}
+
+/// Any ledger entry's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EntryBody {
+    Consent(ConsentRecord),
+    Erasure(ErasureRecord),
+}
+
+impl EntryBody {
+    pub fn leaf_hash(&self, salt: &[u8; 16]) -> Hash {
+        match self {
+            Self::Consent(record) => record.leaf_hash(salt),
+            Self::Erasure(record) => record.leaf_hash(salt),
+        }
+    }
+}
+
 /// Sorts and de-duplicates a list so equal sets encode equally.
 pub fn normalized(mut items: Vec<String>) -> Vec<String> {
     items.sort();
@@ -249,5 +330,61 @@ mod tests {
             ..record()
         };
         assert!(!expired.admits("audio", None, now));
+    }
+
+    fn erasure() -> ErasureRecord {
+        ErasureRecord {
+            record_id: Uuid::from_u128(7),
+            event: ErasureEvent::Erased,
+            subject_commitment: subject_commitment(&[9; 16], "alice"),
+            packages: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+            recorded_at: record().recorded_at,
+        }
+    }
+
+    #[test]
+    fn an_erasure_record_commits_to_every_field_and_never_encodes_like_a_consent() {
+        let salt = [5u8; 16];
+        let bytes = erasure().canonical_bytes(&salt);
+        let variants = [
+            ErasureRecord {
+                packages: vec![Uuid::from_u128(1)],
+                ..erasure()
+            },
+            ErasureRecord {
+                subject_commitment: subject_commitment(&[9; 16], "bob"),
+                ..erasure()
+            },
+            ErasureRecord {
+                recorded_at: record().recorded_at + chrono::Duration::microseconds(1),
+                ..erasure()
+            },
+            ErasureRecord {
+                record_id: Uuid::from_u128(8),
+                ..erasure()
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.canonical_bytes(&salt), bytes, "{v:?}");
+        }
+        assert_ne!(erasure().leaf_hash(&salt), record().leaf_hash(&salt));
+        assert!(bytes.windows(ERASURE_TAG.len()).any(|w| w == ERASURE_TAG.as_bytes()));
+    }
+
+    #[test]
+    fn the_commitment_names_the_subject_only_with_the_nonce() {
+        let record = erasure();
+        assert!(record.is_about(&[9; 16], "alice"));
+        assert!(!record.is_about(&[8; 16], "alice"));
+        assert!(!record.is_about(&[9; 16], "alicf"));
+        assert!(!serde_json::to_string(&record).unwrap().contains("alice"));
+    }
+
+    #[test]
+    fn bodies_of_either_kind_parse_back_as_themselves() {
+        for body in [EntryBody::Consent(record()), EntryBody::Erasure(erasure())] {
+            let json = serde_json::to_string(&body).unwrap();
+            assert_eq!(serde_json::from_str::<EntryBody>(&json).unwrap(), body);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - [`merkle`]: RFC 9162 tree hashing, inclusion and consistency proofs.
 //! - [`note`], [`checkpoint`]: C2SP signed notes (Ed25519) and tlog checkpoints.
-//! - [`entry`]: consent records and their canonical encoding (the leaf data).
+//! - [`entry`]: consent and erasure records and their canonical encodings (the leaf data).
 //! - [`proof`]: the record proof UDIM returns for every entry, and its verification.
 //! - [`audit`]: the whole-log audit that names the first bad index.
 

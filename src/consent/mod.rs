@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::formats::input::{DataCategory, Label};
 use sequencer::Sequencer;
-use udim_ledger::entry::{ConsentEvent, ConsentRecord};
+use udim_ledger::entry::{ConsentEvent, ConsentRecord, ErasureEvent, ErasureRecord, subject_commitment};
 
 /// What a grant asks for, already validated.
 #[derive(Debug, Clone)]
@@ -173,8 +173,7 @@ impl ConsentService {
     /// Appends `record`; with `expects_latest`, only if the consent's newest entry is still
     /// at that index when the batch is written (`Conflict` otherwise).
     async fn append_expecting(&self, record: ConsentRecord, expects_latest: Option<u64>) -> Result<AppendedConsent> {
-        let mut salt = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut salt).map_err(|_| PortError::generic("rng", "random generator failed"))?;
+        let salt = random()?;
         let leaf = record.leaf_hash(&salt);
         let appended = self
             .sequencer
@@ -255,6 +254,75 @@ impl ConsentService {
         }
         Err(PortError::unavailable("consent ledger", "the consent keeps changing; retry").into())
     }
+}
+
+/// The most package ids one erasure record names: a person with more gets several records.
+pub const PACKAGES_PER_ERASURE_RECORD: usize = 1_000;
+
+/// An erasure record as appended, with what its subject keeps to prove it: the salt that
+/// recomputes its leaf, the nonce that opens its subject commitment, and the record proof.
+#[derive(Debug, Clone)]
+pub struct AppendedErasure {
+    pub record: ErasureRecord,
+    pub salt: [u8; 16],
+    pub subject_nonce: [u8; 16],
+    pub proof: RecordProof,
+}
+
+impl ConsentService {
+    /// Records that `user_id`'s `packages` were erased, as one ledger entry per
+    /// [`PACKAGES_PER_ERASURE_RECORD`] ids (one entry when there are none). The entries carry
+    /// no personal data: the subject appears as a commitment whose nonce only the returned
+    /// receipt holds, and they belong to no user of the ledger, so no later redaction takes
+    /// them.
+    pub async fn record_erasure(&self, user_id: &str, mut packages: Vec<Uuid>) -> Result<Vec<AppendedErasure>> {
+        packages.sort();
+        packages.dedup();
+        let mut appended = Vec::new();
+        let mut parts: Vec<&[Uuid]> = packages.chunks(PACKAGES_PER_ERASURE_RECORD).collect();
+        if parts.is_empty() {
+            parts.push(&[]);
+        }
+        for part in parts {
+            let subject_nonce: [u8; 16] = random()?;
+            let salt: [u8; 16] = random()?;
+            let record = ErasureRecord {
+                record_id: Uuid::now_v7(),
+                event: ErasureEvent::Erased,
+                subject_commitment: subject_commitment(&subject_nonce, user_id),
+                packages: part.to_vec(),
+                recorded_at: now_micros(),
+            };
+            let leaf = record.leaf_hash(&salt);
+            let entry = self
+                .sequencer
+                .append(NewLedgerEntry {
+                    id: record.record_id,
+                    user_id: String::new(),
+                    consent_id: record.record_id,
+                    event_type: "erased".to_owned(),
+                    record: serde_json::to_value(&record).map_err(|e| PortError::generic("consent ledger", e))?,
+                    salt,
+                    leaf_hash: leaf,
+                    recorded_at: record.recorded_at,
+                    expects_latest: None,
+                })
+                .await?;
+            appended.push(AppendedErasure {
+                proof: RecordProof::new(entry.entry.index, &leaf, &entry.proof, entry.checkpoint.note),
+                record,
+                salt,
+                subject_nonce,
+            });
+        }
+        Ok(appended)
+    }
+}
+
+fn random() -> Result<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PortError::generic("rng", "random generator failed"))?;
+    Ok(bytes)
 }
 
 /// Why a consent change was refused.

@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(packages::get, packages::delete))
         .routes(routes!(me::erase))
         .routes(routes!(me::export))
+        .routes(routes!(me::archive))
         .routes(routes!(packages::content))
         .routes(routes!(uploads::options, uploads::create))
         .routes(routes!(uploads::head, uploads::patch, uploads::terminate))

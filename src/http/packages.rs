@@ -17,6 +17,7 @@ use super::problem::{ApiError, Problem, ProblemCode};
 use crate::auth::Scope;
 use crate::consent::Access;
 use crate::formats::input::{DataCategory, FileName, IdempotencyKey, Label};
+use crate::pipeline::erasure::ErasureReceipt;
 use crate::pipeline::ingest::{IngestError, UploadRequest};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -397,7 +398,8 @@ pub async fn content(
 }
 
 /// Erases one of the caller's packages: its data key, metadata and object go, and a
-/// `package.deleted` event tells the pipeline to purge what it derived. Repeating it is
+/// `package.deleted` event tells the pipeline to purge what it derived. The erasure is
+/// recorded in the consent ledger, and the answer is that record's receipt. Repeating it is
 /// harmless.
 #[utoipa::path(
     delete,
@@ -405,7 +407,8 @@ pub async fn content(
     tag = "packages",
     params(("id" = Uuid, Path, description = "package id")),
     responses(
-        (status = 204, description = "erased (or already erased)"),
+        (status = 200, body = ErasureReceipt, description = "erased, and recorded in the consent ledger"),
+        (status = 204, description = "already erased, or erased with its recording left to the sweeper"),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "still being uploaded")
     ),
@@ -415,8 +418,11 @@ pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let principal = caller.require(Scope::Upload)?;
-    state.eraser.delete_package(&principal.subject, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(match state.eraser.delete_package(&principal.subject, id).await? {
+        Some(receipt) => (StatusCode::OK, Json(receipt)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }

@@ -11,6 +11,11 @@
 //! Erasing everything also redacts the user's consent-ledger entries (their bodies go, their
 //! leaves stay, and the log still verifies) and ends their unfinished uploads. Retention
 //! limits erase packages the same way, with their own reason.
+//!
+//! Every erasure is then recorded in the consent ledger (the erased package ids and the
+//! time, the person only as a commitment), and the person gets the record's receipt. An
+//! erasure whose recording fails is recorded by the sweeper: it may be recorded twice after
+//! a crash, never not at all.
 
 use std::sync::Arc;
 
@@ -22,10 +27,15 @@ use udim_ports::metadata::{Erasure, PackageQuery, PackageStatus, PackageStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
-use crate::consent::ConsentService;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use udim_ledger::entry::ErasureRecord;
+use udim_ledger::proof::RecordProof;
+
+use crate::consent::{AppendedErasure, ConsentService};
 use crate::pipeline::events::{self, DeletionReason};
 
-/// What erasing everything removed.
+/// What erasing everything removed, and the receipts of its ledger records.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ErasureReport {
     /// Packages erased by this request (already-deleted ones are not counted).
@@ -34,7 +44,40 @@ pub struct ErasureReport {
     pub uploads_terminated: u64,
     /// Consent-ledger entries whose bodies were redacted by this request.
     pub ledger_entries_redacted: u64,
+    /// The consent-ledger records of this erasure (one per thousand packages; one when none).
+    pub receipts: Vec<ErasureReceipt>,
 }
+
+/// What a person keeps to prove an erasure, verifiable offline with the ledger's key: the
+/// record recomputes `proof.leaf_hash` with `salt` (docs/ledger.md), the proof places it in a
+/// signed checkpoint, and `subject_commitment` is `SHA-256("udim.erasure-subject.v1" ||
+/// subject_nonce || sub)`. The service keeps no copy of the nonce.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErasureReceipt {
+    #[schema(value_type = Object)]
+    pub record: ErasureRecord,
+    /// base64
+    pub salt: String,
+    /// base64: opens the record's subject commitment.
+    pub subject_nonce: String,
+    /// Index, leaf hash, inclusion proof and signed checkpoint, as with a consent.
+    #[schema(value_type = Object)]
+    pub proof: RecordProof,
+}
+
+impl From<AppendedErasure> for ErasureReceipt {
+    fn from(a: AppendedErasure) -> Self {
+        Self {
+            record: a.record,
+            salt: B64.encode(a.salt),
+            subject_nonce: B64.encode(a.subject_nonce),
+            proof: a.proof,
+        }
+    }
+}
+
+/// How long an erasure's own request has to record it before the sweeper does.
+const RECORDING_GRACE: chrono::Duration = chrono::Duration::minutes(1);
 
 #[derive(Debug, Clone)]
 pub struct Eraser {
@@ -48,10 +91,47 @@ pub struct Eraser {
 }
 
 impl Eraser {
-    /// Erases one of `user_id`'s packages at their request. `Ok(false)` when it was already
-    /// deleted.
-    pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<bool, PortError> {
-        self.erase(user_id, id, DeletionReason::UserRequest).await
+    /// Erases one of `user_id`'s packages at their request, and records it. `Ok(None)` when it
+    /// was already deleted, or its recording is left to the sweeper.
+    pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<Option<ErasureReceipt>, PortError> {
+        if !self.erase(user_id, id, DeletionReason::UserRequest).await? {
+            return Ok(None);
+        }
+        match self.record(user_id, vec![id]).await {
+            Ok(mut receipts) => Ok(receipts.pop()),
+            Err(e) => {
+                tracing::warn!(package_id = %id, error = %e, "recording an erasure failed; the sweeper records it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Appends the ledger records of an erasure, then marks its tombstones recorded.
+    async fn record(&self, user_id: &str, packages: Vec<Uuid>) -> Result<Vec<ErasureReceipt>, PortError> {
+        let appended = self.consents.record_erasure(user_id, packages).await?;
+        for erasure in &appended {
+            if !erasure.record.packages.is_empty() {
+                self.packages
+                    .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
+                    .await?;
+            }
+        }
+        Ok(appended.into_iter().map(ErasureReceipt::from).collect())
+    }
+
+    /// Records erasures whose own recording failed, one user's at a time. Returns how many
+    /// packages' erasures it recorded.
+    pub async fn record_unrecorded(&self) -> Result<usize, PortError> {
+        let pending = self
+            .packages
+            .unrecorded_erasures(Utc::now() - RECORDING_GRACE, 5_000)
+            .await?;
+        let mut recorded = 0;
+        for (user_id, ids) in by_user(pending) {
+            recorded += ids.len();
+            self.record(&user_id, ids).await?;
+        }
+        Ok(recorded)
     }
 
     async fn erase(&self, user_id: &str, id: Uuid, reason: DeletionReason) -> Result<bool, PortError> {
@@ -78,9 +158,9 @@ impl Eraser {
         // else is gone, and without consent records no upload in flight can be admitted.
         let mut report = ErasureReport {
             ledger_entries_redacted: self.consents.ledger().redact_user(user_id).await?,
-            packages_deleted: 0,
-            uploads_terminated: 0,
+            ..ErasureReport::default()
         };
+        let mut erased = Vec::new();
         // Also those being written to right now: their rows go, so the PATCH in flight cannot
         // record its chunk (and removes it), and every later PATCH finds no upload.
         report.uploads_terminated = self.resumable.erase_user_uploads(user_id).await?;
@@ -101,12 +181,16 @@ impl Eraser {
                     break;
                 }
                 for package in page {
-                    if self.delete_package(user_id, package.id).await? {
-                        report.packages_deleted += 1;
+                    if self.erase(user_id, package.id, DeletionReason::UserRequest).await? {
+                        erased.push(package.id);
                     }
                 }
             }
         }
+        report.packages_deleted = erased.len() as u64;
+        // A failure here fails the request, whose retry records the request again; the
+        // packages it erased meanwhile are recorded by the sweeper.
+        report.receipts = self.record(user_id, erased).await?;
         tracing::info!(
             packages = report.packages_deleted,
             ledger_entries = report.ledger_entries_redacted,
@@ -137,9 +221,16 @@ impl Eraser {
                 if due.is_empty() {
                     break;
                 }
+                let mut done = Vec::new();
                 for (user_id, id) in due {
                     if self.erase(&user_id, id, DeletionReason::RetentionExpired).await? {
-                        erased += 1;
+                        done.push((user_id, id));
+                    }
+                }
+                erased += done.len();
+                for (user_id, ids) in by_user(done) {
+                    if let Err(e) = self.record(&user_id, ids).await {
+                        tracing::warn!(error = %e, "recording a retention erasure failed; the sweeper records it");
                     }
                 }
             }
@@ -166,4 +257,13 @@ impl Eraser {
         }
         Ok(removed)
     }
+}
+
+/// `(user_id, package id)` pairs grouped by user.
+fn by_user(pairs: Vec<(String, Uuid)>) -> std::collections::BTreeMap<String, Vec<Uuid>> {
+    let mut grouped = std::collections::BTreeMap::<String, Vec<Uuid>>::new();
+    for (user_id, id) in pairs {
+        grouped.entry(user_id).or_default().push(id);
+    }
+    grouped
 }

@@ -4,6 +4,7 @@
 
 pub mod erasure;
 pub mod events;
+pub mod export;
 pub mod ingest;
 pub mod read;
 pub mod relay;

@@ -97,6 +97,19 @@ impl ContentReader {
                 purpose: purpose.to_owned(),
             });
         }
+        self.open_package(package, reader, purpose, range).await
+    }
+
+    /// Opens a stored `package` whose access the caller has already decided (a consented
+    /// read, or its owner's export); records the read before any byte is served.
+    pub async fn open_package(
+        &self,
+        package: PackageRecord,
+        reader: &str,
+        purpose: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Content, ReadError> {
+        let id = package.id;
         let size = package
             .size_bytes
             .ok_or_else(|| PortError::Integrity("stored package without size".into()))?;

@@ -267,8 +267,9 @@ impl TestApp {
         format!("{}{}", self.base, created.headers()["location"].to_str().unwrap())
     }
 
-    /// `DELETE /v1/packages/{id}` as the owner, which must succeed.
-    pub async fn erase_package(&self, token: &str, id: Uuid) {
+    /// `DELETE /v1/packages/{id}` as the owner, which must erase it and record the erasure;
+    /// returns the receipt.
+    pub async fn erase_package(&self, token: &str, id: Uuid) -> Value {
         let erased = self
             .http
             .delete(format!("{}/v1/packages/{id}", self.base))
@@ -276,7 +277,8 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(erased.status(), 204);
+        assert_eq!(erased.status(), 200);
+        erased.json().await.unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -269,6 +269,12 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>>;
     /// Records that a deleted package's object is gone.
     async fn object_removed(&self, id: Uuid) -> Result<()>;
+    /// `(user_id, id)` of packages deleted before `before` whose erasure no consent-ledger
+    /// entry records yet, oldest first: those whose recording failed after the erasure had
+    /// committed.
+    async fn unrecorded_erasures(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, Uuid)>>;
+    /// Records that the consent-ledger entry `entry` recorded the erasure of `ids`.
+    async fn erasure_recorded(&self, ids: &[Uuid], entry: Uuid) -> Result<()>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:
     /// uploads abandoned by a crash, to be cleaned up.
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>>;

@@ -397,6 +397,35 @@ impl PackageStore for SqlStore {
         Ok(())
     }
 
+    async fn unrecorded_erasures(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, Uuid)>> {
+        on_pool!(&self.pool, |pool| {
+            sqlx::query_as(
+                "SELECT user_id, id FROM packages WHERE status = 'deleted' AND erasure_entry IS NULL \
+                 AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db_err)
+    }
+
+    async fn erasure_recorded(&self, ids: &[Uuid], entry: Uuid) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            for id in ids {
+                sqlx::query("UPDATE packages SET erasure_entry = $2 WHERE id = $1 AND status = 'deleted'")
+                    .bind(id)
+                    .bind(entry)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
+    }
+
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>> {
         let rows: Vec<PackageRow> = on_pool!(&self.pool, |pool| {
             sqlx::query_as(concat!(

@@ -192,4 +192,48 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
         &kept_object,
         "object_removed of a package that is not deleted",
     );
+
+    // Recording erasures in the consent ledger: what is not recorded yet, until it is.
+    let unrecorded = |list: &[(String, Uuid)], id: Uuid| list.iter().any(|(user, p)| *p == id && user == alice);
+    let later = now() + Duration::hours(1);
+    let pending = store
+        .unrecorded_erasures(later, WINDOW)
+        .await
+        .expect("unrecorded_erasures");
+    assert!(
+        unrecorded(&pending, sent.id) && unrecorded(&pending, unsent.id) && unrecorded(&pending, quarantined.id),
+        "unrecorded_erasures lists every erased package with its owner"
+    );
+    assert!(
+        !unrecorded(&pending, kept.id) && !unrecorded(&pending, receiving.id),
+        "unrecorded_erasures lists only erased packages"
+    );
+    assert!(
+        !unrecorded(
+            &store
+                .unrecorded_erasures(now() - Duration::hours(1), WINDOW)
+                .await
+                .unwrap(),
+            sent.id
+        ),
+        "unrecorded_erasures leaves out erasures after `before`"
+    );
+    let entry = Uuid::now_v7();
+    store
+        .erasure_recorded(&[sent.id, quarantined.id, kept.id], entry)
+        .await
+        .expect("erasure_recorded");
+    let pending = store.unrecorded_erasures(later, WINDOW).await.unwrap();
+    assert!(
+        !unrecorded(&pending, sent.id) && !unrecorded(&pending, quarantined.id) && unrecorded(&pending, unsent.id),
+        "erasure_recorded takes exactly the packages it names off the list"
+    );
+    store
+        .mark_deleted(alice, kept.id, &event("package.deleted", kept.id))
+        .await
+        .expect("mark_deleted");
+    assert!(
+        unrecorded(&store.unrecorded_erasures(later, WINDOW).await.unwrap(), kept.id),
+        "recording a package's erasure before it is erased does not count"
+    );
 }
