@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use udim_ports::kms::KeyService;
 use udim_ports::storage::BlobStore;
 
 use crate::auth::Authenticator;
@@ -21,10 +22,14 @@ use crate::http::{self, AppState};
 use crate::pipeline::ingest::Ingestor;
 use crate::pipeline::relay::Relay;
 
+/// Wraps a configured provider in another (a test's faults).
+pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
+
 /// Replacements for configured providers, for tests that inject faults.
 #[derive(Default)]
 pub struct Overrides {
     pub storage: Option<Arc<dyn BlobStore>>,
+    pub kms: Option<Wrap<dyn KeyService>>,
 }
 
 /// Connects to the configured database.
@@ -127,6 +132,10 @@ impl Application {
             None => factory::storage(&settings)?,
         };
         let kms = factory::kms(&settings).await?;
+        let kms = match overrides.kms {
+            Some(wrap) => wrap(kms),
+            None => kms,
+        };
         let notifier = factory::notifier(&settings).await?;
         let (scanner, scan_policy) = factory::scanner(&settings);
         let auth = Arc::new(Authenticator::from_settings(&settings)?);

@@ -1,14 +1,22 @@
 //! A resumable upload is never lost at its last step. When finishing it fails for a reason
-//! that passes (here: its chunks cannot be read back from storage), every chunk is kept, the
-//! client is told 503 with `Retry-After` and never sees the upload as complete, and the
-//! upload becomes its package once the fault is gone: on the client's next HEAD, on a retried
-//! last PATCH, or by the service itself after a restart, with the SHA-256 of what was sent.
+//! that passes — at any step: reading the chunks back, the scanner, the key service, the
+//! database before the package commits or after — every chunk is kept, the client is told 503
+//! with `Retry-After` and never sees the upload as complete (the stock clients tuspy and
+//! tus-js-client report failure, never success), and the upload becomes its package once the
+//! fault is gone: on the client's next HEAD (the stock clients resuming), on a retried last
+//! PATCH, or by the service itself after a restart, with the SHA-256 of what was sent. The
+//! same holds when the real binary is killed with SIGKILL between the last chunk and the
+//! commit.
 
 mod common;
 
-use common::faults::{Faults, FaultyStore};
+use std::time::Duration;
+
+use common::faults::{DatabaseFaults, Faults, FaultyStore, Link};
+use common::tus_clients::StockClient;
 use common::{Db, Options, TestApp};
 use serde_json::Value;
+use udim_testkit::clamd::Clamd;
 
 const LENGTH: usize = 300_000;
 
@@ -188,3 +196,299 @@ async fn after_a_restart_the_service_finishes_complete_uploads_by_itself() {
 }
 
 common::on_both_databases!(a_failed_finish_keeps_every_chunk_and_the_next_head_completes_it);
+
+/// Where finalization fails.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    ChunkRead,
+    Scanner,
+    KeyService,
+    DatabaseBeforeCommit,
+    DatabaseAfterCommit,
+}
+
+/// A service on PostgreSQL whose every finalization step can be made to fail: a faulty object
+/// store and key service, a real clamd behind a link that can hang, database triggers.
+struct Rig {
+    app: TestApp,
+    faults: Faults,
+    link: Link,
+    database: DatabaseFaults,
+    _clamd: Clamd,
+    _objects: tempfile::TempDir,
+}
+
+fn clamd_settings(address: &str, timeout_secs: u64) -> udim::config::ScannerSettings {
+    udim::config::ScannerSettings::Clamd(udim::config::ClamdSettings {
+        address: udim_local::clamd::ClamdAddress::Tcp(address.to_owned()),
+        max_stream_bytes: 10 * 1024 * 1024,
+        fail_open: false,
+        admit_too_large: false,
+        timeout_secs,
+    })
+}
+
+impl Rig {
+    async fn new() -> Self {
+        let clamd = Clamd::start("10M").await;
+        let link = Link::to(clamd.address()).await;
+        let objects = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        let scanner = clamd_settings(&link.address, 2);
+        let app = TestApp::spawn_with(
+            Db::Postgres,
+            Options {
+                storage: Some(FaultyStore::on(objects.path(), &faults)),
+                kms_faults: Some(faults.clone()),
+                configure: Some(Box::new(move |s| s.scanner = scanner)),
+                ..Options::default()
+            },
+        )
+        .await;
+        let database = DatabaseFaults::install(app.settings.database_url().expose_secret()).await;
+        Self {
+            app,
+            faults,
+            link,
+            database,
+            _clamd: clamd,
+            _objects: objects,
+        }
+    }
+
+    async fn fail(&self, step: Step, on: bool) {
+        match step {
+            Step::ChunkRead => self.faults.refuse_chunk_reads(on),
+            Step::Scanner => self.link.hang(on),
+            Step::KeyService => self.faults.refuse_new_keys(on),
+            Step::DatabaseBeforeCommit => self.database.set("mark_stored", on).await,
+            Step::DatabaseAfterCommit => self.database.set("complete_upload", on).await,
+        }
+    }
+}
+
+/// The stored package a finished upload's HEAD names, checked against what was sent.
+async fn package_of(app: &TestApp, token: &str, url: &str, body: &[u8]) -> String {
+    let done = head(app, token, url).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.headers()["upload-offset"], body.len().to_string());
+    let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    stored_package(app, token, &id, body).await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_clients_never_report_success_when_any_finalization_step_fails_and_resume_to_the_package() {
+    let rig = Rig::new().await;
+    let app = &rig.app;
+    let endpoint = format!("{}/v1/uploads", app.base);
+    for step in [
+        Step::ChunkRead,
+        Step::Scanner,
+        Step::KeyService,
+        Step::DatabaseBeforeCommit,
+        Step::DatabaseAfterCommit,
+    ] {
+        for client in StockClient::both() {
+            let what = format!("{} with a failing {step:?}", client.name);
+            let user = format!("{}-{step:?}", client.name);
+            let token = app.uploader(&user);
+            app.grant(&token, &[client.category]).await;
+            let body = client.sample(600_000);
+            let file = app.data_dir().join(format!("{user}.bin"));
+            std::fs::write(&file, &body).unwrap();
+
+            // The first chunk goes through; the fault strikes once the rest has arrived.
+            let started = client.run(&endpoint, &token, &file, client.chunk_size, None);
+            let url = started["url"].as_str().unwrap().to_owned();
+            rig.fail(step, true).await;
+            let failed = client
+                .try_run(&endpoint, &token, &file, body.len() as u64, Some(&url))
+                .expect_err(&format!("{what}: the client must not report success"));
+            assert!(failed["error"].is_string(), "{what}: {failed}");
+            assert_unavailable_not_complete(&head(app, &token, &url).await, &format!("{what}: HEAD"));
+            if !matches!(step, Step::DatabaseAfterCommit) {
+                assert!(
+                    app.packages(&token).await.iter().all(|p| p["status"] != "stored"),
+                    "{what}: no package is stored yet"
+                );
+            }
+
+            rig.fail(step, false).await;
+            let resumed = client.run(&endpoint, &token, &file, body.len() as u64, Some(&url));
+            assert_eq!(resumed["offset"], body.len(), "{what}: the client finishes");
+            package_of(app, &token, &url, &body).await;
+            let packages = app.packages(&token).await;
+            assert_eq!(packages.len(), 1, "{what}: one package, however many tries");
+        }
+    }
+}
+
+const UDIM: &str = env!("CARGO_BIN_EXE_udim");
+const SECRET: &str = "finalization-kill-test-hs256-secret-32+bytes";
+
+/// The real binary on the embedded default (SQLite, filesystem, local keys) in `dir`, scanning
+/// through `scanner`; killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    async fn start(dir: &std::path::Path, scanner: &str) -> Self {
+        let port = udim_testkit::port_for_child();
+        let child = std::process::Command::new(UDIM)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("UDIM_CONFIG_DIR", dir.join("no-config"))
+            .env("UDIM_DATA_DIR", dir)
+            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("UDIM_AUTH__HS256_SECRET", SECRET)
+            .env("UDIM_SCANNER__TYPE", "clamd")
+            .env("UDIM_SCANNER__ADDRESS", format!("tcp://{scanner}"))
+            .env("UDIM_SCANNER__TIMEOUT_SECS", "60")
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let binary = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/healthz", binary.base))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return binary;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("udim serve did not start");
+    }
+
+    fn kill_9(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap();
+    }
+}
+
+fn token(sub: &str) -> String {
+    let mut settings = udim::config::Settings::default();
+    settings.auth.hs256_secret = Some(SECRET.to_owned().into());
+    udim::auth::Authenticator::from_settings(&settings)
+        .unwrap()
+        .mint(sub, &["udim:upload".to_owned()])
+        .unwrap()
+}
+
+/// SIGKILL of the real binary while it finishes an upload (every chunk recorded, the scan
+/// running, nothing committed): the stock client reports failure, and after a restart it
+/// resumes to the package without sending its bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_killed_between_the_last_chunk_and_the_commit_loses_no_upload() {
+    let clamd = Clamd::start("10M").await;
+    let link = Link::to(clamd.address()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    for client in StockClient::both() {
+        let user = format!("killed-{}", client.name);
+        let token = token(&user);
+        let body = client.sample(700_000);
+        let file = dir.path().join(format!("{user}.bin"));
+        std::fs::write(&file, &body).unwrap();
+
+        link.hang(false);
+        let binary = Binary::start(dir.path(), &link.address).await;
+        let granted = http
+            .post(format!("{}/v1/consents", binary.base))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "purposes": ["model-training"],
+                "data_categories": [client.category],
+                "policy_version": "2026-01",
+                "jurisdiction": "EU",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(granted.status(), 201);
+
+        // The scan of the finished upload hangs; the binary dies in the middle of it.
+        link.hang(true);
+        let stalled = link.stalled.load(std::sync::atomic::Ordering::SeqCst);
+        let run = {
+            let (endpoint, token, file) = (format!("{}/v1/uploads", binary.base), token.clone(), file.clone());
+            let length = body.len() as u64;
+            tokio::task::spawn_blocking(move || {
+                let result = client.try_run(&endpoint, &token, &file, length, None);
+                (client, result)
+            })
+        };
+        for _ in 0..400 {
+            if link.stalled.load(std::sync::atomic::Ordering::SeqCst) > stalled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            link.stalled.load(std::sync::atomic::Ordering::SeqCst) > stalled,
+            "{user}: finalization reached the scanner"
+        );
+        binary.kill_9();
+        let (client, result) = run.await.unwrap();
+        let failed = result.expect_err("the client must not report success when the service died");
+        let path = reqwest::Url::parse(failed["url"].as_str().unwrap())
+            .unwrap()
+            .path()
+            .to_owned();
+
+        // A new process on the same data; the scanner answers again.
+        link.hang(false);
+        let binary = Binary::start(dir.path(), &link.address).await;
+        let url = format!("{}{path}", binary.base);
+        // The dead process's lease on the upload runs out within seconds (or the sweeper
+        // finishes the upload first); until then the upload answers 423, as tus says.
+        let restarted = std::time::Instant::now();
+        while tus(http.head(&url), &token).send().await.unwrap().status() == 423 {
+            assert!(
+                restarted.elapsed() < Duration::from_secs(30),
+                "{user}: the dead process's lease outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let resumed = client.run(
+            &format!("{}/v1/uploads", binary.base),
+            &token,
+            &file,
+            body.len() as u64,
+            Some(&url),
+        );
+        assert_eq!(resumed["offset"], body.len(), "{}: resumed to the end", client.name);
+        let done = tus(http.head(&url), &token).send().await.unwrap();
+        assert_eq!(done.status(), 200);
+        let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+        let package: Value = http
+            .get(format!("{}/v1/packages/{id}", binary.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(package["status"], "stored", "{}", client.name);
+        assert_eq!(package["sha256"], sha256_hex(&body), "{}", client.name);
+        drop(binary);
+    }
+}

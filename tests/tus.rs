@@ -5,59 +5,14 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::tus_clients::StockClient;
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 
-fn python() -> String {
-    std::env::var("UDIM_TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
-}
-
-/// Runs a stock tus client's driver script (both take the same arguments and print JSON):
-/// `program script ENDPOINT TOKEN FILE CHUNK_SIZE STOP_AT [UPLOAD_URL]`.
-struct StockClient {
-    name: &'static str,
-    program: String,
-    script: &'static str,
-    chunk_size: u64,
-    install_hint: &'static str,
-}
-
-impl StockClient {
-    fn run(&self, endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
-        let mut cmd = Command::new(&self.program);
-        cmd.arg(self.script)
-            .arg(endpoint)
-            .arg(token)
-            .arg(file)
-            .arg(self.chunk_size.to_string())
-            .arg(stop_at.to_string());
-        if let Some(url) = url {
-            cmd.arg(url);
-        }
-        let output = cmd.output().expect(self.install_hint);
-        assert!(
-            output.status.success(),
-            "{} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-}
-
 fn tuspy(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
-    StockClient {
-        name: "tuspy",
-        program: python(),
-        script: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/client.py"),
-        chunk_size: 256 * 1024,
-        install_hint: "python with tuspy (scripts/test installs it into .venv; UDIM_TEST_PYTHON)",
-    }
-    .run(endpoint, token, file, stop_at, url)
+    StockClient::tuspy().run(endpoint, token, file, stop_at, url)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -133,14 +88,7 @@ async fn a_stock_tus_client_resumes_across_a_restart(db: Db) {
 }
 
 fn tus_js_client(endpoint: &str, token: &str, file: &std::path::Path, stop_at: u64, url: Option<&str>) -> Value {
-    StockClient {
-        name: "tus-js-client",
-        program: std::env::var("UDIM_TEST_NODE").unwrap_or_else(|_| "node".into()),
-        script: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/js/client.mjs"),
-        chunk_size: 192 * 1024,
-        install_hint: "node with tus-js-client (scripts/test installs it into tests/tus/js; UDIM_TEST_NODE)",
-    }
-    .run(endpoint, token, file, stop_at, url)
+    StockClient::tus_js().run(endpoint, token, file, stop_at, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,20 @@
-//! A real object store with faults the test switches on and off: the one failing-store
-//! wrapper every test shares. Each fault answers as the port's contract says a failing store
-//! does: `Unavailable`, so the service treats it as passing, never as a refusal.
+//! Faults the tests switch on and off, one place for all of them:
+//! - a real object store (the filesystem's) whose writes, deletes or chunk reads fail;
+//! - a real key service that cannot make new data keys (the local key file has no network to
+//!   cut), as a KMS that became unreachable after an upload's chunks were written;
+//! - a TCP link to a real clamd that can hang, as a clamd that stopped answering does;
+//! - PostgreSQL triggers that fail the commit of a package or of an upload's completion with
+//!   a serialization failure (SQLSTATE 40001), a real database error that passes.
+//!
+//! Each fault answers as the port's contract says a failing provider does: `Unavailable`, so
+//! the service treats it as passing, never as a refusal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use udim_ports::kms::{DataKey, KeyContext, KeyService, PlainKey};
 use udim_ports::storage::{BlobStore, BlobWriter, ByteStream};
 use udim_ports::{PortError, Result};
 
@@ -21,6 +29,7 @@ pub struct Faults {
     /// ... and say so as an unclassified (`Generic`) error, as some providers do for a
     /// network failure, instead of `Unavailable`.
     unclassified: Arc<AtomicBool>,
+    no_new_keys: Arc<AtomicBool>,
 }
 
 impl Faults {
@@ -45,6 +54,11 @@ impl Faults {
 
     pub fn unclassified_errors(&self, on: bool) {
         self.unclassified.store(on, Ordering::SeqCst);
+    }
+
+    /// The key service fails to generate data keys (unwrapping still works).
+    pub fn refuse_new_keys(&self, on: bool) {
+        self.no_new_keys.store(on, Ordering::SeqCst);
     }
 }
 
@@ -126,5 +140,122 @@ impl BlobStore for FaultyStore {
     }
     fn uri(&self, key: &str) -> String {
         self.inner.uri(key)
+    }
+}
+
+/// A key service that fails to generate data keys while `refuse_new_keys` is on.
+#[derive(Debug)]
+pub struct FaultyKms {
+    inner: Arc<dyn KeyService>,
+    faults: Faults,
+}
+
+impl FaultyKms {
+    pub fn around(inner: Arc<dyn KeyService>, faults: &Faults) -> Arc<dyn KeyService> {
+        Arc::new(Self {
+            inner,
+            faults: faults.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl KeyService for FaultyKms {
+    async fn generate_data_key(&self, ctx: &KeyContext) -> Result<DataKey> {
+        if self.faults.no_new_keys.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable("faulty kms", "injected key service failure"));
+        }
+        self.inner.generate_data_key(ctx).await
+    }
+    async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext) -> Result<PlainKey> {
+        self.inner.unwrap_data_key(key_id, wrapped, ctx).await
+    }
+    fn current_key_id(&self) -> &str {
+        self.inner.current_key_id()
+    }
+}
+
+/// A TCP link to a real server (clamd) that forwards while up and, while hung, accepts
+/// connections and reads them without ever answering.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub address: String,
+    hung: Arc<AtomicBool>,
+    /// Connections accepted while hung.
+    pub stalled: Arc<AtomicU64>,
+}
+
+impl Link {
+    pub async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let link = Self {
+            address: listener.local_addr().unwrap().to_string(),
+            hung: Arc::new(AtomicBool::new(false)),
+            stalled: Arc::new(AtomicU64::new(0)),
+        };
+        let (hung, stalled) = (link.hung.clone(), link.stalled.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                if hung.load(Ordering::SeqCst) {
+                    stalled.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+                    });
+                } else {
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        });
+        link
+    }
+
+    pub fn hang(&self, on: bool) {
+        self.hung.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Database faults on PostgreSQL, switched by name: `mark_stored` fails the transaction that
+/// stores a package, `complete_upload` the one that links a stored package to its upload
+/// (after the package's own commit).
+pub struct DatabaseFaults {
+    url: String,
+}
+
+impl DatabaseFaults {
+    pub async fn install(url: &str) -> Self {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        for sql in [
+            "CREATE TABLE udim_test_faults (name TEXT PRIMARY KEY)",
+            "GRANT SELECT ON udim_test_faults TO PUBLIC",
+            "CREATE FUNCTION udim_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF EXISTS (SELECT 1 FROM udim_test_faults WHERE name = TG_ARGV[0]) THEN \
+             RAISE EXCEPTION 'injected % failure', TG_ARGV[0] USING ERRCODE = '40001'; END IF; \
+             RETURN NEW; END $$",
+            "CREATE TRIGGER udim_test_fault_mark_stored BEFORE UPDATE ON packages FOR EACH ROW \
+             WHEN (NEW.status = 'stored' AND OLD.status <> 'stored') EXECUTE FUNCTION udim_test_fault('mark_stored')",
+            "CREATE TRIGGER udim_test_fault_complete_upload BEFORE UPDATE ON tus_uploads FOR EACH ROW \
+             WHEN (NEW.package_id IS NOT NULL AND OLD.package_id IS NULL) \
+             EXECUTE FUNCTION udim_test_fault('complete_upload')",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        Self { url: url.to_owned() }
+    }
+
+    pub async fn set(&self, name: &str, on: bool) {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let sql = if on {
+            "INSERT INTO udim_test_faults (name) VALUES ($1) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM udim_test_faults WHERE name = $1"
+        };
+        sqlx::query(sql).bind(name).execute(&mut conn).await.unwrap();
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod tus_clients;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,6 +136,9 @@ pub struct Options {
     pub rabbitmq: bool,
     pub amqp_url: Option<String>,
     pub storage: Option<Arc<dyn BlobStore>>,
+    /// Key-service faults: the configured key service makes no new data keys while
+    /// `refuse_new_keys` is on.
+    pub kms_faults: Option<faults::Faults>,
     pub max_bytes: Option<u64>,
     /// Any other change to the settings.
     pub configure: Option<Configure>,
@@ -215,6 +219,9 @@ impl TestApp {
         }
         let overrides = Overrides {
             storage: options.storage,
+            kms: options
+                .kms_faults
+                .map(|faults| Box::new(move |kms| faults::FaultyKms::around(kms, &faults)) as udim::startup::Wrap<_>),
         };
         let (addr, stop, server) = start(&settings, overrides).await;
         Self {

@@ -13,6 +13,8 @@
 
 use udim_ports::PortError;
 
+use crate::Engine;
+
 /// A connection pool on one of the two engines.
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
@@ -101,14 +103,70 @@ pub(crate) async fn after_erasure(pool: &Pool) {
     }
 }
 
-/// A database error as a port error: connection trouble is `Unavailable` (retry later), a
-/// unique violation `AlreadyExists`, anything else `Generic`.
+/// A database error as a port error: trouble that passes — the connection, the server
+/// shutting down or short of resources, a serialization failure or deadlock, a lock not
+/// granted in time — is `Unavailable` (retry later), a unique violation `AlreadyExists`,
+/// anything else `Generic`.
 pub(crate) fn db_err(e: sqlx::Error) -> PortError {
     match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
             PortError::unavailable("database", e)
         }
         sqlx::Error::Database(db) if db.is_unique_violation() => PortError::AlreadyExists(db.message().to_owned()),
+        sqlx::Error::Database(db) if passes(db.as_ref()) => PortError::unavailable("database", e),
         _ => PortError::generic("database", e),
+    }
+}
+
+/// Whether a database error names a condition that passes by itself.
+fn passes(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    let engine = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        Engine::Sqlite
+    } else {
+        Engine::Postgres
+    };
+    code_passes(engine, &code)
+}
+
+/// SQLite reports (extended) result codes as numbers, PostgreSQL SQLSTATEs as five
+/// characters (which may be all digits).
+fn code_passes(engine: Engine, code: &str) -> bool {
+    const SQLITE_BUSY: u32 = 5;
+    const SQLITE_LOCKED: u32 = 6;
+    match engine {
+        Engine::Sqlite => code
+            .parse::<u32>()
+            .is_ok_and(|extended| matches!(extended & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+        // 08: connection exception; 40: transaction rollback (serialization failure,
+        // deadlock); 53: insufficient resources; 57P01-57P03: shutdown, crash, not yet
+        // accepting connections; 57014: statement timeout; 55P03: lock not available.
+        Engine::Postgres => {
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "55P03")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Engine, code_passes};
+
+    #[test]
+    fn conditions_that_pass_are_told_from_lasting_ones() {
+        for code in ["5", "517", "6", "262"] {
+            assert!(code_passes(Engine::Sqlite, code), "{code}");
+        }
+        for code in ["19", "2067", "1", "11", "40001"] {
+            assert!(!code_passes(Engine::Sqlite, code), "{code}");
+        }
+        for code in ["08006", "40001", "40P01", "53300", "57P01", "57014", "55P03"] {
+            assert!(code_passes(Engine::Postgres, code), "{code}");
+        }
+        for code in ["23505", "23514", "42P01", "42501", "P0001", "22P02", "00005"] {
+            assert!(!code_passes(Engine::Postgres, code), "{code}");
+        }
     }
 }

@@ -4,16 +4,18 @@
 // Uploads FILE in CHUNK_SIZE PATCHes, stopping once STOP_AT bytes are acknowledged (the
 // client aborts, as a closed browser tab would), resuming UPLOAD_URL when given. Prints
 // {"url", "offset", "packageId"} as JSON; packageId is the `Udim-Package-Id` of the last
-// response, once the upload is complete.
+// response, once the upload is complete. When the client reports failure, prints
+// {"url", "error"} and exits 1.
 import { readFileSync } from "node:fs";
 import { Upload } from "tus-js-client";
 
 const [endpoint, token, path, chunkSize, stopAt, uploadUrl] = process.argv.slice(2);
 const file = readFileSync(path);
 let packageId = null;
+let upload;
 
 const result = await new Promise((resolve, reject) => {
-  const upload = new Upload(file, {
+  upload = new Upload(file, {
     endpoint,
     uploadUrl: uploadUrl ?? null,
     chunkSize: Number(chunkSize),
@@ -35,5 +37,8 @@ const result = await new Promise((resolve, reject) => {
     onError: reject,
   });
   upload.start();
+}).catch((error) => {
+  console.log(JSON.stringify({ url: upload.url, error: String(error) }));
+  process.exit(1);
 });
 console.log(JSON.stringify({ ...result, packageId }));
