@@ -26,6 +26,14 @@ async fn app(mismatch: MismatchPolicy) -> TestApp {
                         retention_days: None,
                     },
                 );
+                s.upload.categories.insert(
+                    "photos".into(),
+                    CategoryPolicy {
+                        allowed_types: vec!["image/*".into()],
+                        max_bytes: Some(1024 * 1024),
+                        retention_days: None,
+                    },
+                );
                 s.upload.type_mismatch = mismatch;
             })),
             ..Options::default()
@@ -269,5 +277,74 @@ async fn a_tus_upload_that_cannot_fit_its_category_is_refused_at_creation() {
     assert_eq!(undeclared.status(), 201, "no declared type: the bytes decide later");
     let open = app.database().await.uploads.open_uploads("alice").await.unwrap();
     assert_eq!(open.len(), 2, "the refused ones left nothing");
+    app.stop().await;
+}
+
+/// A resumable upload whose first bytes (the 8 KiB the type is sniffed from) are of a type its
+/// category does not take is refused by the PATCH that brings them, not after the rest has
+/// arrived: the upload ends and leaves no chunk behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tus_upload_is_refused_as_soon_as_its_first_bytes_show_the_wrong_type() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["photos"]).await;
+    // Declared an image (data_category "photos", filetype "image/png"); the bytes are a PDF.
+    let url = app
+        .create_upload(&alice, 100_000, "data_category cGhvdG9z,filetype aW1hZ2UvcG5n")
+        .await;
+    let patch = app
+        .http
+        .patch(&url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(padded(PDF, 10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 415, "refused on the first bytes");
+    let problem: Value = patch.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:unsupported-content");
+    let head = app
+        .http
+        .head(&url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404, "the upload has ended");
+    assert!(
+        app.object_files().is_empty(),
+        "no chunk is left: {:?}",
+        app.object_files()
+    );
+    assert!(
+        app.database()
+            .await
+            .uploads
+            .open_uploads("alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The right type goes through the same first PATCH.
+    let url = app
+        .create_upload(&alice, 100_000, "data_category cGhvdG9z,filetype aW1hZ2UvcG5n")
+        .await;
+    let patch = app
+        .http
+        .patch(&url)
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(padded(PNG, 10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 204);
     app.stop().await;
 }

@@ -348,7 +348,7 @@ impl Ingestor {
                 let take = (crate::formats::content::SNIFF_LEN - prefix.len()).min(chunk.len());
                 prefix.extend_from_slice(&chunk[..take]);
                 if prefix.len() == crate::formats::content::SNIFF_LEN {
-                    sniffed = Some(self.check_content(request, &prefix)?);
+                    sniffed = Some(self.check_content(&request.data_category, &request.content_type, &prefix)?);
                 }
             }
             sha.update(&chunk);
@@ -371,7 +371,7 @@ impl Ingestor {
         }
         let sniffed = match sniffed {
             Some(sniffed) => sniffed,
-            None => self.check_content(request, &prefix)?,
+            None => self.check_content(&request.data_category, &request.content_type, &prefix)?,
         };
         writer.write(Bytes::from(encryptor.finish()?)).await?;
         self.packages.mark_scanning(&request.user_id, id).await?;
@@ -395,11 +395,11 @@ impl Ingestor {
         })
     }
 
-    /// Sniffs the type from the upload's first bytes and applies the category's rules.
-    fn check_content(&self, request: &UploadRequest, prefix: &[u8]) -> Result<Option<String>, IngestError> {
+    /// Sniffs the type from an upload's first bytes and applies its category's rules to it
+    /// and the `declared` type.
+    pub fn check_content(&self, category: &str, declared: &str, prefix: &[u8]) -> Result<Option<String>, IngestError> {
         let sniffed = crate::formats::content::sniff(prefix);
-        self.content
-            .check(&request.data_category, &request.content_type, sniffed.as_deref())?;
+        self.content.check(category, declared, sniffed.as_deref())?;
         Ok(sniffed)
     }
 

@@ -18,6 +18,7 @@ use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
 use crate::consent::{Access, ConsentService, now_micros};
+use crate::formats::content::SNIFF_LEN;
 use crate::formats::envelope::{Binding, Decryptor, Encryptor, EnvelopeError, Header};
 use crate::formats::input::{DataCategory, FileName, UserId};
 use crate::formats::tus::{Checksum, ChecksumAlgorithm};
@@ -341,6 +342,9 @@ impl Resumable {
         let mut digest = checksum.as_ref().map(|c| Digest::new(c.algorithm));
         let mut received: u64 = 0;
         let mut interrupted = false;
+        // The upload's first bytes decide its type as soon as they are here: a file the
+        // category does not take is refused now, not after gigabytes more.
+        let mut prefix = (offset == 0).then(|| Vec::with_capacity(SNIFF_LEN));
         let outcome: Result<(), TusError> = async {
             writer.write(Bytes::from(header.encode())).await?;
             while let Some(chunk) = body.next().await {
@@ -352,6 +356,14 @@ impl Resumable {
                 if offset + received > upload.length {
                     crate::pipeline::ingest::drain(&mut body).await;
                     return Err(TusError::PastLength { length: upload.length });
+                }
+                if let Some(first) = &mut prefix {
+                    first.extend_from_slice(&chunk[..(SNIFF_LEN - first.len()).min(chunk.len())]);
+                    if first.len() == SNIFF_LEN || offset + received == upload.length {
+                        self.ingest
+                            .check_content(&upload.data_category, &upload.content_type, first)?;
+                        prefix = None;
+                    }
                 }
                 if let Some(d) = &mut digest {
                     d.update(&chunk);
@@ -371,6 +383,9 @@ impl Resumable {
         };
         if !keep || !verified {
             let _ = writer.abort().await;
+            if let Err(TusError::Ingest(IngestError::ContentRefused(_))) = &outcome {
+                self.discard(upload).await;
+            }
             outcome?;
             if !verified {
                 return Err(TusError::ChecksumMismatch);
