@@ -2,9 +2,10 @@
 //! RabbitMQ queue behave as one service: concurrent consents on both make one ledger that
 //! `udim ledger verify` accepts, every checkpoint either replica signed is consistent with
 //! the earlier ones, withdrawals of one consent racing on both give one withdrawn entry,
-//! simple and tus uploads whose PATCHes alternate between the replicas
-//! become packages whose events all arrive, and a replica killed in the middle of a PATCH
-//! leaves the upload to be resumed on the other within seconds.
+//! checkpoint pairs pass `udim ledger verify-consistency`, simple and tus uploads whose
+//! PATCHes alternate between the replicas become packages whose events all arrive in
+//! per-package order (erasures racing the relays included), and a replica killed in the
+//! middle of a PATCH leaves the upload to be resumed on the other within seconds.
 
 mod common;
 
@@ -212,18 +213,36 @@ async fn two_replicas_on_one_database_are_one_service() {
     .unwrap();
     for pair in sizes.windows(2) {
         let base = &bases[(pair[0] % 2) as usize];
-        let proof: ConsistencyProof = http
+        let text = http
             .get(format!("{base}/v1/ledger/consistency?from={}&to={}", pair[0], pair[1]))
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap();
+        let proof: ConsistencyProof = serde_json::from_str(&text).unwrap();
         let (old, new) = proof
             .verify(&key)
             .expect("every checkpoint is consistent with the one before");
         assert_eq!((old.size, new.size), (pair[0], pair[1]));
+        // And the operator's offline check agrees.
+        let file = shared.dir.path().join("consistency.json");
+        std::fs::write(&file, text).unwrap();
+        let checked = Command::new(UDIM)
+            .args(["ledger", "verify-consistency", "--key", &key.to_string()])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "udim ledger verify-consistency {pair:?}: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&checked.stdout)
+                .contains(&format!("tree size {} extends tree size {}", pair[1], pair[0]))
+        );
     }
 
     // Withdrawals of one consent racing on both replicas: one lands, the rest get 409.
@@ -305,17 +324,55 @@ async fn two_replicas_on_one_database_are_one_service() {
         packages.push(id);
     }
 
-    // Every package's event arrives, once a relay on either replica has sent it.
-    let mut announced = std::collections::BTreeSet::new();
+    // Every other package is erased at once, racing the relays that may hold its `stored`
+    // event.
+    let mut erased = std::collections::BTreeSet::new();
+    for (n, id) in packages.iter().enumerate().filter(|(n, _)| n % 2 == 1) {
+        let owner = shared.token(&users[(n / 2) % users.len()]);
+        let response = http
+            .delete(format!("{}/v1/packages/{id}", bases[n % 2]))
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "erasing {id}");
+        erased.insert(id.clone());
+    }
+
+    // Every package's last event arrives, once a relay on either replica has sent it, and no
+    // package's events arrive out of order: an erased package's `stored` (if it was sent at
+    // all) comes before its `deleted`.
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    let done = |seen: &std::collections::BTreeMap<String, Vec<String>>| {
+        packages.iter().all(|id| {
+            let last = if erased.contains(id) {
+                "package.deleted"
+            } else {
+                "package.stored"
+            };
+            seen.get(id).is_some_and(|events| events.iter().any(|e| e == last))
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while announced.len() < packages.len() && Instant::now() < deadline {
+    while !done(&seen) && Instant::now() < deadline {
         if let Some((_, event)) = shared.queue.next_event(Duration::from_secs(2)).await {
-            assert_eq!(event["event_type"], "package.stored");
-            announced.insert(event["package_id"].as_str().unwrap().to_owned());
+            seen.entry(event["package_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(event["event_type"].as_str().unwrap().to_owned());
         }
     }
-    let expected: std::collections::BTreeSet<String> = packages.iter().cloned().collect();
-    assert_eq!(announced, expected, "every package's event is delivered");
+    assert!(done(&seen), "every package's events are delivered: {seen:?}");
+    for (id, events) in &seen {
+        let expected: &[&[&str]] = if erased.contains(id) {
+            &[&["package.stored", "package.deleted"], &["package.deleted"]]
+        } else {
+            &[&["package.stored"]]
+        };
+        assert!(
+            expected.iter().any(|e| e == events),
+            "package {id}'s events arrive once each, in order: {events:?}"
+        );
+    }
 
     // Replica a dies in the middle of a PATCH; the client resumes on b within seconds.
     let token = shared.token("user-0");
@@ -389,7 +446,10 @@ async fn two_replicas_on_one_database_are_one_service() {
     // And the one ledger both wrote passes the operator's audit.
     let audit = shared.command("audit").args(["ledger", "verify"]).output().unwrap();
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
-    assert!(String::from_utf8_lossy(&audit.stdout).contains("38 entries"));
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("42 entries"),
+        "38 consent entries and 4 erasure records"
+    );
     drop(b);
     shared.queue.delete().await;
 }
