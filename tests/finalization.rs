@@ -144,6 +144,46 @@ async fn an_unclassified_storage_failure_keeps_the_chunks_too() {
     app.stop().await;
 }
 
+/// A creation that carries the whole upload (tus creation-with-upload) and fails to finish
+/// still names the upload it created, so the client resumes that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_with_upload_that_fails_to_finish_names_its_upload() {
+    let (app, faults, _objects) = app_with_faults(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let body = common::distinctive_bytes(LENGTH);
+    faults.refuse_chunk_reads(true);
+    let created = tus(app.http.post(format!("{}/v1/uploads", app.base)), &alice)
+        .header("upload-length", LENGTH.to_string())
+        .header("upload-metadata", "data_category YXVkaW8=")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable_not_complete(&created, "creation-with-upload while chunks cannot be read");
+    let url = format!(
+        "{}{}",
+        app.base,
+        created
+            .headers()
+            .get("location")
+            .expect("the failed answer names the upload")
+            .to_str()
+            .unwrap()
+    );
+    faults.refuse_chunk_reads(false);
+    let done = head(&app, &alice, &url).await;
+    assert_eq!(done.status(), 200);
+    let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    stored_package(&app, &alice, &id, &body).await;
+    assert_eq!(
+        app.database().await.uploads.open_uploads("alice").await.unwrap().len(),
+        0
+    );
+    app.stop().await;
+}
+
 /// The client did not hear the last PATCH's answer and sends it again: the retry finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_last_patch_finishes_the_upload() {

@@ -169,32 +169,38 @@ pub async fn create(
             },
         )
         .await?;
-    let location = format!("/v1/uploads/{}", upload.id);
-    let progress = if is_patch_body(&headers) {
-        let stream = body.into_data_stream().map_err(|e| e.to_string());
-        let progress = state
-            .resumable
-            .patch(&principal.subject, upload.id, 0, None, stream)
-            .await?;
-        if progress.package.is_some() {
+    let location = HeaderValue::from_str(&format!("/v1/uploads/{}", upload.id)).expect("ASCII");
+    let progress: Result<Progress, ApiError> = async {
+        if is_patch_body(&headers) {
+            let stream = body.into_data_stream().map_err(|e| e.to_string());
+            let progress = state
+                .resumable
+                .patch(&principal.subject, upload.id, 0, None, stream)
+                .await?;
+            if progress.package.is_some() {
+                state.relay_wake.notify_one();
+            }
+            Ok(progress)
+        } else if upload.length == 0 {
+            // Complete on creation: nothing more will come, so it becomes its package now,
+            // and the answer's offset (0 of 0) never says "complete" of something not stored.
+            let package = state.resumable.finish(&principal.subject, upload.id).await?;
             state.relay_wake.notify_one();
+            let upload = state.resumable.status(&principal.subject, upload.id).await?;
+            Ok(Progress { upload, package })
+        } else {
+            Ok(Progress { upload, package: None })
         }
-        progress
-    } else if upload.length == 0 {
-        // Complete on creation: nothing more will come, so it becomes its package now, and
-        // the answer's offset (0 of 0) never says "complete" of something not stored.
-        let package = state.resumable.finish(&principal.subject, upload.id).await?;
-        state.relay_wake.notify_one();
-        let upload = state.resumable.status(&principal.subject, upload.id).await?;
-        Progress { upload, package }
-    } else {
-        Progress { upload, package: None }
+    }
+    .await;
+    // The upload exists from here on: even when its first bytes failed (a 503 to retry), the
+    // answer names it, so the client resumes it instead of starting another.
+    let mut response = match progress {
+        Ok(progress) => with_tus_headers(StatusCode::CREATED.into_response(), Some(&progress)),
+        Err(e) => e.into_response(),
     };
-    let mut response = StatusCode::CREATED.into_response();
-    response
-        .headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_str(&location).expect("ASCII"));
-    Ok(with_tus_headers(response, Some(&progress)))
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
 
 /// The upload's offset (tus HEAD).

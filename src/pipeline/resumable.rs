@@ -556,7 +556,12 @@ impl Resumable {
     /// false if the upload could not be removed (it stays for the sweeper).
     async fn discard(&self, upload: &UploadRecord) -> bool {
         match self.uploads.delete_upload(upload.id).await {
-            Ok(keys) => {
+            Ok(mut keys) => {
+                // A chunk a crash cut short was never recorded: its object sits at the
+                // upload's offset, where the next PATCH would have replaced it.
+                if upload.offset < upload.length {
+                    keys.push(chunk_key(upload.id, upload.offset));
+                }
                 for key in keys {
                     if let Err(e) = self.blobs.delete(&key).await {
                         tracing::warn!(upload_id = %upload.id, key, error = %e, "deleting an upload chunk failed");
