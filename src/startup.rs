@@ -61,6 +61,8 @@ pub struct Application {
     abandon_after: Duration,
     sweep_interval: Duration,
     cors: Option<tower_http::cors::CorsLayer>,
+    /// Cancelled when shutdown begins.
+    draining: CancellationToken,
 }
 
 /// CORS for browser clients (tus-js-client, Uppy): the listed origins may call the API with
@@ -147,6 +149,7 @@ impl Application {
         let sequencer = Sequencer::start(ledger.clone(), ledger_signer.clone(), settings.ledger.max_batch);
         let consents = ConsentService::new(ledger, sequencer);
         let relay_wake = Arc::new(Notify::new());
+        let draining = CancellationToken::new();
         let reader = Arc::new(crate::pipeline::read::ContentReader {
             blobs: blobs.clone(),
             kms: kms.clone(),
@@ -173,6 +176,7 @@ impl Application {
             consents: consents.clone(),
             ingest: ingest.clone(),
             expire_after: Duration::from_secs(settings.upload.resumable_expire_after_secs),
+            draining: draining.clone(),
         });
         let eraser = Arc::new(crate::pipeline::erasure::Eraser {
             packages: database.packages.clone(),
@@ -229,6 +233,7 @@ impl Application {
             abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
             sweep_interval: Duration::from_secs(settings.upload.sweep_interval_secs.max(1)),
             cors: cors(&settings.server.cors_allowed_origins)?,
+            draining,
         })
     }
 
@@ -256,7 +261,7 @@ impl Application {
         if let Some(cors) = self.cors {
             router = router.layer(cors);
         }
-        let draining = CancellationToken::new();
+        let draining = self.draining;
         let drain_signal = draining.clone();
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
             shutdown.await;

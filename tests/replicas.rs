@@ -4,8 +4,9 @@
 //! the earlier ones, withdrawals of one consent racing on both give one withdrawn entry,
 //! checkpoint pairs pass `udim ledger verify-consistency`, simple and tus uploads whose
 //! PATCHes alternate between the replicas become packages whose events all arrive in
-//! per-package order (erasures racing the relays included), and a replica killed in the
-//! middle of a PATCH leaves the upload to be resumed on the other within seconds.
+//! per-package order (erasures racing the relays included), a replica killed in the middle
+//! of a PATCH leaves the upload to be resumed on the other within seconds, and one stopped
+//! (SIGTERM) in the middle of a PATCH answers with what it kept and leaves no lease behind.
 
 mod common;
 
@@ -443,6 +444,52 @@ async fn two_replicas_on_one_database_are_one_service() {
         hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body).as_ref())
     );
 
+    // Replica b is stopped (SIGTERM, a rolling deploy) in the middle of a PATCH: the PATCH
+    // keeps what arrived and answers with its offset, the lease is released at once, and
+    // the client goes on on the next replica without a 423.
+    let c = shared.start("c").await;
+    let body = common::distinctive_bytes(300_000);
+    let created = tus(http.post(format!("{}/v1/uploads", bases[1])), &token)
+        .header("upload-length", body.len().to_string())
+        .header("upload-metadata", "data_category YXVkaW8=")
+        .send()
+        .await
+        .unwrap();
+    let path = created.headers()["location"].to_str().unwrap().to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let in_flight = tokio::spawn(
+        tus(http.patch(format!("{}{path}", bases[1])), &token)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    tx.send(Ok(body[..120_000].to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let answered = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the PATCH answers when shutdown begins")
+        .unwrap()
+        .expect("an answer, not a dropped connection");
+    assert_eq!(answered.status(), 204);
+    assert_eq!(answered.headers()["upload-offset"], "120000", "what arrived is kept");
+    drop(tx);
+    let url_c = format!("{}{path}", c.base);
+    let head = tus(http.head(&url_c), &token).send().await.unwrap();
+    assert_eq!(head.status(), 200, "no lease left behind");
+    assert_eq!(head.headers()["upload-offset"], "120000");
+    let rest = patch(&http, &url_c, &token, 120_000, body[120_000..].to_vec()).await;
+    assert_eq!(rest.status(), 204, "the next replica takes it at once");
+    assert!(rest.headers().contains_key("udim-package-id"));
+    let mut b = b;
+    assert!(b.child.wait().unwrap().success(), "replica b stopped cleanly");
+
     // And the one ledger both wrote passes the operator's audit.
     let audit = shared.command("audit").args(["ledger", "verify"]).output().unwrap();
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
@@ -450,6 +497,6 @@ async fn two_replicas_on_one_database_are_one_service() {
         String::from_utf8_lossy(&audit.stdout).contains("42 entries"),
         "38 consent entries and 4 erasure records"
     );
-    drop(b);
+    drop(c);
     shared.queue.delete().await;
 }

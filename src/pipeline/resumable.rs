@@ -11,6 +11,7 @@ use aws_lc_rs::digest;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
 use udim_ports::PortError;
 use udim_ports::kms::{KeyContext, KeyService, PlainKey};
 use udim_ports::metadata::{NewUpload, PackageRecord, PackageStatus, UploadChunk, UploadRecord, UploadStore};
@@ -140,6 +141,10 @@ pub struct Resumable {
     pub ingest: Arc<Ingestor>,
     /// How long an unfinished upload lives after its last write.
     pub expire_after: Duration,
+    /// Cancelled when the service begins to shut down: a PATCH still receiving keeps what
+    /// has arrived, releases its lease and answers with its offset, so the client resumes on
+    /// another replica at once instead of waiting out the lease.
+    pub draining: CancellationToken,
 }
 
 /// Each chunk is bound to its upload, its owner and its offset, so chunks cannot be swapped
@@ -347,7 +352,18 @@ impl Resumable {
         let mut prefix = (offset == 0).then(|| Vec::with_capacity(SNIFF_LEN));
         let outcome: Result<(), TusError> = async {
             writer.write(Bytes::from(header.encode())).await?;
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = self.draining.cancelled() => None,
+                    next = body.next() => Some(next),
+                };
+                // Shutting down ends the chunk here, as a client that went away does.
+                let Some(next) = next else {
+                    interrupted = true;
+                    break;
+                };
+                let Some(chunk) = next else { break };
                 let Ok(chunk) = chunk else {
                     interrupted = true;
                     break;
