@@ -168,6 +168,11 @@ async fn erasure(db: Db, relayed: bool) {
         ),
         (Some(0), Some(0))
     );
+    assert_eq!(
+        again["receipts"],
+        serde_json::json!([]),
+        "a request that found nothing to erase is not recorded"
+    );
 
     // Bob is untouched, and the log still verifies with alice's entry redacted.
     assert_eq!(read_status(&app, &bobs).await, 200);
@@ -179,15 +184,15 @@ async fn erasure(db: Db, relayed: bool) {
         .expect("the log verifies after erasure");
     assert_eq!(
         (audit.entries, audit.redacted),
-        (5, 1),
-        "two grants, three erasure records (the repeated DELETE /v1/me is recorded too)"
+        (4, 1),
+        "two grants, two erasure records"
     );
     let rows = app_ledger(&app).await.audit_rows(0, 100).await.unwrap();
     let bodies: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.body.as_ref().map(|(b, _)| b.as_str()))
         .collect();
-    assert_eq!(bodies.len(), 4, "bob's grant and the three erasure records");
+    assert_eq!(bodies.len(), 3, "bob's grant and the two erasure records");
     assert!(
         bodies.iter().all(|b| !b.contains("alice")),
         "nothing in the log names alice any more: {bodies:?}"
@@ -221,6 +226,19 @@ fn assert_receipt(receipt: &Value, key: &udim_ledger::note::VerifierKey, subject
         "the record holds no direct identifier: {}",
         receipt["record"]
     );
+}
+
+/// The erasure records in the service's ledger, in ledger order.
+async fn erasure_records(app: &TestApp) -> Vec<udim_ledger::entry::ErasureRecord> {
+    app_ledger(app)
+        .await
+        .audit_rows(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.body)
+        .filter_map(|(body, _)| serde_json::from_str(&body).ok())
+        .collect()
 }
 
 async fn app_ledger(app: &TestApp) -> Arc<dyn udim_ports::ledger::ConsentLedger> {
@@ -287,8 +305,8 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     app.stop().await;
 }
 
-/// An erasure that committed but was never recorded (a crash in between, or a ledger that
-/// failed then) is recorded by the sweeper, once.
+/// An erasure that committed but whose recorder died before recording it is recorded by the
+/// sweeper once the recorder's claim has run out, and only once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
     let app = TestApp::spawn_with(
@@ -304,8 +322,8 @@ async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
     let id = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
     let id = uuid::Uuid::parse_str(&id).unwrap();
 
-    // The erasure's own transaction, without the recording that should follow it, and old
-    // enough that its request is no longer expected to record it.
+    // The erasure's own transaction, without the recording that should follow it, and with
+    // the claim its recorder took run out.
     let database = app.database().await;
     let event = udim::pipeline::events::outbox_message(
         id,
@@ -321,31 +339,24 @@ async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
     let mut db = sqlx::SqliteConnection::connect(app.settings.database_url().expose_secret())
         .await
         .unwrap();
-    sqlx::query("UPDATE packages SET updated_at = $1 WHERE id = $2")
-        .bind(chrono::Utc::now() - chrono::Duration::minutes(5))
+    sqlx::query("UPDATE packages SET erasure_claimed_until = $1 WHERE id = $2")
+        .bind(chrono::Utc::now() - chrono::Duration::minutes(1))
         .bind(id)
         .execute(&mut db)
         .await
         .unwrap();
 
-    let erasure_records = async || {
-        let rows = database.ledger.audit_rows(0, 100).await.unwrap();
-        rows.into_iter()
-            .filter_map(|r| r.body)
-            .filter_map(|(body, _)| serde_json::from_str::<udim_ledger::entry::ErasureRecord>(&body).ok())
-            .collect::<Vec<_>>()
-    };
     for _ in 0..100 {
-        if !erasure_records().await.is_empty() {
+        if !erasure_records(&app).await.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let records = erasure_records().await;
+    let records = erasure_records(&app).await;
     assert_eq!(records.len(), 1, "the sweeper recorded the erasure: {records:?}");
     assert_eq!(records[0].packages, [id]);
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    assert_eq!(erasure_records().await.len(), 1, "and only once");
+    assert_eq!(erasure_records(&app).await.len(), 1, "and only once");
     database.close().await;
     app.stop().await;
 }
@@ -422,15 +433,7 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
         .expect("a package.deleted event");
     assert_eq!(event["payload"]["reason"], "retention_expired");
     assert_eq!(event["payload"]["package_id"], old.as_str());
-    let erasures: Vec<udim_ledger::entry::ErasureRecord> = app_ledger(&app)
-        .await
-        .audit_rows(0, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| r.body)
-        .filter_map(|(body, _)| serde_json::from_str(&body).ok())
-        .collect();
+    let erasures = erasure_records(&app).await;
     assert_eq!(erasures.len(), 1, "the retention erasure is recorded in the ledger");
     assert_eq!(erasures[0].packages, [uuid::Uuid::parse_str(&old).unwrap()]);
     app.stop().await;
@@ -520,3 +523,47 @@ async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
 }
 
 common::on_both_databases!(erasing_everything_ends_an_upload_whose_patch_is_in_flight);
+
+/// A ledger that fails to take an erasure's record (a real database error that passes,
+/// injected by a trigger) fails the request with 503; the erasure itself stands, and
+/// repeating the request records it and hands over the receipt, for one package and for
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_recording_answers_503_and_repeating_the_request_records_the_erasure() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let faults = common::faults::DatabaseFaults::install(app.settings.database_url().expose_secret()).await;
+    let key = ledger_key(&app).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let one = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+    let two = upload(&app, &alice, common::distinctive_bytes(10_000)).await;
+
+    faults.set("record_erasure", true).await;
+    let failed = delete(&app, &alice, &format!("/v1/packages/{one}")).await;
+    assert_eq!(failed.status(), 503);
+    assert_eq!(failed.headers()["retry-after"], "5");
+    assert_eq!(read_status(&app, &one).await, 404, "the erasure itself stands");
+    faults.set("record_erasure", false).await;
+    let repeated = delete(&app, &alice, &format!("/v1/packages/{one}")).await;
+    assert_eq!(repeated.status(), 200, "the repetition records it");
+    assert_receipt(&repeated.json().await.unwrap(), &key, "alice", &[one.as_str()]);
+    assert_eq!(
+        delete(&app, &alice, &format!("/v1/packages/{one}")).await.status(),
+        204,
+        "and only once"
+    );
+
+    faults.set("record_erasure", true).await;
+    assert_eq!(delete(&app, &alice, "/v1/me").await.status(), 503);
+    assert_eq!(read_status(&app, &two).await, 404);
+    faults.set("record_erasure", false).await;
+    let repeated = delete(&app, &alice, "/v1/me").await;
+    assert_eq!(repeated.status(), 200);
+    let report: Value = repeated.json().await.unwrap();
+    assert_eq!(report["packages_deleted"], 0, "erased by the first request");
+    assert_eq!(report["receipts"].as_array().unwrap().len(), 1, "{report}");
+    assert_receipt(&report["receipts"][0], &key, "alice", &[two.as_str()]);
+    let records = erasure_records(&app).await;
+    assert_eq!(records.len(), 2, "each erasure recorded once: {records:?}");
+    app.stop().await;
+}

@@ -24,5 +24,6 @@ CREATE TRIGGER consent_records_delete_only_redacted BEFORE DELETE ON consent_rec
     BEGIN SELECT RAISE(ABORT, 'udim: DELETE on consent_records is refused unless the entry is redacted'); END;
 
 ALTER TABLE packages ADD COLUMN erasure_entry BLOB;
+ALTER TABLE packages ADD COLUMN erasure_claimed_until TEXT;
 UPDATE packages SET erasure_entry = zeroblob(16) WHERE status = 'deleted';
 CREATE INDEX packages_unrecorded_erasures ON packages (updated_at) WHERE status = 'deleted' AND erasure_entry IS NULL;

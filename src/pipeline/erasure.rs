@@ -13,9 +13,11 @@
 //! limits erase packages the same way, with their own reason.
 //!
 //! Every erasure is then recorded in the consent ledger (the erased package ids and the
-//! time, the person only as a commitment), and the person gets the record's receipt. An
-//! erasure whose recording fails is recorded by the sweeper: it may be recorded twice after
-//! a crash, never not at all.
+//! time, the person only as a commitment), and the person gets the record's receipt. The
+//! erasure's own transaction claims its recording for the request; one whose recording
+//! fails is recorded by the request's repetition or the next sweep, one whose recorder died
+//! by a sweep once the claim has run out. A package's erasure is recorded once, unless a
+//! recorder dies between the append and its bookkeeping.
 
 use std::sync::Arc;
 
@@ -32,7 +34,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use udim_ledger::entry::ErasureRecord;
 use udim_ledger::proof::RecordProof;
 
-use crate::consent::{AppendedErasure, ConsentService};
+use crate::consent::{AppendedErasure, ConsentService, PACKAGES_PER_ERASURE_RECORD};
+
+/// The most unrecorded erasures one request or sweep claims.
+const CLAIM_BATCH: u32 = 5_000;
 use crate::pipeline::events::{self, DeletionReason};
 
 /// What erasing everything removed, and the receipts of its ledger records.
@@ -76,9 +81,6 @@ impl From<AppendedErasure> for ErasureReceipt {
     }
 }
 
-/// How long an erasure's own request has to record it before the sweeper does.
-const RECORDING_GRACE: chrono::Duration = chrono::Duration::minutes(1);
-
 #[derive(Debug, Clone)]
 pub struct Eraser {
     pub packages: Arc<dyn PackageStore>,
@@ -91,45 +93,66 @@ pub struct Eraser {
 }
 
 impl Eraser {
-    /// Erases one of `user_id`'s packages at their request, and records it. `Ok(None)` when it
-    /// was already deleted, or its recording is left to the sweeper.
+    /// Erases one of `user_id`'s packages at their request, and records it. When it was
+    /// already erased, records what of the caller's erasures is still unrecorded (a repeat
+    /// after a failed recording); `Ok(None)` when there is none. A failed recording is an
+    /// error (the erasure itself stands; repeating the request records it).
     pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<Option<ErasureReceipt>, PortError> {
-        if !self.erase(user_id, id, DeletionReason::UserRequest).await? {
+        let pending = if self.erase(user_id, id, DeletionReason::UserRequest).await? {
+            vec![id]
+        } else {
+            self.packages
+                .claim_unrecorded_erasures(Some(user_id), Utc::now(), CLAIM_BATCH)
+                .await?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect()
+        };
+        if pending.is_empty() {
             return Ok(None);
         }
-        match self.record(user_id, vec![id]).await {
-            Ok(mut receipts) => Ok(receipts.pop()),
-            Err(e) => {
-                tracing::warn!(package_id = %id, error = %e, "recording an erasure failed; the sweeper records it");
-                Ok(None)
-            }
-        }
+        Ok(self.record(user_id, pending).await?.into_iter().next())
     }
 
-    /// Appends the ledger records of an erasure, then marks its tombstones recorded.
+    /// Appends the ledger records of the erasure of `packages` (whose recording the caller
+    /// has claimed), then marks their tombstones recorded. On failure the claims are given
+    /// up, so the next request or sweep takes them at once.
     async fn record(&self, user_id: &str, packages: Vec<Uuid>) -> Result<Vec<ErasureReceipt>, PortError> {
-        let appended = self.consents.record_erasure(user_id, packages).await?;
-        for erasure in &appended {
-            if !erasure.record.packages.is_empty() {
-                self.packages
-                    .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
-                    .await?;
+        let recorded = async {
+            let appended = self.consents.record_erasure(user_id, packages.clone()).await?;
+            for erasure in &appended {
+                if !erasure.record.packages.is_empty() {
+                    self.packages
+                        .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
+                        .await?;
+                }
             }
+            Ok(appended.into_iter().map(ErasureReceipt::from).collect())
         }
-        Ok(appended.into_iter().map(ErasureReceipt::from).collect())
+        .await;
+        if recorded.is_err()
+            && !packages.is_empty()
+            && let Err(e) = self.packages.release_erasure_claims(&packages).await
+        {
+            tracing::warn!(error = %e, "giving up claims on recording erasures failed; they run out by themselves");
+        }
+        recorded
     }
 
-    /// Records erasures whose own recording failed, one user's at a time. Returns how many
-    /// packages' erasures it recorded.
+    /// Records the erasures whose recording failed or whose recorder died, one user's at a
+    /// time. Returns how many packages' erasures it recorded.
     pub async fn record_unrecorded(&self) -> Result<usize, PortError> {
         let pending = self
             .packages
-            .unrecorded_erasures(Utc::now() - RECORDING_GRACE, 5_000)
+            .claim_unrecorded_erasures(None, Utc::now(), CLAIM_BATCH)
             .await?;
         let mut recorded = 0;
         for (user_id, ids) in by_user(pending) {
-            recorded += ids.len();
-            self.record(&user_id, ids).await?;
+            let count = ids.len();
+            match self.record(&user_id, ids).await {
+                Ok(_) => recorded += count,
+                Err(e) => tracing::warn!(error = %e, "recording erasures failed; the next sweep retries"),
+            }
         }
         Ok(recorded)
     }
@@ -160,6 +183,7 @@ impl Eraser {
             ledger_entries_redacted: self.consents.ledger().redact_user(user_id).await?,
             ..ErasureReport::default()
         };
+        // Recorded a record's worth at a time, so no claim is held for long.
         let mut erased = Vec::new();
         // Also those being written to right now: their rows go, so the PATCH in flight cannot
         // record its chunk (and removes it), and every later PATCH finds no upload.
@@ -182,15 +206,28 @@ impl Eraser {
                 }
                 for package in page {
                     if self.erase(user_id, package.id, DeletionReason::UserRequest).await? {
+                        report.packages_deleted += 1;
                         erased.push(package.id);
+                        if erased.len() == PACKAGES_PER_ERASURE_RECORD {
+                            let part = std::mem::take(&mut erased);
+                            report.receipts.extend(self.record(user_id, part).await?);
+                        }
                     }
                 }
             }
         }
-        report.packages_deleted = erased.len() as u64;
-        // A failure here fails the request, whose retry records the request again; the
-        // packages it erased meanwhile are recorded by the sweeper.
-        report.receipts = self.record(user_id, erased).await?;
+        // With the caller's erasures an earlier failure left unrecorded; a request that found
+        // nothing to erase is not recorded. A failure here fails the request, and repeating it
+        // records what is left.
+        let earlier = self
+            .packages
+            .claim_unrecorded_erasures(Some(user_id), Utc::now(), CLAIM_BATCH)
+            .await?;
+        erased.extend(earlier.into_iter().map(|(_, id)| id));
+        let changed = report.ledger_entries_redacted > 0 || report.uploads_terminated > 0;
+        if !erased.is_empty() || (changed && report.receipts.is_empty()) {
+            report.receipts.extend(self.record(user_id, erased).await?);
+        }
         tracing::info!(
             packages = report.packages_deleted,
             ledger_entries = report.ledger_entries_redacted,
@@ -230,7 +267,7 @@ impl Eraser {
                 erased += done.len();
                 for (user_id, ids) in by_user(done) {
                     if let Err(e) = self.record(&user_id, ids).await {
-                        tracing::warn!(error = %e, "recording a retention erasure failed; the sweeper records it");
+                        tracing::warn!(error = %e, "recording a retention erasure failed; the next sweep records it");
                     }
                 }
             }

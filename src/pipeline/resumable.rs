@@ -400,7 +400,7 @@ impl Resumable {
         if !keep || !verified {
             let _ = writer.abort().await;
             if let Err(TusError::Ingest(IngestError::ContentRefused(_))) = &outcome {
-                self.discard(upload).await;
+                self.discard(upload, true).await;
             }
             outcome?;
             if !verified {
@@ -468,7 +468,7 @@ impl Resumable {
         let result = self.try_finalize(upload).await;
         match &result {
             Err(e) if e.ends_the_upload() => {
-                self.discard(upload).await;
+                self.discard(upload, true).await;
             }
             _ => {}
         }
@@ -570,12 +570,14 @@ impl Resumable {
 
     /// Removes an upload, its metadata and every chunk, whoever holds its lease. Returns
     /// false if the upload could not be removed (it stays for the sweeper).
-    async fn discard(&self, upload: &UploadRecord) -> bool {
+    /// With `idle` (the caller holds the upload's lease, so nobody else is writing to it),
+    /// also the chunk a crash cut short: never recorded, its object sits at the upload's
+    /// offset, where the next PATCH would have replaced it. A live writer's chunk there is
+    /// its own to remove when it finds the upload gone.
+    async fn discard(&self, upload: &UploadRecord, idle: bool) -> bool {
         match self.uploads.delete_upload(upload.id).await {
             Ok(mut keys) => {
-                // A chunk a crash cut short was never recorded: its object sits at the
-                // upload's offset, where the next PATCH would have replaced it.
-                if upload.offset < upload.length {
+                if idle && upload.offset < upload.length {
                     keys.push(chunk_key(upload.id, upload.offset));
                 }
                 for key in keys {
@@ -598,7 +600,11 @@ impl Resumable {
     pub async fn erase_user_uploads(&self, user_id: &str) -> Result<u64, PortError> {
         let mut removed = 0;
         for upload in self.uploads.open_uploads(user_id).await? {
-            if self.discard(&upload).await {
+            let idle = self
+                .uploads
+                .lock_upload(user_id, upload.id, Uuid::new_v4(), lease_end())
+                .await?;
+            if self.discard(&upload, idle.is_some()).await {
                 removed += 1;
             }
         }
@@ -615,7 +621,7 @@ impl Resumable {
                 None => Err(TusError::NotFound(id)),
             };
         };
-        if self.discard(&upload).await {
+        if self.discard(&upload, true).await {
             Ok(())
         } else {
             Err(PortError::unavailable("upload store", "the upload could not be removed").into())
@@ -626,7 +632,11 @@ impl Resumable {
     pub async fn expire(&self) -> Result<usize, PortError> {
         let expired = self.uploads.expired_uploads(Utc::now()).await?;
         for upload in &expired {
-            self.discard(upload).await;
+            let idle = self
+                .uploads
+                .lock_upload(&upload.user_id, upload.id, Uuid::new_v4(), lease_end())
+                .await?;
+            self.discard(upload, idle.is_some()).await;
         }
         Ok(expired.len())
     }

@@ -3,8 +3,9 @@
 //! - a real key service that cannot make new data keys (the local key file has no network to
 //!   cut), as a KMS that became unreachable after an upload's chunks were written;
 //! - a TCP link to a real clamd that can hang, as a clamd that stopped answering does;
-//! - PostgreSQL triggers that fail the commit of a package or of an upload's completion with
-//!   a serialization failure (SQLSTATE 40001), a real database error that passes.
+//! - PostgreSQL triggers that fail the commit of a package, of an upload's completion or of an
+//!   erasure record with a serialization failure (SQLSTATE 40001), a real database error that
+//!   passes.
 //!
 //! Each fault answers as the port's contract says a failing provider does: `Unavailable`, so
 //! the service treats it as passing, never as a refusal.
@@ -221,7 +222,7 @@ impl Link {
 
 /// Database faults on PostgreSQL, switched by name: `mark_stored` fails the transaction that
 /// stores a package, `complete_upload` the one that links a stored package to its upload
-/// (after the package's own commit).
+/// (after the package's own commit), `record_erasure` the ledger append of an erasure record.
 pub struct DatabaseFaults {
     url: String,
 }
@@ -242,6 +243,8 @@ impl DatabaseFaults {
             "CREATE TRIGGER udim_test_fault_complete_upload BEFORE UPDATE ON tus_uploads FOR EACH ROW \
              WHEN (NEW.package_id IS NOT NULL AND OLD.package_id IS NULL) \
              EXECUTE FUNCTION udim_test_fault('complete_upload')",
+            "CREATE TRIGGER udim_test_fault_record_erasure BEFORE INSERT ON consent_records FOR EACH ROW \
+             WHEN (NEW.event_type = 'erased') EXECUTE FUNCTION udim_test_fault('record_erasure')",
         ] {
             sqlx::query(sql).execute(&mut conn).await.unwrap();
         }

@@ -196,6 +196,10 @@ pub struct OutboxEntry {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// How long a claim on recording an erasure lasts: the erasing request's own, or a sweeper's.
+/// A recorder that dies leaves its claims to run out, and the erasures to the next sweep.
+pub const ERASURE_RECORDING_CLAIM: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// What [`PackageStore::mark_deleted`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Erasure {
@@ -254,7 +258,8 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     /// Records that `reader` read `package_id` for `purpose` (bytes `range`, if partial).
     async fn record_read(&self, read: &PackageRead) -> Result<()>;
     async fn list_packages(&self, user_id: &str, query: &PackageQuery) -> Result<Vec<PackageRecord>>;
-    /// Erases a package (see the contract). `NotFound` when the user has no such package;
+    /// Erases a package (see the contract), and claims the recording of its erasure for the
+    /// caller for [`ERASURE_RECORDING_CLAIM`]. `NotFound` when the user has no such package;
     /// `Conflict` while it is still being received (or was rejected, and so never stored).
     async fn mark_deleted(&self, user_id: &str, id: Uuid, event: &OutboxMessage) -> Result<Erasure>;
     /// `(user_id, id)` of `stored` or `quarantined` packages of `data_category` uploaded
@@ -269,12 +274,23 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>>;
     /// Records that a deleted package's object is gone.
     async fn object_removed(&self, id: Uuid) -> Result<()>;
-    /// `(user_id, id)` of packages deleted before `before` whose erasure no consent-ledger
-    /// entry records yet, oldest first: those whose recording failed after the erasure had
-    /// committed.
-    async fn unrecorded_erasures(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, Uuid)>>;
-    /// Records that the consent-ledger entry `entry` recorded the erasure of `ids`.
+    /// Claims, until `now + ERASURE_RECORDING_CLAIM`, deleted packages (only `user_id`'s, when
+    /// given) whose erasure no consent-ledger entry records yet and that nobody else has
+    /// claimed as of `now`, oldest first, and returns their `(user_id, id)`: those whose
+    /// recording failed, or whose recorder died. Concurrent callers never claim one package
+    /// both.
+    async fn claim_unrecorded_erasures(
+        &self,
+        user_id: Option<&str>,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, Uuid)>>;
+    /// Records that the consent-ledger entry `entry` recorded the erasure of `ids` (each at
+    /// most once: a package already recorded keeps its entry), ending their claims.
     async fn erasure_recorded(&self, ids: &[Uuid], entry: Uuid) -> Result<()>;
+    /// Gives up the claims on recording the erasure of `ids` (their recording failed), so the
+    /// next request or sweep takes them at once.
+    async fn release_erasure_claims(&self, ids: &[Uuid]) -> Result<()>;
     /// Packages still `receiving` or `scanning` whose last update is older than `before`:
     /// uploads abandoned by a crash, to be cleaned up.
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>>;

@@ -284,12 +284,14 @@ impl PackageStore for SqlStore {
             let erased: Option<(Option<String>,)> = sqlx::query_as(
                 "UPDATE packages SET status = 'deleted', original_name = '', declared_content_type = '', \
                  sniffed_content_type = NULL, storage_uri = NULL, sha256 = NULL, encryption_key_id = NULL, \
-                 wrapped_key = NULL, scan_detail = NULL, metadata = '{}', idempotency_key = NULL, updated_at = $3 \
+                 wrapped_key = NULL, scan_detail = NULL, metadata = '{}', idempotency_key = NULL, updated_at = $3, \
+                 erasure_claimed_until = $4 \
                  WHERE id = $1 AND user_id = $2 AND status IN ('stored', 'quarantined') RETURNING object_key",
             )
             .bind(id)
             .bind(user_id)
             .bind(Utc::now())
+            .bind(Utc::now() + claim_length()?)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -397,33 +399,50 @@ impl PackageStore for SqlStore {
         Ok(())
     }
 
-    async fn unrecorded_erasures(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, Uuid)>> {
+    async fn claim_unrecorded_erasures(
+        &self,
+        user_id: Option<&str>,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, Uuid)>> {
+        let until = now + claim_length()?;
+        // The outer condition is checked again on each row as it is updated, so of two
+        // concurrent claims only one takes a package.
+        let unclaimed = "status = 'deleted' AND erasure_entry IS NULL \
+                         AND (erasure_claimed_until IS NULL OR erasure_claimed_until <= $1)";
+        let owner = if user_id.is_some() { " AND user_id = $4" } else { "" };
+        let sql = format!(
+            "UPDATE packages SET erasure_claimed_until = $2 WHERE {unclaimed} AND id IN \
+             (SELECT id FROM packages WHERE {unclaimed}{owner} ORDER BY updated_at LIMIT $3) \
+             RETURNING user_id, id"
+        );
         on_pool!(&self.pool, |pool| {
-            sqlx::query_as(
-                "SELECT user_id, id FROM packages WHERE status = 'deleted' AND erasure_entry IS NULL \
-                 AND updated_at < $1 ORDER BY updated_at LIMIT $2",
-            )
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
+            let mut query = sqlx::query_as(&sql).bind(now).bind(until).bind(i64::from(limit));
+            if let Some(user_id) = user_id {
+                query = query.bind(user_id);
+            }
+            query.fetch_all(pool).await
         })
         .map_err(db_err)
     }
 
     async fn erasure_recorded(&self, ids: &[Uuid], entry: Uuid) -> Result<()> {
-        on_pool!(&self.pool, |pool| {
-            let mut tx = pool.begin().await.map_err(db_err)?;
-            for id in ids {
-                sqlx::query("UPDATE packages SET erasure_entry = $2 WHERE id = $1 AND status = 'deleted'")
-                    .bind(id)
-                    .bind(entry)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
-        })
+        self.for_each_deleted(
+            ids,
+            "UPDATE packages SET erasure_entry = $2, erasure_claimed_until = NULL \
+             WHERE id = $1 AND status = 'deleted' AND erasure_entry IS NULL",
+            Some(entry),
+        )
+        .await
+    }
+
+    async fn release_erasure_claims(&self, ids: &[Uuid]) -> Result<()> {
+        self.for_each_deleted(
+            ids,
+            "UPDATE packages SET erasure_claimed_until = NULL WHERE id = $1 AND erasure_entry IS NULL",
+            None,
+        )
+        .await
     }
 
     async fn stale_uploads(&self, before: DateTime<Utc>) -> Result<Vec<PackageRecord>> {
@@ -449,5 +468,28 @@ impl PackageStore for SqlStore {
             .map(|_| ()))
         .map_err(db_err)?;
         Ok(())
+    }
+}
+
+/// The length of a claim on recording an erasure, as a database interval.
+fn claim_length() -> Result<chrono::Duration> {
+    chrono::Duration::from_std(udim_ports::metadata::ERASURE_RECORDING_CLAIM)
+        .map_err(|e| PortError::generic("package store", e))
+}
+
+impl SqlStore {
+    /// Runs `sql` once per id (`$1`, and `$2` = `entry` when given) in one transaction.
+    async fn for_each_deleted(&self, ids: &[Uuid], sql: &str, entry: Option<Uuid>) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            for id in ids {
+                let mut query = sqlx::query(sql).bind(id);
+                if let Some(entry) = entry {
+                    query = query.bind(entry);
+                }
+                query.execute(&mut *tx).await.map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
     }
 }

@@ -193,47 +193,68 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
         "object_removed of a package that is not deleted",
     );
 
-    // Recording erasures in the consent ledger: what is not recorded yet, until it is.
-    let unrecorded = |list: &[(String, Uuid)], id: Uuid| list.iter().any(|(user, p)| *p == id && user == alice);
-    let later = now() + Duration::hours(1);
-    let pending = store
-        .unrecorded_erasures(later, WINDOW)
+    // Recording erasures in the consent ledger. The erasure's own transaction claims the
+    // recording for its caller, so nobody else takes it while the claim lasts.
+    let taken = |list: &[(String, Uuid)], id: Uuid| list.iter().any(|(user, p)| *p == id && user == alice);
+    let claim = async |user: Option<&str>, at: DateTime<Utc>| {
+        store
+            .claim_unrecorded_erasures(user, at, WINDOW)
+            .await
+            .expect("claim_unrecorded_erasures")
+    };
+    assert!(
+        !taken(&claim(None, now()).await, sent.id),
+        "an erasure's recording is its eraser's while the claim lasts"
+    );
+    let expired = now() + Duration::from_std(crate::metadata::ERASURE_RECORDING_CLAIM).unwrap() + Duration::minutes(1);
+    assert!(
+        claim(Some(bob), expired).await.is_empty(),
+        "claim_unrecorded_erasures with an owner takes only theirs"
+    );
+    let first = claim(None, expired).await;
+    assert!(
+        taken(&first, sent.id) && taken(&first, unsent.id) && taken(&first, quarantined.id),
+        "once the eraser's claim has run out, every unrecorded erasure is claimed, with its owner"
+    );
+    assert!(
+        !taken(&first, kept.id) && !taken(&first, receiving.id),
+        "only erased packages are claimed"
+    );
+    assert!(
+        !taken(&claim(None, expired).await, sent.id),
+        "a claimed erasure is not claimed again while the claim lasts"
+    );
+    store
+        .release_erasure_claims(&[unsent.id])
         .await
-        .expect("unrecorded_erasures");
+        .expect("release_erasure_claims");
     assert!(
-        unrecorded(&pending, sent.id) && unrecorded(&pending, unsent.id) && unrecorded(&pending, quarantined.id),
-        "unrecorded_erasures lists every erased package with its owner"
-    );
-    assert!(
-        !unrecorded(&pending, kept.id) && !unrecorded(&pending, receiving.id),
-        "unrecorded_erasures lists only erased packages"
-    );
-    assert!(
-        !unrecorded(
-            &store
-                .unrecorded_erasures(now() - Duration::hours(1), WINDOW)
-                .await
-                .unwrap(),
-            sent.id
-        ),
-        "unrecorded_erasures leaves out erasures after `before`"
+        taken(&claim(Some(alice), expired).await, unsent.id),
+        "a released claim is taken at once"
     );
     let entry = Uuid::now_v7();
     store
         .erasure_recorded(&[sent.id, quarantined.id, kept.id], entry)
         .await
         .expect("erasure_recorded");
-    let pending = store.unrecorded_erasures(later, WINDOW).await.unwrap();
+    let much_later = expired + Duration::from_std(crate::metadata::ERASURE_RECORDING_CLAIM).unwrap() * 2;
+    let pending = claim(None, much_later).await;
     assert!(
-        !unrecorded(&pending, sent.id) && !unrecorded(&pending, quarantined.id) && unrecorded(&pending, unsent.id),
-        "erasure_recorded takes exactly the packages it names off the list"
+        !taken(&pending, sent.id) && !taken(&pending, quarantined.id) && taken(&pending, unsent.id),
+        "a recorded erasure is never claimed again; an unrecorded one is, once its claim runs out"
+    );
+    store.release_erasure_claims(&[sent.id]).await.unwrap();
+    assert!(
+        !taken(&claim(None, much_later).await, sent.id),
+        "releasing a recorded erasure does not make it unrecorded"
     );
     store
         .mark_deleted(alice, kept.id, &event("package.deleted", kept.id))
         .await
         .expect("mark_deleted");
+    let after_kept = claim(None, much_later + Duration::hours(1)).await;
     assert!(
-        unrecorded(&store.unrecorded_erasures(later, WINDOW).await.unwrap(), kept.id),
+        taken(&after_kept, kept.id),
         "recording a package's erasure before it is erased does not count"
     );
 }
