@@ -281,45 +281,65 @@ async fn a_tus_upload_that_cannot_fit_its_category_is_refused_at_creation() {
 }
 
 /// A resumable upload whose first bytes (the 8 KiB the type is sniffed from) are of a type its
-/// category does not take is refused by the PATCH that brings them, not after the rest has
-/// arrived: the upload ends and leaves no chunk behind.
+/// category does not take is refused by the PATCH that completes them, not after the rest has
+/// arrived, however the client cut them: the upload ends and leaves no chunk behind. With an
+/// `Upload-Checksum`, bytes damaged on the way get 460 instead, and the upload stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tus_upload_is_refused_as_soon_as_its_first_bytes_show_the_wrong_type() {
     let app = app(MismatchPolicy::Record).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["photos"]).await;
+    // A PDF; where a client cut after 1,000 bytes, what follows starts like a PNG, so only a
+    // sniff of the upload's true first bytes refuses it.
+    let pdf = [padded(PDF, 1_000), padded(PNG, 99_000)].concat();
+    let tus_patch = |url: &str, offset: usize, bytes: &[u8], checksum: Option<&str>| {
+        let mut request = app
+            .http
+            .patch(url)
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes.to_vec());
+        if let Some(checksum) = checksum {
+            request = request.header("upload-checksum", checksum);
+        }
+        request.send()
+    };
+    let head = async |url: &str| {
+        app.http
+            .head(url)
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap()
+    };
     // Declared an image (data_category "photos", filetype "image/png"); the bytes are a PDF.
-    let url = app
-        .create_upload(&alice, 100_000, "data_category cGhvdG9z,filetype aW1hZ2UvcG5n")
-        .await;
-    let patch = app
-        .http
-        .patch(&url)
-        .bearer_auth(&alice)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-offset", "0")
-        .header("content-type", "application/offset+octet-stream")
-        .body(padded(PDF, 10_000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patch.status(), 415, "refused on the first bytes");
-    let problem: Value = patch.json().await.unwrap();
-    assert_eq!(problem["type"], "urn:udim:problem:unsupported-content");
-    let head = app
-        .http
-        .head(&url)
-        .bearer_auth(&alice)
-        .header("tus-resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), 404, "the upload has ended");
-    assert!(
-        app.object_files().is_empty(),
-        "no chunk is left: {:?}",
-        app.object_files()
-    );
+    let metadata = "data_category cGhvdG9z,filetype aW1hZ2UvcG5n";
+    for cut in [10_000, 1_000] {
+        let url = app.create_upload(&alice, pdf.len() as u64, metadata).await;
+        let mut offset = 0;
+        if cut < 8192 {
+            let first = tus_patch(&url, 0, &pdf[..cut], None).await.unwrap();
+            assert_eq!(first.status(), 204, "{cut} bytes cannot be judged yet");
+            offset = cut;
+        }
+        let refused = tus_patch(&url, offset, &pdf[offset..10_000], None).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            415,
+            "refused once 8 KiB are here (first PATCH {cut} bytes)"
+        );
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:udim:problem:unsupported-content");
+        assert_eq!(head(&url).await.status(), 404, "the upload has ended");
+        assert!(
+            app.object_files().is_empty(),
+            "no chunk is left: {:?}",
+            app.object_files()
+        );
+    }
     assert!(
         app.database()
             .await
@@ -330,21 +350,24 @@ async fn a_tus_upload_is_refused_as_soon_as_its_first_bytes_show_the_wrong_type(
             .is_empty()
     );
 
+    // A checksum that does not match: the bytes are not the client's, so nothing is judged.
+    let url = app.create_upload(&alice, pdf.len() as u64, metadata).await;
+    let damaged = tus_patch(
+        &url,
+        0,
+        &pdf[..10_000],
+        Some("sha256 47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="),
+    )
+    .await
+    .unwrap();
+    assert_eq!(damaged.status(), 460);
+    let still = head(&url).await;
+    assert_eq!(still.status(), 200, "the upload stays");
+    assert_eq!(still.headers()["upload-offset"], "0");
+
     // The right type goes through the same first PATCH.
-    let url = app
-        .create_upload(&alice, 100_000, "data_category cGhvdG9z,filetype aW1hZ2UvcG5n")
-        .await;
-    let patch = app
-        .http
-        .patch(&url)
-        .bearer_auth(&alice)
-        .header("tus-resumable", "1.0.0")
-        .header("upload-offset", "0")
-        .header("content-type", "application/offset+octet-stream")
-        .body(padded(PNG, 10_000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patch.status(), 204);
+    let png = padded(PNG, 100_000);
+    let url = app.create_upload(&alice, png.len() as u64, metadata).await;
+    assert_eq!(tus_patch(&url, 0, &png[..10_000], None).await.unwrap().status(), 204);
     app.stop().await;
 }

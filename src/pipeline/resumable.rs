@@ -259,6 +259,25 @@ impl Resumable {
 
     /// Appends a PATCH body at `offset`. Bytes received before a dropped connection are kept
     /// (unless a checksum was promised for the whole body); the offset says how far it got.
+    /// The plaintext of an upload's bytes before `offset` (under [`SNIFF_LEN`]), from the
+    /// chunks already stored: what the type is sniffed from with the bytes still to come.
+    async fn stored_prefix(&self, upload: &UploadRecord, key: &PlainKey, offset: u64) -> Result<Vec<u8>, TusError> {
+        let mut prefix = Vec::with_capacity(SNIFF_LEN);
+        if offset == 0 {
+            return Ok(prefix);
+        }
+        for chunk in self.uploads.upload_chunks(upload.id).await? {
+            if chunk.offset >= offset {
+                break;
+            }
+            let mut plaintext = decrypt_chunk(self.blobs.as_ref(), key, upload, &chunk).await?;
+            while let Some(bytes) = plaintext.try_next().await? {
+                prefix.extend_from_slice(&bytes);
+            }
+        }
+        Ok(prefix)
+    }
+
     pub async fn patch<S, E>(
         &self,
         user_id: &str,
@@ -331,6 +350,14 @@ impl Resumable {
             });
         }
         let key = self.data_key(upload).await?;
+        // The upload's first bytes decide its type as soon as they are here, however the
+        // client cut them into PATCHes: a file the category does not take is refused now,
+        // not after gigabytes more.
+        let mut prefix = if offset < SNIFF_LEN as u64 {
+            Some(self.stored_prefix(upload, &key, offset).await?)
+        } else {
+            None
+        };
         let header = Header::new(upload.key_id.clone());
         let binding = Binding {
             package_id: chunk_binding_id(upload.id, offset),
@@ -347,9 +374,9 @@ impl Resumable {
         let mut digest = checksum.as_ref().map(|c| Digest::new(c.algorithm));
         let mut received: u64 = 0;
         let mut interrupted = false;
-        // The upload's first bytes decide its type as soon as they are here: a file the
-        // category does not take is refused now, not after gigabytes more.
-        let mut prefix = (offset == 0).then(|| Vec::with_capacity(SNIFF_LEN));
+        // A refusal of bytes that carry a checksum waits for the checksum: bytes damaged on
+        // the way are the client's to send again (460), not a reason to end the upload.
+        let mut refused = None;
         let outcome: Result<(), TusError> = async {
             writer.write(Bytes::from(header.encode())).await?;
             loop {
@@ -376,8 +403,15 @@ impl Resumable {
                 if let Some(first) = &mut prefix {
                     first.extend_from_slice(&chunk[..(SNIFF_LEN - first.len()).min(chunk.len())]);
                     if first.len() == SNIFF_LEN || offset + received == upload.length {
-                        self.ingest
-                            .check_content(&upload.data_category, &upload.content_type, first)?;
+                        if let Err(refusal) =
+                            self.ingest
+                                .check_content(&upload.data_category, &upload.content_type, first)
+                        {
+                            if checksum.is_none() {
+                                return Err(refusal.into());
+                            }
+                            refused = Some(refusal);
+                        }
                         prefix = None;
                     }
                 }
@@ -397,8 +431,13 @@ impl Resumable {
             (Some(expected), Some(d)) if keep && !interrupted => d.finish() == expected.digest,
             _ => true,
         };
-        if !keep || !verified {
+        let refused = refused.filter(|_| keep && verified);
+        if !keep || !verified || refused.is_some() {
             let _ = writer.abort().await;
+            if let Some(refusal) = refused {
+                self.discard(upload, true).await;
+                return Err(refusal.into());
+            }
             if let Err(TusError::Ingest(IngestError::ContentRefused(_))) = &outcome {
                 self.discard(upload, true).await;
             }
