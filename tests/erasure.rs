@@ -567,3 +567,57 @@ async fn a_failed_recording_answers_503_and_repeating_the_request_records_the_er
     assert_eq!(records.len(), 2, "each erasure recorded once: {records:?}");
     app.stop().await;
 }
+
+/// Erasing everything while an upload is committing its package — its consent was checked
+/// just before the erasure began, and a trigger holds its commit back two seconds — the
+/// package never appears: the erasure's fence refuses it, and nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_committing_while_everything_is_erased_never_lands() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let faults = common::faults::DatabaseFaults::install(app.settings.database_url().expose_secret()).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    faults.set("slow_mark_stored", true).await;
+    let uploading = {
+        let request = app
+            .http
+            .post(format!(
+                "{}/v1/packages?data_category=audio&filename=late.bin",
+                app.base
+            ))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(common::distinctive_bytes(20_000));
+        tokio::spawn(request.send())
+    };
+    let mut committing = false;
+    for _ in 0..200 {
+        if app.packages(&alice).await.iter().any(|p| p["status"] == "scanning") {
+            committing = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(committing, "the upload is committing its package");
+    let erased = delete(&app, &alice, "/v1/me").await;
+    assert_eq!(erased.status(), 200);
+    let answer = uploading.await.unwrap().unwrap();
+    assert!(
+        !answer.status().is_success(),
+        "the upload does not land after the erasure: {}",
+        answer.status()
+    );
+    faults.set("slow_mark_stored", false).await;
+    let left: Vec<Value> = app
+        .packages(&alice)
+        .await
+        .into_iter()
+        .filter(|p| p["status"] != "deleted")
+        .collect();
+    assert!(left.is_empty(), "nothing of it is left: {left:?}");
+    assert!(
+        common::files_under(&app.objects_dir().join("packages")).is_empty(),
+        "no object either"
+    );
+    app.stop().await;
+}

@@ -253,3 +253,77 @@ async fn a_file_that_fails_to_decrypt_cuts_the_archive_short() {
     assert!(!list.status.success(), "and tar refuses the truncated archive");
     app.stop().await;
 }
+
+/// A package erased while an export streams is never decrypted into it, even while its object
+/// is still there (its deletion failed; the sweeper will retry): the archive is cut before its
+/// file, and the next export leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_erased_during_the_export_is_not_in_it() {
+    let objects = tempfile::tempdir().unwrap();
+    let faults = common::faults::Faults::new();
+    faults.refuse_deletes(true);
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        common::Options {
+            storage: Some(common::faults::FaultyStore::on(objects.path(), &faults)),
+            ..common::Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    // Unlike the other file's bytes anywhere (distinctive_bytes repeats from the start).
+    let erased: Vec<u8> = common::distinctive_bytes(200_000).iter().map(|b| b ^ 0x5a).collect();
+    let erased_id = upload_named(&app, &alice, "audio", "erased.bin", erased.clone()).await;
+    // The newest package comes first, and is large enough that the export waits on the
+    // client's reading inside it.
+    let big = common::distinctive_bytes(24 * 1024 * 1024 + 3);
+    upload_named(&app, &alice, "audio", "big.bin", big).await;
+
+    let response = app
+        .http
+        .get(format!("{}/v1/me/export/archive", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    while received.len() < 64 * 1024 {
+        received.extend_from_slice(&body.next().await.unwrap().unwrap());
+    }
+    app.erase_package(&alice, erased_id.parse().unwrap()).await;
+    assert!(
+        objects.path().join("packages").join(&erased_id).exists(),
+        "its object is still there"
+    );
+    let mut cut = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => received.extend_from_slice(&bytes),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "the archive is cut");
+    let probe = &erased[100_000..100_064];
+    assert!(
+        !received.windows(probe.len()).any(|w| w == probe),
+        "none of the erased package's bytes were sent"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_, finished) = download(&app, &alice, &dir.path().join("again.tar")).await;
+    finished.expect("the next export is whole");
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(dir.path().join("again.tar"))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    assert!(names.contains("big.bin") && !names.contains("erased.bin"), "{names}");
+    app.stop().await;
+}

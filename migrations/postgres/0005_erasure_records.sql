@@ -14,3 +14,7 @@ ALTER TABLE packages ADD COLUMN erasure_claimed_until TIMESTAMPTZ;
 -- from recording them now, under today's date.
 UPDATE packages SET erasure_entry = '00000000-0000-0000-0000-000000000000' WHERE status = 'deleted';
 CREATE INDEX packages_unrecorded_erasures ON packages (updated_at) WHERE status = 'deleted' AND erasure_entry IS NULL;
+
+-- The fence a person's erasure raises: no package of theirs created before it can be stored
+-- or quarantined afterwards, even one whose upload was finishing while the erasure ran.
+ALTER TABLE users ADD COLUMN erased_at TIMESTAMPTZ;

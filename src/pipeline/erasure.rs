@@ -183,6 +183,9 @@ impl Eraser {
             ledger_entries_redacted: self.consents.ledger().redact_user(user_id).await?,
             ..ErasureReport::default()
         };
+        // An upload that passed its consent check before the redaction may be committing its
+        // package right now: the fence makes it either land before the listing below, or fail.
+        self.packages.fence_erasure(user_id, Utc::now()).await?;
         // Recorded a record's worth at a time, so no claim is held for long.
         let mut erased = Vec::new();
         // Also those being written to right now: their rows go, so the PATCH in flight cannot

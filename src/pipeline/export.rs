@@ -5,16 +5,17 @@
 //!
 //! The archive streams: each file's plaintext is decrypted segment by segment as the client
 //! reads, so memory stays bounded whatever the files' sizes (it grows only with the number of
-//! packages, whose metadata the manifest lists). Its length is known before the first byte.
-//! A file that fails to decrypt cuts the stream, so a client never gets a well-formed archive
-//! with a wrong file in it.
+//! packages, whose metadata the manifest and `packages.json` list). Its length is known
+//! before the first byte. A file that fails to decrypt, or whose package was erased since the
+//! archive was planned, cuts the stream, so a client never gets a well-formed archive with a
+//! wrong file in it (nor one that was erased); asking again gives an archive without it.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use udim_ports::PortError;
-use udim_ports::metadata::PackageRecord;
+use udim_ports::metadata::{PackageRecord, PackageStatus};
 use uuid::Uuid;
 
 use crate::formats::archive;
@@ -75,7 +76,7 @@ impl Archive {
     ) -> Result<Self, PortError> {
         let packages: Vec<(String, PackageRecord)> = packages
             .into_iter()
-            .filter(|p| p.status == udim_ports::metadata::PackageStatus::Stored)
+            .filter(|p| p.status == PackageStatus::Stored)
             .map(|p| (archive::package_path(p.id, &p.original_name), p))
             .collect();
         let mut files: Vec<ManifestFile> = documents
@@ -153,7 +154,15 @@ impl Archive {
                     let mtime = package.created_at.timestamp().max(0) as u64;
                     let header =
                         archive::header(&path, size, mtime).map_err(|why| PortError::generic("export", why))?;
-                    let content = reader.open_package(package, &reader_name, "portability", None).await?;
+                    // Read again just before its bytes: a package erased since the archive
+                    // was planned is never decrypted (the stream is cut instead).
+                    let current = reader
+                        .packages
+                        .get_package(&package.user_id, package.id)
+                        .await?
+                        .filter(|p| p.status == PackageStatus::Stored)
+                        .ok_or(ReadError::NotFound(package.id))?;
+                    let content = reader.open_package(current, &reader_name, "portability", None).await?;
                     Ok::<_, ReadError>(
                         stream::once(async move { Ok(Bytes::copy_from_slice(&header)) })
                             .chain(content.stream)

@@ -222,7 +222,8 @@ impl Link {
 
 /// Database faults on PostgreSQL, switched by name: `mark_stored` fails the transaction that
 /// stores a package, `complete_upload` the one that links a stored package to its upload
-/// (after the package's own commit), `record_erasure` the ledger append of an erasure record.
+/// (after the package's own commit), `record_erasure` the ledger append of an erasure record;
+/// `slow_mark_stored` makes storing a package take two seconds longer.
 pub struct DatabaseFaults {
     url: String,
 }
@@ -238,6 +239,11 @@ impl DatabaseFaults {
              IF EXISTS (SELECT 1 FROM udim_test_faults WHERE name = TG_ARGV[0]) THEN \
              RAISE EXCEPTION 'injected % failure', TG_ARGV[0] USING ERRCODE = '40001'; END IF; \
              RETURN NEW; END $$",
+            "CREATE FUNCTION udim_test_delay() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF EXISTS (SELECT 1 FROM udim_test_faults WHERE name = TG_ARGV[0]) THEN \
+             PERFORM pg_sleep(2); END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER udim_test_delay_mark_stored BEFORE UPDATE ON packages FOR EACH ROW \
+             WHEN (NEW.status = 'stored' AND OLD.status <> 'stored') EXECUTE FUNCTION udim_test_delay('slow_mark_stored')",
             "CREATE TRIGGER udim_test_fault_mark_stored BEFORE UPDATE ON packages FOR EACH ROW \
              WHEN (NEW.status = 'stored' AND OLD.status <> 'stored') EXECUTE FUNCTION udim_test_fault('mark_stored')",
             "CREATE TRIGGER udim_test_fault_complete_upload BEFORE UPDATE ON tus_uploads FOR EACH ROW \

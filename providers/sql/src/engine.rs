@@ -37,6 +37,8 @@ pub(crate) use on_pool;
 pub(crate) struct Dialect {
     /// Leases due outbox rows; `$1` now, `$2` lease end, `$3` limit.
     pub claim_outbox: &'static str,
+    /// Reads user `$1`'s erasure fence inside a transaction that stores one of their packages.
+    pub erasure_fence: &'static str,
 }
 
 /// Leases due outbox rows. A package's events go out in order: none is handed out while an
@@ -59,14 +61,18 @@ macro_rules! claim_outbox {
     };
 }
 
-// PostgreSQL: claimers on other connections skip the rows this one locked.
+// PostgreSQL: claimers on other connections skip the rows this one locked; the fence is read
+// under a share lock, so it waits for an erasure raising it right now (and the erasure for it).
 const POSTGRES: Dialect = Dialect {
     claim_outbox: claim_outbox!(" FOR UPDATE SKIP LOCKED"),
+    erasure_fence: "SELECT erased_at FROM users WHERE id = $1 FOR SHARE",
 };
 
-// SQLite has one writer at a time, so the sub-select needs no row locks.
+// SQLite has one writer at a time: read after the transaction's first write, the fence is
+// the latest.
 const SQLITE: Dialect = Dialect {
     claim_outbox: claim_outbox!(""),
+    erasure_fence: "SELECT erased_at FROM users WHERE id = $1",
 };
 
 impl Pool {
@@ -138,14 +144,16 @@ fn code_passes(engine: Engine, code: &str) -> bool {
         Engine::Sqlite => code
             .parse::<u32>()
             .is_ok_and(|extended| matches!(extended & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
-        // 08: connection exception; 40: transaction rollback (serialization failure,
-        // deadlock); 53: insufficient resources; 57P01-57P03: shutdown, crash, not yet
-        // accepting connections; 57014: statement timeout; 55P03: lock not available.
+        // 08: connection exception; 40001, 40P01: serialization failure, deadlock; 53200,
+        // 53300: out of memory, too many connections; 57P01-57P03: shutdown, crash, not yet
+        // accepting connections; 57014: statement timeout; 55P03: lock not available. Not a
+        // full disk (53100) or a constraint failing at commit (40002): those last.
         Engine::Postgres => {
             code.starts_with("08")
-                || code.starts_with("40")
-                || code.starts_with("53")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "55P03")
+                || matches!(
+                    code,
+                    "40001" | "40P01" | "53200" | "53300" | "57P01" | "57P02" | "57P03" | "57014" | "55P03"
+                )
         }
     }
 }
@@ -165,7 +173,9 @@ mod tests {
         for code in ["08006", "40001", "40P01", "53300", "57P01", "57014", "55P03"] {
             assert!(code_passes(Engine::Postgres, code), "{code}");
         }
-        for code in ["23505", "23514", "42P01", "42501", "P0001", "22P02", "00005"] {
+        for code in [
+            "23505", "23514", "42P01", "42501", "P0001", "22P02", "00005", "40002", "53100",
+        ] {
             assert!(!code_passes(Engine::Postgres, code), "{code}");
         }
     }

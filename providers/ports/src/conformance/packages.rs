@@ -7,7 +7,7 @@ mod erasure;
 mod lifecycle;
 mod listing;
 
-use erasure::erasure;
+use erasure::{erasure, erasure_fence};
 use lifecycle::{creation_and_idempotency, discarding, quarantine, scanning_and_storing, users_are_apart};
 use listing::{listing, reads, retention, stale_uploads};
 
@@ -66,6 +66,7 @@ pub async fn package_store(store: &dyn PackageStore, outbox: &dyn Outbox) {
     quarantine(store, outbox, &alice).await;
     listing(store, &bob).await;
     erasure(store, outbox, &alice, &bob).await;
+    erasure_fence(store, outbox).await;
     retention(store, &alice).await;
     stale_uploads(store, &alice).await;
     reads(store, &alice).await;

@@ -92,6 +92,12 @@ impl PackageStore for SqlStore {
             .ok_or_else(|| not_receiving(id))?;
             // Checked before the commit: a row that cannot be read back rolls it all back.
             let record = PackageRecord::try_from(row)?;
+            let fence: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            fenced(id, record.created_at, fence)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             record
@@ -152,21 +158,25 @@ impl PackageStore for SqlStore {
     async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()> {
         on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
-            let updated = sqlx::query(
+            let (created_at,): (DateTime<Utc>,) = sqlx::query_as(
                 "UPDATE packages SET status = 'quarantined', scan_status = 'infected', scan_detail = $3, \
-                 updated_at = $4 WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning')",
+                 updated_at = $4 WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning') \
+                 RETURNING created_at",
             )
             .bind(id)
             .bind(user_id)
             .bind(signature)
             .bind(Utc::now())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?
-            .rows_affected();
-            if updated == 0 {
-                return Err(not_receiving(id));
-            }
+            .ok_or_else(|| not_receiving(id))?;
+            let fence: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            fenced(id, created_at, fence)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
         });
@@ -399,6 +409,18 @@ impl PackageStore for SqlStore {
         Ok(())
     }
 
+    async fn fence_erasure(&self, user_id: &str, at: DateTime<Utc>) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            sqlx::query("UPDATE users SET erased_at = $2 WHERE id = $1")
+                .bind(user_id)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(db_err)
+    }
+
     async fn claim_unrecorded_erasures(
         &self,
         user_id: Option<&str>,
@@ -491,5 +513,16 @@ impl SqlStore {
             }
             tx.commit().await.map_err(db_err)
         })
+    }
+}
+
+/// `Conflict` when an erasure of the owner's data began at or after the package's creation:
+/// the package belonged to what was erased, and must not appear after it.
+fn fenced(id: Uuid, created_at: DateTime<Utc>, fence: Option<(Option<DateTime<Utc>>,)>) -> Result<()> {
+    match fence {
+        Some((Some(erased_at),)) if erased_at >= created_at => Err(PortError::Conflict(format!(
+            "package {id}: its owner's data was erased while it was being stored"
+        ))),
+        _ => Ok(()),
     }
 }

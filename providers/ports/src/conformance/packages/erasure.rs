@@ -258,3 +258,38 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
         "recording a package's erasure before it is erased does not count"
     );
 }
+
+/// The fence an erasure of everything raises: packages created before it can no longer be
+/// stored or quarantined, later ones can.
+pub(super) async fn erasure_fence(store: &dyn PackageStore, outbox: &dyn Outbox) {
+    let carol = user("carol");
+    store.ensure_user(&carol).await.expect("ensure_user");
+    let before = create(store, &carol, "documents", now() - Duration::seconds(10)).await;
+    let infected = create(store, &carol, "documents", now() - Duration::seconds(10)).await;
+    store.fence_erasure(&carol, now()).await.expect("fence_erasure");
+    let stored = event("package.stored", before.id);
+    let refused = store
+        .mark_stored(&carol, before.id, &stored_object(before.id, now()), &stored)
+        .await;
+    assert!(
+        matches!(refused, Err(PortError::Conflict(_))),
+        "mark_stored of a package created before its owner's erasure is Conflict: {refused:?}"
+    );
+    assert_no_event(outbox, &stored, "mark_stored behind an erasure fence").await;
+    assert_eq!(status(store, &carol, before.id).await, PackageStatus::Receiving);
+    let quarantined = event("package.quarantined", infected.id);
+    let refused = store
+        .mark_quarantined(&carol, infected.id, "Conformance.Test-Signature", &quarantined)
+        .await;
+    assert!(
+        matches!(refused, Err(PortError::Conflict(_))),
+        "mark_quarantined behind an erasure fence is Conflict: {refused:?}"
+    );
+    assert_no_event(outbox, &quarantined, "mark_quarantined behind an erasure fence").await;
+    let (after, _, _) = create_stored(store, &carol, "documents", now() + Duration::seconds(10)).await;
+    assert_eq!(
+        status(store, &carol, after.id).await,
+        PackageStatus::Stored,
+        "a package created after the erasure is stored as usual"
+    );
+}
