@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::faults::{DatabaseFaults, Faults, FaultyStore, Link};
+use common::process::Process;
 use common::tus_clients::StockClient;
 use common::{Db, Options, TestApp};
 use serde_json::Value;
@@ -364,63 +365,23 @@ async fn stock_clients_never_report_success_when_any_finalization_step_fails_and
     }
 }
 
-const UDIM: &str = env!("CARGO_BIN_EXE_udim");
 const SECRET: &str = "finalization-kill-test-hs256-secret-32+bytes";
 
 /// The real binary on the embedded default (SQLite, filesystem, local keys) in `dir`, scanning
-/// through `scanner`; killed when dropped.
-struct Binary {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Binary {
-    async fn start(dir: &std::path::Path, scanner: &str) -> Self {
-        let port = udim_testkit::port_for_child();
-        let child = std::process::Command::new(UDIM)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+/// through `scanner`.
+async fn start_binary(dir: &std::path::Path, scanner: &str) -> Process {
+    Process::serve(|| {
+        let mut command = common::process::udim();
+        command
             .env("UDIM_CONFIG_DIR", dir.join("no-config"))
             .env("UDIM_DATA_DIR", dir)
-            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("UDIM_AUTH__HS256_SECRET", SECRET)
             .env("UDIM_SCANNER__TYPE", "clamd")
             .env("UDIM_SCANNER__ADDRESS", format!("tcp://{scanner}"))
-            .env("UDIM_SCANNER__TIMEOUT_SECS", "60")
-            .arg("serve")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let binary = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/healthz", binary.base))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return binary;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("udim serve did not start");
-    }
-
-    fn kill_9(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
-        assert!(killed.success());
-        self.child.wait().unwrap();
-    }
+            .env("UDIM_SCANNER__TIMEOUT_SECS", "60");
+        command
+    })
+    .await
 }
 
 fn token(sub: &str) -> String {
@@ -449,7 +410,7 @@ async fn a_binary_killed_between_the_last_chunk_and_the_commit_loses_no_upload()
         std::fs::write(&file, &body).unwrap();
 
         link.hang(false);
-        let binary = Binary::start(dir.path(), &link.address).await;
+        let binary = start_binary(dir.path(), &link.address).await;
         let granted = http
             .post(format!("{}/v1/consents", binary.base))
             .bearer_auth(&token)
@@ -495,18 +456,28 @@ async fn a_binary_killed_between_the_last_chunk_and_the_commit_loses_no_upload()
 
         // A new process on the same data; the scanner answers again.
         link.hang(false);
-        let binary = Binary::start(dir.path(), &link.address).await;
+        let binary = start_binary(dir.path(), &link.address).await;
         let url = format!("{}{path}", binary.base);
         // The dead process's lease on the upload runs out within seconds (or the sweeper
         // finishes the upload first); until then the upload answers 423, as tus says.
         let restarted = std::time::Instant::now();
-        while tus(http.head(&url), &token).send().await.unwrap().status() == 423 {
+        let head = loop {
+            let head = tus(http.head(&url), &token).send().await.unwrap();
+            if head.status() != 423 {
+                break head;
+            }
             assert!(
                 restarted.elapsed() < Duration::from_secs(30),
                 "{user}: the dead process's lease outlived it"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        };
+        assert_eq!(head.status(), 200, "{user}");
+        assert_eq!(
+            head.headers()["upload-offset"],
+            body.len().to_string(),
+            "{user}: every byte was kept; the client has nothing to send again"
+        );
         let resumed = client.run(
             &format!("{}/v1/uploads", binary.base),
             &token,

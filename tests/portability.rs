@@ -2,8 +2,9 @@
 //! holding the person's files decrypted (byte for byte what they uploaded), their metadata,
 //! their consent history with record proofs that verify against the archived checkpoint and
 //! key, and a manifest whose SHA-256 of every file `sha256sum -c` accepts; nobody else's data
-//! is in it. A stored object that fails to decrypt cuts the archive short instead of
-//! delivering a wrong file.
+//! is in it. A stored object that fails to decrypt, or a package erased while the archive
+//! streams, cuts the archive short instead of delivering a wrong or erased file; and a large
+//! file's archive streams through the real binary in bounded memory.
 
 mod common;
 
@@ -326,4 +327,81 @@ async fn a_package_erased_during_the_export_is_not_in_it() {
     let names = String::from_utf8_lossy(&list.stdout);
     assert!(names.contains("big.bin") && !names.contains("erased.bin"), "{names}");
     app.stop().await;
+}
+
+/// The archive streams: exporting a file far larger than what the process may hold leaves the
+/// real binary's peak resident memory well below the file's size (uploading it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_of_a_large_file_streams_in_bounded_memory() {
+    const SIZE: usize = 192 * 1024 * 1024;
+    const SECRET: &str = "portability-memory-test-hs256-secret-32+b";
+    let dir = tempfile::tempdir().unwrap();
+    let process = common::process::Process::serve(|| {
+        let mut command = common::process::udim();
+        command
+            .env("UDIM_CONFIG_DIR", dir.path().join("no-config"))
+            .env("UDIM_DATA_DIR", dir.path())
+            .env("UDIM_AUTH__HS256_SECRET", SECRET);
+        command
+    })
+    .await;
+    let token = {
+        let mut settings = udim::config::Settings::default();
+        settings.auth.hs256_secret = Some(SECRET.to_owned().into());
+        udim::auth::Authenticator::from_settings(&settings)
+            .unwrap()
+            .mint("alice", &["udim:upload".to_owned()])
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let granted = http
+        .post(format!("{}/v1/consents", process.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "purposes": ["model-training"],
+            "data_categories": ["video"],
+            "policy_version": "2026-01",
+            "jurisdiction": "EU",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 201);
+    // The upload streams from here too, a mebibyte at a time.
+    let piece = common::distinctive_bytes(1024 * 1024);
+    let pieces = futures::stream::iter((0..SIZE / piece.len()).map(move |_| Ok::<_, std::io::Error>(piece.clone())));
+    let uploaded = http
+        .post(format!(
+            "{}/v1/packages?data_category=video&filename=long.bin",
+            process.base
+        ))
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", SIZE.to_string())
+        .body(reqwest::Body::wrap_stream(pieces))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+
+    let response = http
+        .get(format!("{}/v1/me/export/archive", process.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = 0usize;
+    while let Some(chunk) = body.next().await {
+        received += chunk.unwrap().len();
+    }
+    assert!(received > SIZE, "the whole archive arrived: {received} bytes");
+    let peak = process.peak_resident_bytes();
+    assert!(
+        peak < (SIZE / 3) as u64,
+        "peak resident memory {} MiB for a {} MiB file",
+        peak >> 20,
+        SIZE >> 20
+    );
 }

@@ -10,29 +10,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::Process;
 use common::{TestDatabase, TestQueue};
 use serde_json::{Value, json};
 use udim_ledger::note::VerifierKey;
 use udim_ledger::proof::ConsistencyProof;
 
-const UDIM: &str = env!("CARGO_BIN_EXE_udim");
 const SECRET: &str = "replicas-share-this-hs256-secret-of-32+bytes";
-
-/// One replica: a child process, killed when dropped.
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the replicas share.
 struct Shared {
@@ -59,11 +46,9 @@ impl Shared {
 
     fn command(&self, name: &str) -> Command {
         let q = &self.queue.settings;
-        let mut cmd = Command::new(UDIM);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            // Built-in defaults only (no data-category allow-lists), plus what is set here.
-            .env("UDIM_CONFIG_DIR", self.dir.path().join("no-config"))
+        let mut cmd = common::process::udim();
+        // Built-in defaults only (no data-category allow-lists), plus what is set here.
+        cmd.env("UDIM_CONFIG_DIR", self.dir.path().join("no-config"))
             // Each replica has a data directory of its own; all they share is configured.
             .env("UDIM_DATA_DIR", self.dir.path().join(name))
             .env("UDIM_DATABASE__URL", self.database.url())
@@ -83,36 +68,8 @@ impl Shared {
         cmd
     }
 
-    async fn start(&self, name: &str) -> Replica {
-        for _ in 0..3 {
-            let port = udim_testkit::port_for_child();
-            let child = self
-                .command(name)
-                .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-                .arg("serve")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut replica = Replica {
-                child,
-                base: format!("http://127.0.0.1:{port}"),
-            };
-            for _ in 0..200 {
-                if replica.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if reqwest::get(format!("{}/healthz", replica.base))
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-                {
-                    return replica;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let _ = replica.child.kill();
-        }
-        panic!("replica {name} did not start");
+    async fn start(&self, name: &str) -> Process {
+        Process::serve(|| self.command(name)).await
     }
 
     fn token(&self, sub: &str) -> String {
@@ -230,7 +187,7 @@ async fn two_replicas_on_one_database_are_one_service() {
         // And the operator's offline check agrees.
         let file = shared.dir.path().join("consistency.json");
         std::fs::write(&file, text).unwrap();
-        let checked = Command::new(UDIM)
+        let checked = common::process::udim()
             .args(["ledger", "verify-consistency", "--key", &key.to_string()])
             .arg(&file)
             .output()
@@ -363,6 +320,12 @@ async fn two_replicas_on_one_database_are_one_service() {
         }
     }
     assert!(done(&seen), "every package's events are delivered: {seen:?}");
+    // And nothing more comes: no late duplicate, no `stored` after its `deleted`.
+    while let Some((_, event)) = shared.queue.next_event(Duration::from_secs(3)).await {
+        seen.entry(event["package_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["event_type"].as_str().unwrap().to_owned());
+    }
     for (id, events) in &seen {
         let expected: &[&[&str]] = if erased.contains(id) {
             &[&["package.stored", "package.deleted"], &["package.deleted"]]
@@ -396,9 +359,7 @@ async fn two_replicas_on_one_database_are_one_service() {
     );
     tx.send(Ok(body[..100_000].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut a = a;
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill_9();
     let killed = Instant::now();
     drop(tx);
     let _ = in_flight.await;
@@ -467,11 +428,7 @@ async fn two_replicas_on_one_database_are_one_service() {
     );
     tx.send(Ok(body[..120_000].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stopped = Command::new("kill")
-        .args(["-TERM", &b.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    b.signal("TERM");
     let answered = tokio::time::timeout(Duration::from_secs(10), in_flight)
         .await
         .expect("the PATCH answers when shutdown begins")

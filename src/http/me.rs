@@ -124,7 +124,7 @@ async fn all_packages(state: &AppState, subject: &str) -> Result<Vec<PackageReco
     path = "/v1/me/export/archive",
     tag = "me",
     responses(
-        (status = 200, content_type = "application/x-tar", description = "a POSIX ustar archive"),
+        (status = 200, content_type = "application/x-tar", description = "a POSIX ustar archive (files of 8 GiB or more carry GNU base-256 sizes, which tar and bsdtar read)"),
         (status = 503, body = Problem)
     ),
     security(("bearer" = []))

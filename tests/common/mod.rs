@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod process;
 pub mod tus_clients;
 
 use std::path::PathBuf;
