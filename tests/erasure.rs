@@ -451,8 +451,7 @@ async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
         .await;
     let id = url.rsplit('/').next().unwrap().to_owned();
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let (tx, body) = common::body_in_flight();
     let patch = {
         let request = app
             .http
@@ -461,7 +460,7 @@ async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
             .header("tus-resumable", "1.0.0")
             .header("upload-offset", "0")
             .header("content-type", "application/offset+octet-stream")
-            .body(reqwest::Body::wrap_stream(body));
+            .body(body);
         tokio::spawn(request.send())
     };
     tx.send(Ok(common::distinctive_bytes(300_000))).await.unwrap();

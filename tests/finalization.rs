@@ -384,15 +384,6 @@ async fn start_binary(dir: &std::path::Path, scanner: &str) -> Process {
     .await
 }
 
-fn token(sub: &str) -> String {
-    let mut settings = udim::config::Settings::default();
-    settings.auth.hs256_secret = Some(SECRET.to_owned().into());
-    udim::auth::Authenticator::from_settings(&settings)
-        .unwrap()
-        .mint(sub, &["udim:upload".to_owned()])
-        .unwrap()
-}
-
 /// SIGKILL of the real binary while it finishes an upload (every chunk recorded, the scan
 /// running, nothing committed): the stock client reports failure, and after a restart it
 /// resumes to the package without sending its bytes again.
@@ -404,26 +395,14 @@ async fn a_binary_killed_between_the_last_chunk_and_the_commit_loses_no_upload()
     let http = reqwest::Client::new();
     for client in StockClient::both() {
         let user = format!("killed-{}", client.name);
-        let token = token(&user);
+        let token = common::uploader_token(SECRET, &user);
         let body = client.sample(700_000);
         let file = dir.path().join(format!("{user}.bin"));
         std::fs::write(&file, &body).unwrap();
 
         link.hang(false);
         let binary = start_binary(dir.path(), &link.address).await;
-        let granted = http
-            .post(format!("{}/v1/consents", binary.base))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({
-                "purposes": ["model-training"],
-                "data_categories": [client.category],
-                "policy_version": "2026-01",
-                "jurisdiction": "EU",
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(granted.status(), 201);
+        common::grant_on(&http, &binary.base, &token, &[client.category]).await;
 
         // The scan of the finished upload hangs; the binary dies in the middle of it.
         link.hang(true);

@@ -345,28 +345,9 @@ async fn the_archive_of_a_large_file_streams_in_bounded_memory() {
         command
     })
     .await;
-    let token = {
-        let mut settings = udim::config::Settings::default();
-        settings.auth.hs256_secret = Some(SECRET.to_owned().into());
-        udim::auth::Authenticator::from_settings(&settings)
-            .unwrap()
-            .mint("alice", &["udim:upload".to_owned()])
-            .unwrap()
-    };
+    let token = common::uploader_token(SECRET, "alice");
     let http = reqwest::Client::new();
-    let granted = http
-        .post(format!("{}/v1/consents", process.base))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({
-            "purposes": ["model-training"],
-            "data_categories": ["video"],
-            "policy_version": "2026-01",
-            "jurisdiction": "EU",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(granted.status(), 201);
+    common::grant_on(&http, &process.base, &token, &["video"]).await;
     // The upload streams from here too, a mebibyte at a time.
     let piece = common::distinctive_bytes(1024 * 1024);
     let pieces = futures::stream::iter((0..SIZE / piece.len()).map(move |_| Ok::<_, std::io::Error>(piece.clone())));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Process;
 use common::{TestDatabase, TestQueue};
-use serde_json::{Value, json};
+use serde_json::Value;
 use udim_ledger::note::VerifierKey;
 use udim_ledger::proof::ConsistencyProof;
 
@@ -73,30 +73,12 @@ impl Shared {
     }
 
     fn token(&self, sub: &str) -> String {
-        let mut settings = udim::config::Settings::default();
-        settings.auth.hs256_secret = Some(SECRET.to_owned().into());
-        udim::auth::Authenticator::from_settings(&settings)
-            .unwrap()
-            .mint(sub, &["udim:upload".to_owned()])
-            .unwrap()
+        common::uploader_token(SECRET, sub)
     }
 }
 
 async fn grant(http: &reqwest::Client, base: &str, token: &str) -> Value {
-    let response = http
-        .post(format!("{base}/v1/consents"))
-        .bearer_auth(token)
-        .json(&json!({
-            "purposes": ["model-training"],
-            "data_categories": ["audio"],
-            "policy_version": "2026-01",
-            "jurisdiction": "EU",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
+    common::grant_on(http, base, token, &["audio"]).await
 }
 
 async fn checkpoint_size(http: &reqwest::Client, base: &str) -> u64 {
@@ -123,6 +105,37 @@ async fn patch(http: &reqwest::Client, url: &str, token: &str, offset: usize, by
         .send()
         .await
         .unwrap()
+}
+
+/// Creates a tus upload of `length` bytes on `base` and starts a PATCH of it whose body the
+/// test feeds through the returned sender; returns the upload's path and the PATCH's answer.
+async fn patch_in_flight(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    length: usize,
+) -> (
+    String,
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let created = tus(http.post(format!("{base}/v1/uploads")), token)
+        .header("upload-length", length.to_string())
+        .header("upload-metadata", "data_category YXVkaW8=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let path = created.headers()["location"].to_str().unwrap().to_owned();
+    let (tx, body) = common::body_in_flight();
+    let answer = tokio::spawn(
+        tus(http.patch(format!("{base}{path}")), token)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send(),
+    );
+    (path, tx, answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,22 +354,7 @@ async fn two_replicas_on_one_database_are_one_service() {
     // Replica a dies in the middle of a PATCH; the client resumes on b within seconds.
     let token = shared.token("user-0");
     let body = common::distinctive_bytes(400_000);
-    let created = tus(http.post(format!("{}/v1/uploads", bases[0])), &token)
-        .header("upload-length", body.len().to_string())
-        .header("upload-metadata", "data_category YXVkaW8=")
-        .send()
-        .await
-        .unwrap();
-    let path = created.headers()["location"].to_str().unwrap().to_owned();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let in_flight = tokio::spawn(
-        tus(http.patch(format!("{}{path}", bases[0])), &token)
-            .header("upload-offset", "0")
-            .header("content-type", "application/offset+octet-stream")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send(),
-    );
+    let (path, tx, in_flight) = patch_in_flight(&http, &bases[0], &token, body.len()).await;
     tx.send(Ok(body[..100_000].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.kill_9();
@@ -410,22 +408,7 @@ async fn two_replicas_on_one_database_are_one_service() {
     // the client goes on on the next replica without a 423.
     let c = shared.start("c").await;
     let body = common::distinctive_bytes(300_000);
-    let created = tus(http.post(format!("{}/v1/uploads", bases[1])), &token)
-        .header("upload-length", body.len().to_string())
-        .header("upload-metadata", "data_category YXVkaW8=")
-        .send()
-        .await
-        .unwrap();
-    let path = created.headers()["location"].to_str().unwrap().to_owned();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let in_flight = tokio::spawn(
-        tus(http.patch(format!("{}{path}", bases[1])), &token)
-            .header("upload-offset", "0")
-            .header("content-type", "application/offset+octet-stream")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send(),
-    );
+    let (path, tx, in_flight) = patch_in_flight(&http, &bases[1], &token, body.len()).await;
     tx.send(Ok(body[..120_000].to_vec())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.signal("TERM");

@@ -313,21 +313,7 @@ impl TestApp {
     }
 
     pub async fn grant(&self, token: &str, categories: &[&str]) -> Value {
-        let response = self
-            .http
-            .post(format!("{}/v1/consents", self.base))
-            .bearer_auth(token)
-            .json(&json!({
-                "purposes": ["model-training"],
-                "data_categories": categories,
-                "policy_version": "2026-01",
-                "jurisdiction": "EU",
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "grant failed");
-        response.json().await.unwrap()
+        grant_on(&self.http, &self.base, token, categories).await
     }
 
     pub async fn withdraw(&self, token: &str, consent_id: &str) -> reqwest::Response {
@@ -462,4 +448,44 @@ pub async fn assert_no_key_in_object(
             offset + len
         );
     }
+}
+
+/// Grants a consent for `categories` (purpose `model-training`) on the service at `base`,
+/// which must accept it.
+pub async fn grant_on(http: &reqwest::Client, base: &str, token: &str, categories: &[&str]) -> Value {
+    let response = http
+        .post(format!("{base}/v1/consents"))
+        .bearer_auth(token)
+        .json(&json!({
+            "purposes": ["model-training"],
+            "data_categories": categories,
+            "policy_version": "2026-01",
+            "jurisdiction": "EU",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "grant failed");
+    response.json().await.unwrap()
+}
+
+/// An uploader's token for `sub`, signed with the HS256 `secret` a service process was given.
+pub fn uploader_token(secret: &str, sub: &str) -> String {
+    let mut settings = Settings::default();
+    settings.auth.hs256_secret = Some(secret.to_owned().into());
+    udim::auth::Authenticator::from_settings(&settings)
+        .unwrap()
+        .mint(sub, &["udim:upload".to_owned()])
+        .unwrap()
+}
+
+/// A request body the test feeds piece by piece through the sender, and ends by dropping it:
+/// a client in the middle of sending.
+pub fn body_in_flight() -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (tx, reqwest::Body::wrap_stream(stream))
 }
