@@ -589,9 +589,20 @@ async fn an_upload_committing_while_everything_is_erased_never_lands() {
             .body(common::distinctive_bytes(20_000));
         tokio::spawn(request.send())
     };
+    // The commit is under way (past the upload's last consent check) once the trigger sleeps.
+    use sqlx::Connection as _;
+    let mut watch = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
+        .await
+        .unwrap();
     let mut committing = false;
-    for _ in 0..200 {
-        if app.packages(&alice).await.iter().any(|p| p["status"] == "scanning") {
+    for _ in 0..400 {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if sleeping > 0 {
             committing = true;
             break;
         }
@@ -601,10 +612,14 @@ async fn an_upload_committing_while_everything_is_erased_never_lands() {
     let erased = delete(&app, &alice, "/v1/me").await;
     assert_eq!(erased.status(), 200);
     let answer = uploading.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 409, "the upload does not land after the erasure");
+    let problem: Value = answer.json().await.unwrap();
     assert!(
-        !answer.status().is_success(),
-        "the upload does not land after the erasure: {}",
-        answer.status()
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("erased while it was being stored"),
+        "refused by the erasure's fence: {problem}"
     );
     faults.set("slow_mark_stored", false).await;
     let left: Vec<Value> = app

@@ -364,6 +364,20 @@ async fn a_tus_upload_is_refused_as_soon_as_its_first_bytes_show_the_wrong_type(
     let still = head(&url).await;
     assert_eq!(still.status(), 200, "the upload stays");
     assert_eq!(still.headers()["upload-offset"], "0");
+    // The same bytes with their true checksum: now they are the client's, and refused.
+    use base64::Engine as _;
+    let sum = base64::engine::general_purpose::STANDARD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pdf[..10_000]).as_ref());
+    let vouched = tus_patch(&url, 0, &pdf[..10_000], Some(&format!("sha256 {sum}")))
+        .await
+        .unwrap();
+    assert_eq!(vouched.status(), 415, "a wrong type behind a good checksum is refused");
+    assert_eq!(head(&url).await.status(), 404, "and the upload ends");
+    assert!(
+        app.object_files().is_empty(),
+        "nothing of it was written: {:?}",
+        app.object_files()
+    );
 
     // The right type goes through the same first PATCH.
     let png = padded(PNG, 100_000);

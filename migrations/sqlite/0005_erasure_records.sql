@@ -28,6 +28,9 @@ ALTER TABLE packages ADD COLUMN erasure_claimed_until TEXT;
 UPDATE packages SET erasure_entry = zeroblob(16) WHERE status = 'deleted';
 CREATE INDEX packages_unrecorded_erasures ON packages (updated_at) WHERE status = 'deleted' AND erasure_entry IS NULL;
 
--- The fence a person's erasure raises: no package of theirs created before it can be stored
--- or quarantined afterwards, even one whose upload was finishing while the erasure ran.
-ALTER TABLE users ADD COLUMN erased_at TEXT;
+-- The fence a person's erasure raises: each erasure of everything counts the user's epoch up,
+-- a package takes the epoch current at its creation, and one whose epoch is no longer current
+-- can be neither stored nor quarantined, even if its upload was finishing while the erasure
+-- ran. A counter, not a time, so the replicas' clocks play no part.
+ALTER TABLE users ADD COLUMN erasure_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE packages ADD COLUMN erasure_epoch INTEGER NOT NULL DEFAULT 0;

@@ -16,8 +16,8 @@
 //! time, the person only as a commitment), and the person gets the record's receipt. The
 //! erasure's own transaction claims its recording for the request; one whose recording
 //! fails is recorded by the request's repetition or the next sweep, one whose recorder died
-//! by a sweep once the claim has run out. A package's erasure is recorded once, unless a
-//! recorder dies between the append and its bookkeeping.
+//! by a sweep once the claim has run out. A package's erasure is recorded once, unless its
+//! recorder dies, or its database fails, between the append and the bookkeeping.
 
 use std::sync::Arc;
 
@@ -94,15 +94,15 @@ pub struct Eraser {
 
 impl Eraser {
     /// Erases one of `user_id`'s packages at their request, and records it. When it was
-    /// already erased, records what of the caller's erasures is still unrecorded (a repeat
-    /// after a failed recording); `Ok(None)` when there is none. A failed recording is an
-    /// error (the erasure itself stands; repeating the request records it).
+    /// already erased but is not recorded yet (a repeat after a failed recording), records
+    /// it; `Ok(None)` when it is. A failed recording is an error (the erasure itself stands;
+    /// repeating the request records it).
     pub async fn delete_package(&self, user_id: &str, id: Uuid) -> Result<Option<ErasureReceipt>, PortError> {
         let pending = if self.erase(user_id, id, DeletionReason::UserRequest).await? {
             vec![id]
         } else {
             self.packages
-                .claim_unrecorded_erasures(Some(user_id), Utc::now(), CLAIM_BATCH)
+                .claim_unrecorded_erasures(Some(user_id), Some(id), Utc::now(), 1)
                 .await?
                 .into_iter()
                 .map(|(_, id)| id)
@@ -115,28 +115,34 @@ impl Eraser {
     }
 
     /// Appends the ledger records of the erasure of `packages` (whose recording the caller
-    /// has claimed), then marks their tombstones recorded. On failure the claims are given
-    /// up, so the next request or sweep takes them at once.
+    /// has claimed), then marks their tombstones recorded. If the append fails, the claims are
+    /// given up, so the next request or sweep takes them at once.
     async fn record(&self, user_id: &str, packages: Vec<Uuid>) -> Result<Vec<ErasureReceipt>, PortError> {
-        let recorded = async {
-            let appended = self.consents.record_erasure(user_id, packages.clone()).await?;
-            for erasure in &appended {
-                if !erasure.record.packages.is_empty() {
-                    self.packages
-                        .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
-                        .await?;
+        let appended = match self.consents.record_erasure(user_id, packages.clone()).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                if !packages.is_empty()
+                    && let Err(release) = self.packages.release_erasure_claims(&packages).await
+                {
+                    tracing::warn!(error = %release, "giving up claims on recording erasures failed; they run out by themselves");
                 }
+                return Err(e);
             }
-            Ok(appended.into_iter().map(ErasureReceipt::from).collect())
+        };
+        // The records exist now: a failure from here keeps the claims (so no repetition
+        // records them again at once); once they run out, a sweep may record them a second
+        // time. Either way the person gets the receipts.
+        for erasure in &appended {
+            if !erasure.record.packages.is_empty()
+                && let Err(e) = self
+                    .packages
+                    .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
+                    .await
+            {
+                tracing::warn!(error = %e, "marking erasures recorded failed; a sweep may record them again");
+            }
         }
-        .await;
-        if recorded.is_err()
-            && !packages.is_empty()
-            && let Err(e) = self.packages.release_erasure_claims(&packages).await
-        {
-            tracing::warn!(error = %e, "giving up claims on recording erasures failed; they run out by themselves");
-        }
-        recorded
+        Ok(appended.into_iter().map(ErasureReceipt::from).collect())
     }
 
     /// Records the erasures whose recording failed or whose recorder died, one user's at a
@@ -144,7 +150,7 @@ impl Eraser {
     pub async fn record_unrecorded(&self) -> Result<usize, PortError> {
         let pending = self
             .packages
-            .claim_unrecorded_erasures(None, Utc::now(), CLAIM_BATCH)
+            .claim_unrecorded_erasures(None, None, Utc::now(), CLAIM_BATCH)
             .await?;
         let mut recorded = 0;
         for (user_id, ids) in by_user(pending) {
@@ -185,12 +191,51 @@ impl Eraser {
         };
         // An upload that passed its consent check before the redaction may be committing its
         // package right now: the fence makes it either land before the listing below, or fail.
-        self.packages.fence_erasure(user_id, Utc::now()).await?;
-        // Recorded a record's worth at a time, so no claim is held for long.
-        let mut erased = Vec::new();
+        self.packages.fence_erasure(user_id).await?;
         // Also those being written to right now: their rows go, so the PATCH in flight cannot
         // record its chunk (and removes it), and every later PATCH finds no upload.
         report.uploads_terminated = self.resumable.erase_user_uploads(user_id).await?;
+        // The packages this request erased and has not recorded yet: their recording is the
+        // request's (claimed by each erasure), so a failure gives the claims up for the
+        // repetition to take.
+        let mut erased = Vec::new();
+        let outcome = self.erase_packages(user_id, &mut report, &mut erased).await;
+        if let Err(e) = outcome {
+            if !erased.is_empty()
+                && let Err(release) = self.packages.release_erasure_claims(&erased).await
+            {
+                tracing::warn!(error = %release, "giving up claims on recording erasures failed; they run out by themselves");
+            }
+            return Err(e);
+        }
+        // With the caller's erasures an earlier failure left unrecorded; a request that found
+        // nothing to erase is not recorded. A failure here fails the request, and repeating it
+        // records what is left.
+        let earlier = self
+            .packages
+            .claim_unrecorded_erasures(Some(user_id), None, Utc::now(), CLAIM_BATCH)
+            .await?;
+        erased.extend(earlier.into_iter().map(|(_, id)| id));
+        let changed = report.ledger_entries_redacted > 0 || report.uploads_terminated > 0;
+        if !erased.is_empty() || (changed && report.receipts.is_empty()) {
+            report.receipts.extend(self.record(user_id, erased).await?);
+        }
+        tracing::info!(
+            packages = report.packages_deleted,
+            ledger_entries = report.ledger_entries_redacted,
+            "erased a user's data on request"
+        );
+        Ok(report)
+    }
+
+    /// Erases every stored or quarantined package of `user_id`'s, recording them a record's
+    /// worth at a time (so no claim is held for long); `erased` keeps those not recorded yet.
+    async fn erase_packages(
+        &self,
+        user_id: &str,
+        report: &mut ErasureReport,
+        erased: &mut Vec<Uuid>,
+    ) -> Result<(), PortError> {
         for status in [PackageStatus::Stored, PackageStatus::Quarantined] {
             loop {
                 let page = self
@@ -212,31 +257,14 @@ impl Eraser {
                         report.packages_deleted += 1;
                         erased.push(package.id);
                         if erased.len() == PACKAGES_PER_ERASURE_RECORD {
-                            let part = std::mem::take(&mut erased);
+                            let part = std::mem::take(erased);
                             report.receipts.extend(self.record(user_id, part).await?);
                         }
                     }
                 }
             }
         }
-        // With the caller's erasures an earlier failure left unrecorded; a request that found
-        // nothing to erase is not recorded. A failure here fails the request, and repeating it
-        // records what is left.
-        let earlier = self
-            .packages
-            .claim_unrecorded_erasures(Some(user_id), Utc::now(), CLAIM_BATCH)
-            .await?;
-        erased.extend(earlier.into_iter().map(|(_, id)| id));
-        let changed = report.ledger_entries_redacted > 0 || report.uploads_terminated > 0;
-        if !erased.is_empty() || (changed && report.receipts.is_empty()) {
-            report.receipts.extend(self.record(user_id, erased).await?);
-        }
-        tracing::info!(
-            packages = report.packages_deleted,
-            ledger_entries = report.ledger_entries_redacted,
-            "erased a user's data on request"
-        );
-        Ok(report)
+        Ok(())
     }
 
     /// Deletes an erased package's object; on failure the tombstone keeps it for the sweeper.

@@ -6,9 +6,9 @@
 //! The archive streams: each file's plaintext is decrypted segment by segment as the client
 //! reads, so memory stays bounded whatever the files' sizes (it grows only with the number of
 //! packages, whose metadata the manifest and `packages.json` list). Its length is known
-//! before the first byte. A file that fails to decrypt, or whose package was erased since the
-//! archive was planned, cuts the stream, so a client never gets a well-formed archive with a
-//! wrong file in it (nor one that was erased); asking again gives an archive without it.
+//! before the first byte. A file that fails to decrypt, or whose package was erased before its
+//! file begins, cuts the stream, so a client never gets a well-formed archive with a wrong file
+//! in it (nor one erased by then); asking again gives an archive without it.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

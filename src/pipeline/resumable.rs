@@ -30,6 +30,8 @@ use crate::pipeline::ingest::{IngestError, Ingestor, UploadRequest};
 /// `under_lease`), so a PATCH or a finalization may take as long as it needs.
 const LEASE: Duration = Duration::from_secs(15);
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How many PATCHes may bring an upload's first [`SNIFF_LEN`] bytes.
+const MAX_PATCHES_BEFORE_SNIFF: usize = 16;
 
 /// Runs `work` while keeping the lease `token` holds on upload `id` alive. If the lease
 /// cannot be kept — a renewal refused, or not confirmed within one heartbeat, so it may run
@@ -233,6 +235,21 @@ impl Resumable {
             expires_at: self.expiry(),
         };
         self.uploads.create_upload(&upload).await?;
+        // Checked again now that the upload exists: an erasure of everything that redacted the
+        // consent in between either lists this upload afterwards (and removes it) or is seen
+        // here.
+        if self
+            .consents
+            .state(user_id)
+            .await?
+            .admitting(&upload.data_category, Access::Upload, Utc::now())
+            .is_none()
+        {
+            self.uploads.delete_upload(id).await?;
+            return Err(
+                PortError::Conflict(format!("upload {id}: its owner's consent was withdrawn meanwhile")).into(),
+            );
+        }
         self.uploads
             .get_upload(user_id, id)
             .await?
@@ -266,10 +283,21 @@ impl Resumable {
         if offset == 0 {
             return Ok(prefix);
         }
-        for chunk in self.uploads.upload_chunks(upload.id).await? {
-            if chunk.offset >= offset {
-                break;
-            }
+        let chunks: Vec<UploadChunk> = self
+            .uploads
+            .upload_chunks(upload.id)
+            .await?
+            .into_iter()
+            .take_while(|chunk| chunk.offset < offset)
+            .collect();
+        // Each PATCH below the first 8 KiB reads back the ones before it: a client that dribbles
+        // them a few bytes at a time would make that quadratic.
+        if chunks.len() >= MAX_PATCHES_BEFORE_SNIFF {
+            return Err(TusError::Invalid(format!(
+                "the first {SNIFF_LEN} bytes of an upload must arrive in fewer than {MAX_PATCHES_BEFORE_SNIFF} PATCHes"
+            )));
+        }
+        for chunk in chunks {
             let mut plaintext = decrypt_chunk(self.blobs.as_ref(), key, upload, &chunk).await?;
             while let Some(bytes) = plaintext.try_next().await? {
                 prefix.extend_from_slice(&bytes);
@@ -417,6 +445,11 @@ impl Resumable {
                 }
                 if let Some(d) = &mut digest {
                     d.update(&chunk);
+                }
+                if refused.is_some() {
+                    // Only hashed now: the checksum decides between 460 and the refusal, and
+                    // a refused type is never written.
+                    continue;
                 }
                 let sealed = encryptor.push(&chunk)?;
                 if !sealed.is_empty() {
@@ -639,11 +672,16 @@ impl Resumable {
     pub async fn erase_user_uploads(&self, user_id: &str) -> Result<u64, PortError> {
         let mut removed = 0;
         for upload in self.uploads.open_uploads(user_id).await? {
-            let idle = self
+            // Erasure does not wait for a writer: a live one finds its upload gone.
+            let (upload, idle) = match self
                 .uploads
                 .lock_upload(user_id, upload.id, Uuid::new_v4(), lease_end())
-                .await?;
-            if self.discard(&upload, idle.is_some()).await {
+                .await?
+            {
+                Some(locked) => (locked, true),
+                None => (upload, false),
+            };
+            if self.discard(&upload, idle).await {
                 removed += 1;
             }
         }
@@ -669,15 +707,24 @@ impl Resumable {
 
     /// Removes expired unfinished uploads and their chunks; returns how many went.
     pub async fn expire(&self) -> Result<usize, PortError> {
-        let expired = self.uploads.expired_uploads(Utc::now()).await?;
-        for upload in &expired {
-            let idle = self
+        let mut removed = 0;
+        for upload in self.uploads.expired_uploads(Utc::now()).await? {
+            // One that a PATCH has just taken up is not expired after all.
+            match self
                 .uploads
                 .lock_upload(&upload.user_id, upload.id, Uuid::new_v4(), lease_end())
-                .await?;
-            self.discard(upload, idle.is_some()).await;
+                .await
+            {
+                Ok(Some(locked)) => {
+                    if self.discard(&locked, true).await {
+                        removed += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(upload_id = %upload.id, error = %e, "expiring an upload failed"),
+            }
         }
-        Ok(expired.len())
+        Ok(removed)
     }
 }
 

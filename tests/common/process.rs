@@ -20,41 +20,54 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Starts `udim serve` with `command`'s environment and a port of its own. A port another
-    /// process took between being picked and being bound makes the child exit: then another
-    /// port is tried. The process must answer `/healthz` and still be running.
+    /// Starts `udim serve` with `command`'s environment on a port the child binds itself (port
+    /// 0), and learns the port from the child's own log line: no other process can take it
+    /// meanwhile. The process must answer `/healthz`.
     pub async fn serve(command: impl Fn() -> Command) -> Self {
-        for _ in 0..3 {
-            let port = udim_testkit::port_for_child();
-            let child = command()
-                .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-                .arg("serve")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("the udim binary");
-            let mut process = Self {
-                child,
-                base: format!("http://127.0.0.1:{port}"),
-            };
-            for _ in 0..400 {
-                if process.child.try_wait().unwrap().is_some() {
-                    break;
+        use std::io::BufRead as _;
+        let mut child = command()
+            .env("UDIM_SERVER__LISTEN", "127.0.0.1:0")
+            .env("UDIM_LOG__FORMAT", "json")
+            .env("UDIM_LOG__LEVEL", "info")
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the udim binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log until the address, then keeps draining it so the child never blocks.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Some(sender) = &tx else { continue };
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "udim is listening" {
+                    let _ = sender.send(entry["fields"]["addr"].as_str().unwrap_or_default().to_owned());
+                    tx = None;
                 }
-                if reqwest::get(format!("{}/healthz", process.base))
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if process.child.try_wait().unwrap().is_none() {
-                        return process;
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
             }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("udim serve logs the address it listens on");
+        let process = Self {
+            child,
+            base: format!("http://{addr}"),
+        };
+        for _ in 0..400 {
+            if reqwest::get(format!("{}/healthz", process.base))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("udim serve did not start");
+        panic!("udim serve did not answer /healthz");
     }
 
     /// Sends `signal` (`TERM`, `KILL`, ...) to the process.

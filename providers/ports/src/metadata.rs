@@ -274,20 +274,21 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
     async fn deleted_objects(&self, limit: u32) -> Result<Vec<(Uuid, String)>>;
     /// Records that a deleted package's object is gone.
     async fn object_removed(&self, id: Uuid) -> Result<()>;
-    /// Raises `user_id`'s erasure fence at `at`: afterwards no package of theirs created at or
-    /// before `at` can be stored or quarantined (`mark_stored` and `mark_quarantined` answer
-    /// `Conflict`), not even one committing concurrently: either it commits before the fence,
-    /// and an erasure that lists the user's packages after raising it finds it, or it sees
-    /// the fence.
-    async fn fence_erasure(&self, user_id: &str, at: DateTime<Utc>) -> Result<()>;
-    /// Claims, until `now + ERASURE_RECORDING_CLAIM`, deleted packages (only `user_id`'s, when
-    /// given) whose erasure no consent-ledger entry records yet and that nobody else has
-    /// claimed as of `now`, oldest first, and returns their `(user_id, id)`: those whose
-    /// recording failed, or whose recorder died. Concurrent callers never claim one package
-    /// both.
+    /// Raises `user_id`'s erasure fence: afterwards no package of theirs created before it can
+    /// be stored or quarantined (`mark_stored` and `mark_quarantined` answer `Conflict`), not
+    /// even one committing concurrently: either it commits before the fence, and an erasure
+    /// that lists the user's packages after raising it finds it, or it sees the fence.
+    /// Packages created after it are stored as usual.
+    async fn fence_erasure(&self, user_id: &str) -> Result<()>;
+    /// Claims, until `now + ERASURE_RECORDING_CLAIM`, deleted packages (only `user_id`'s, and
+    /// only package `id`, when given) whose erasure no consent-ledger entry records yet and
+    /// that nobody else has claimed as of `now`, oldest first, and returns their
+    /// `(user_id, id)`: those whose recording failed, or whose recorder died. Concurrent
+    /// callers never claim one package both.
     async fn claim_unrecorded_erasures(
         &self,
         user_id: Option<&str>,
+        id: Option<Uuid>,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(String, Uuid)>>;

@@ -37,7 +37,8 @@ pub(crate) use on_pool;
 pub(crate) struct Dialect {
     /// Leases due outbox rows; `$1` now, `$2` lease end, `$3` limit.
     pub claim_outbox: &'static str,
-    /// Reads user `$1`'s erasure fence inside a transaction that stores one of their packages.
+    /// Whether user `$1`'s package `$2` is still of the user's current erasure epoch, read
+    /// inside the transaction that stores or quarantines it.
     pub erasure_fence: &'static str,
 }
 
@@ -65,14 +66,16 @@ macro_rules! claim_outbox {
 // under a share lock, so it waits for an erasure raising it right now (and the erasure for it).
 const POSTGRES: Dialect = Dialect {
     claim_outbox: claim_outbox!(" FOR UPDATE SKIP LOCKED"),
-    erasure_fence: "SELECT erased_at FROM users WHERE id = $1 FOR SHARE",
+    erasure_fence: "SELECT u.erasure_epoch = p.erasure_epoch FROM users u JOIN packages p ON p.user_id = u.id \
+                    WHERE u.id = $1 AND p.id = $2 FOR SHARE OF u",
 };
 
 // SQLite has one writer at a time: read after the transaction's first write, the fence is
 // the latest.
 const SQLITE: Dialect = Dialect {
     claim_outbox: claim_outbox!(""),
-    erasure_fence: "SELECT erased_at FROM users WHERE id = $1",
+    erasure_fence: "SELECT u.erasure_epoch = p.erasure_epoch FROM users u JOIN packages p ON p.user_id = u.id \
+                    WHERE u.id = $1 AND p.id = $2",
 };
 
 impl Pool {

@@ -36,8 +36,10 @@ impl PackageStore for SqlStore {
         on_pool!(&self.pool, |pool| {
             sqlx::query(
                 "INSERT INTO packages (id, user_id, consent_entry_id, data_category, original_name, \
-                 declared_content_type, status, staging_key, metadata, created_at, updated_at, idempotency_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, $8, $9, $9, $10)",
+                 declared_content_type, status, staging_key, metadata, created_at, updated_at, idempotency_key, \
+                 erasure_epoch) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'receiving', $7, $8, $9, $9, $10, \
+                 COALESCE((SELECT erasure_epoch FROM users WHERE id = $2), 0))",
             )
             .bind(p.id)
             .bind(&p.user_id)
@@ -92,12 +94,13 @@ impl PackageStore for SqlStore {
             .ok_or_else(|| not_receiving(id))?;
             // Checked before the commit: a row that cannot be read back rolls it all back.
             let record = PackageRecord::try_from(row)?;
-            let fence: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
+            let current: Option<(bool,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
                 .bind(user_id)
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            fenced(id, record.created_at, fence)?;
+            fenced(id, current)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             record
@@ -158,25 +161,28 @@ impl PackageStore for SqlStore {
     async fn mark_quarantined(&self, user_id: &str, id: Uuid, signature: &str, event: &OutboxMessage) -> Result<()> {
         on_pool!(&self.pool, |pool| {
             let mut tx = pool.begin().await.map_err(db_err)?;
-            let (created_at,): (DateTime<Utc>,) = sqlx::query_as(
+            let updated = sqlx::query(
                 "UPDATE packages SET status = 'quarantined', scan_status = 'infected', scan_detail = $3, \
-                 updated_at = $4 WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning') \
-                 RETURNING created_at",
+                 updated_at = $4 WHERE id = $1 AND user_id = $2 AND status IN ('receiving', 'scanning')",
             )
             .bind(id)
             .bind(user_id)
             .bind(signature)
             .bind(Utc::now())
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?
-            .ok_or_else(|| not_receiving(id))?;
-            let fence: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
+            .rows_affected();
+            if updated == 0 {
+                return Err(not_receiving(id));
+            }
+            let current: Option<(bool,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
                 .bind(user_id)
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
-            fenced(id, created_at, fence)?;
+            fenced(id, current)?;
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
         });
@@ -409,11 +415,10 @@ impl PackageStore for SqlStore {
         Ok(())
     }
 
-    async fn fence_erasure(&self, user_id: &str, at: DateTime<Utc>) -> Result<()> {
+    async fn fence_erasure(&self, user_id: &str) -> Result<()> {
         on_pool!(&self.pool, |pool| {
-            sqlx::query("UPDATE users SET erased_at = $2 WHERE id = $1")
+            sqlx::query("UPDATE users SET erasure_epoch = erasure_epoch + 1 WHERE id = $1")
                 .bind(user_id)
-                .bind(at)
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -424,6 +429,7 @@ impl PackageStore for SqlStore {
     async fn claim_unrecorded_erasures(
         &self,
         user_id: Option<&str>,
+        id: Option<Uuid>,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(String, Uuid)>> {
@@ -432,16 +438,26 @@ impl PackageStore for SqlStore {
         // concurrent claims only one takes a package.
         let unclaimed = "status = 'deleted' AND erasure_entry IS NULL \
                          AND (erasure_claimed_until IS NULL OR erasure_claimed_until <= $1)";
-        let owner = if user_id.is_some() { " AND user_id = $4" } else { "" };
+        let mut only = String::new();
+        let mut next = 4;
+        for (column, given) in [("user_id", user_id.is_some()), ("id", id.is_some())] {
+            if given {
+                only.push_str(&format!(" AND {column} = ${next}"));
+                next += 1;
+            }
+        }
         let sql = format!(
             "UPDATE packages SET erasure_claimed_until = $2 WHERE {unclaimed} AND id IN \
-             (SELECT id FROM packages WHERE {unclaimed}{owner} ORDER BY updated_at LIMIT $3) \
+             (SELECT id FROM packages WHERE {unclaimed}{only} ORDER BY updated_at LIMIT $3) \
              RETURNING user_id, id"
         );
         on_pool!(&self.pool, |pool| {
             let mut query = sqlx::query_as(&sql).bind(now).bind(until).bind(i64::from(limit));
             if let Some(user_id) = user_id {
                 query = query.bind(user_id);
+            }
+            if let Some(id) = id {
+                query = query.bind(id);
             }
             query.fetch_all(pool).await
         })
@@ -516,11 +532,12 @@ impl SqlStore {
     }
 }
 
-/// `Conflict` when an erasure of the owner's data began at or after the package's creation:
-/// the package belonged to what was erased, and must not appear after it.
-fn fenced(id: Uuid, created_at: DateTime<Utc>, fence: Option<(Option<DateTime<Utc>>,)>) -> Result<()> {
-    match fence {
-        Some((Some(erased_at),)) if erased_at >= created_at => Err(PortError::Conflict(format!(
+/// `Conflict` when an erasure of the owner's data began after the package was created (its
+/// epoch is no longer the owner's): the package belonged to what was erased, and must not
+/// appear after it.
+fn fenced(id: Uuid, current: Option<(bool,)>) -> Result<()> {
+    match current {
+        Some((false,)) => Err(PortError::Conflict(format!(
             "package {id}: its owner's data was erased while it was being stored"
         ))),
         _ => Ok(()),

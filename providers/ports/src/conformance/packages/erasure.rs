@@ -198,7 +198,7 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
     let taken = |list: &[(String, Uuid)], id: Uuid| list.iter().any(|(user, p)| *p == id && user == alice);
     let claim = async |user: Option<&str>, at: DateTime<Utc>| {
         store
-            .claim_unrecorded_erasures(user, at, WINDOW)
+            .claim_unrecorded_erasures(user, None, at, WINDOW)
             .await
             .expect("claim_unrecorded_erasures")
     };
@@ -225,9 +225,18 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
         "a claimed erasure is not claimed again while the claim lasts"
     );
     store
-        .release_erasure_claims(&[unsent.id])
+        .release_erasure_claims(&[unsent.id, quarantined.id])
         .await
         .expect("release_erasure_claims");
+    let only = store
+        .claim_unrecorded_erasures(Some(alice), Some(quarantined.id), expired, WINDOW)
+        .await
+        .expect("claim_unrecorded_erasures of one package");
+    assert_eq!(
+        only,
+        [(alice.to_owned(), quarantined.id)],
+        "a claim of one package takes that package only"
+    );
     assert!(
         taken(&claim(Some(alice), expired).await, unsent.id),
         "a released claim is taken at once"
@@ -264,9 +273,10 @@ pub(super) async fn erasure(store: &dyn PackageStore, outbox: &dyn Outbox, alice
 pub(super) async fn erasure_fence(store: &dyn PackageStore, outbox: &dyn Outbox) {
     let carol = user("carol");
     store.ensure_user(&carol).await.expect("ensure_user");
-    let before = create(store, &carol, "documents", now() - Duration::seconds(10)).await;
-    let infected = create(store, &carol, "documents", now() - Duration::seconds(10)).await;
-    store.fence_erasure(&carol, now()).await.expect("fence_erasure");
+    // Times play no part: a package created "later" by a clock ahead is fenced all the same.
+    let before = create(store, &carol, "documents", now() + Duration::hours(1)).await;
+    let infected = create(store, &carol, "documents", now() + Duration::hours(1)).await;
+    store.fence_erasure(&carol).await.expect("fence_erasure");
     let stored = event("package.stored", before.id);
     let refused = store
         .mark_stored(&carol, before.id, &stored_object(before.id, now()), &stored)
@@ -286,7 +296,7 @@ pub(super) async fn erasure_fence(store: &dyn PackageStore, outbox: &dyn Outbox)
         "mark_quarantined behind an erasure fence is Conflict: {refused:?}"
     );
     assert_no_event(outbox, &quarantined, "mark_quarantined behind an erasure fence").await;
-    let (after, _, _) = create_stored(store, &carol, "documents", now() + Duration::seconds(10)).await;
+    let (after, _, _) = create_stored(store, &carol, "documents", now() - Duration::hours(1)).await;
     assert_eq!(
         status(store, &carol, after.id).await,
         PackageStatus::Stored,
