@@ -590,25 +590,7 @@ async fn an_upload_committing_while_everything_is_erased_never_lands() {
         tokio::spawn(request.send())
     };
     // The commit is under way (past the upload's last consent check) once the trigger sleeps.
-    use sqlx::Connection as _;
-    let mut watch = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
-        .await
-        .unwrap();
-    let mut committing = false;
-    for _ in 0..400 {
-        let sleeping: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()",
-        )
-        .fetch_one(&mut watch)
-        .await
-        .unwrap();
-        if sleeping > 0 {
-            committing = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(committing, "the upload is committing its package");
+    assert!(trigger_sleeping(&app).await, "the upload is committing its package");
     let erased = delete(&app, &alice, "/v1/me").await;
     assert_eq!(erased.status(), 200);
     let answer = uploading.await.unwrap().unwrap();
@@ -632,6 +614,65 @@ async fn an_upload_committing_while_everything_is_erased_never_lands() {
     assert!(
         common::files_under(&app.objects_dir().join("packages")).is_empty(),
         "no object either"
+    );
+    app.stop().await;
+}
+
+/// Whether a statement of the test database is in a trigger's `pg_sleep` (waits up to 4 s).
+async fn trigger_sleeping(app: &TestApp) -> bool {
+    use sqlx::Connection as _;
+    let mut watch = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
+        .await
+        .unwrap();
+    for _ in 0..400 {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if sleeping > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A resumable upload being created while everything is erased — its consent checked just
+/// before, its row held back two seconds by a trigger — does not survive the erasure: the
+/// creation checks consent again once the row exists, and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_created_while_everything_is_erased_does_not_survive_it() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let faults = common::faults::DatabaseFaults::install(app.settings.database_url().expose_secret()).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    faults.set("slow_create_upload", true).await;
+    let creating = {
+        let request = app
+            .http
+            .post(format!("{}/v1/uploads", app.base))
+            .bearer_auth(&alice)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "1000")
+            .header("upload-metadata", "data_category YXVkaW8=,filename c2VjcmV0Lndhdg==");
+        tokio::spawn(request.send())
+    };
+    assert!(trigger_sleeping(&app).await, "the upload's row is being written");
+    let erased = delete(&app, &alice, "/v1/me").await;
+    assert_eq!(erased.status(), 200);
+    let answer = creating.await.unwrap().unwrap();
+    assert!(
+        !answer.status().is_success(),
+        "the creation fails after the erasure: {}",
+        answer.status()
+    );
+    faults.set("slow_create_upload", false).await;
+    let left = app.database().await.uploads.open_uploads("alice").await.unwrap();
+    assert!(
+        left.is_empty(),
+        "no upload, name or metadata of alice's is left: {left:?}"
     );
     app.stop().await;
 }

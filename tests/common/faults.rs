@@ -223,7 +223,8 @@ impl Link {
 /// Database faults on PostgreSQL, switched by name: `mark_stored` fails the transaction that
 /// stores a package, `complete_upload` the one that links a stored package to its upload
 /// (after the package's own commit), `record_erasure` the ledger append of an erasure record;
-/// `slow_mark_stored` makes storing a package take two seconds longer.
+/// `slow_mark_stored` and `slow_create_upload` make storing a package and creating a resumable
+/// upload take two seconds longer.
 pub struct DatabaseFaults {
     url: String,
 }
@@ -244,6 +245,8 @@ impl DatabaseFaults {
              PERFORM pg_sleep(2); END IF; RETURN NEW; END $$",
             "CREATE TRIGGER udim_test_delay_mark_stored BEFORE UPDATE ON packages FOR EACH ROW \
              WHEN (NEW.status = 'stored' AND OLD.status <> 'stored') EXECUTE FUNCTION udim_test_delay('slow_mark_stored')",
+            "CREATE TRIGGER udim_test_delay_create_upload BEFORE INSERT ON tus_uploads FOR EACH ROW \
+             EXECUTE FUNCTION udim_test_delay('slow_create_upload')",
             "CREATE TRIGGER udim_test_fault_mark_stored BEFORE UPDATE ON packages FOR EACH ROW \
              WHEN (NEW.status = 'stored' AND OLD.status <> 'stored') EXECUTE FUNCTION udim_test_fault('mark_stored')",
             "CREATE TRIGGER udim_test_fault_complete_upload BEFORE UPDATE ON tus_uploads FOR EACH ROW \
