@@ -337,12 +337,28 @@ async fn the_ledger_assigns_gap_free_indices_with_rfc_9162_leaf_hashes(db: Db) {
         (0..8).collect::<Vec<u64>>(),
         "concurrent appends get 0..n with no gap"
     );
-    for g in &grants {
+    // Each leaf is the RFC 9162 leaf hash of the entry's canonical encoding, recomputed here
+    // from the answer's fields, its salt and the subject (docs/ledger.md).
+    for (n, g) in grants.iter().enumerate() {
         use base64::Engine as _;
-        let leaf = base64::engine::general_purpose::STANDARD
-            .decode(g["leaf_hash"].as_str().unwrap())
-            .unwrap();
-        assert_eq!(leaf.len(), 32);
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap()
+        };
+        let mut record = g.clone();
+        record["record_id"] = g["id"].clone();
+        record["subject"] = format!("user{n}").into();
+        let record: udim_ledger::entry::ConsentRecord = serde_json::from_value(record).unwrap();
+        let salt: [u8; 16] = b64(&g["salt"]).try_into().unwrap();
+        assert_eq!(
+            b64(&g["leaf_hash"]),
+            record.leaf_hash(&salt).to_vec(),
+            "the leaf is recomputed from the record"
+        );
+        let mut other = record.clone();
+        other.subject = "someone-else".into();
+        assert_ne!(b64(&g["leaf_hash"]), other.leaf_hash(&salt).to_vec());
     }
     app.stop().await;
 }

@@ -52,9 +52,10 @@ async fn erasure(db: Db, relayed: bool) {
     )
     .await;
     let (alice, bob) = (app.uploader("alice"), app.uploader("bob"));
-    app.grant(&alice, &["audio"]).await;
+    let alices_consent = app.grant(&alice, &["audio"]).await;
     app.grant(&bob, &["audio"]).await;
-    let first = upload(&app, &alice, common::distinctive_bytes(100_000)).await;
+    let first_bytes = common::distinctive_bytes(100_000);
+    let first = upload(&app, &alice, first_bytes.clone()).await;
     let second = upload(&app, &alice, common::distinctive_bytes(50_000)).await;
     let bobs = upload(&app, &bob, common::distinctive_bytes(70_000)).await;
     let objects = app.objects_dir().join("packages");
@@ -62,12 +63,38 @@ async fn erasure(db: Db, relayed: bool) {
     let (status, export) = app.get_json(&alice, "/v1/me/export").await;
     assert_eq!(status, 200);
     assert_eq!(export["subject"], "alice");
-    assert_eq!(export["consents"].as_array().unwrap().len(), 1);
+    let consents = export["consents"].as_array().unwrap();
+    assert_eq!(consents.len(), 1);
+    for field in [
+        "id",
+        "consent_id",
+        "index",
+        "event",
+        "purposes",
+        "data_categories",
+        "leaf_hash",
+        "salt",
+    ] {
+        assert_eq!(
+            consents[0][field], alices_consent[field],
+            "the export's consent {field}"
+        );
+    }
+    let packages = export["packages"].as_array().unwrap();
+    let ids: std::collections::BTreeSet<&str> = packages.iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(
-        export["packages"].as_array().unwrap().len(),
-        2,
+        ids,
+        std::collections::BTreeSet::from([first.as_str(), second.as_str()]),
         "alice's two, not bob's"
     );
+    let exported = packages.iter().find(|p| p["id"] == first.as_str()).unwrap();
+    assert_eq!(exported["status"], "stored");
+    assert_eq!(exported["size_bytes"], first_bytes.len());
+    assert_eq!(
+        exported["sha256"],
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &first_bytes).as_ref())
+    );
+    assert_eq!(exported["data_category"], "audio");
 
     if relayed {
         for _ in 0..100 {
