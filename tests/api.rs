@@ -366,3 +366,89 @@ async fn the_ledger_assigns_gap_free_indices_with_rfc_9162_leaf_hashes(db: Db) {
 fn hex_sha256(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
+
+/// A consent's `expires_at` ends what it admits: uploads under it work until then and are
+/// refused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_consent_admits_nothing() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let granted = app
+        .http
+        .post(format!("{}/v1/consents", app.base))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({
+            "purposes": ["model-training"],
+            "data_categories": ["text"],
+            "policy_version": "2026-01",
+            "jurisdiction": "EU",
+            "expires_at": expires_at,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 201);
+    assert_eq!(
+        app.upload(&alice, "text", "before".as_bytes().to_vec()).await.status(),
+        201
+    );
+    while chrono::Utc::now() <= expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = app.upload(&alice, "text", "after".as_bytes().to_vec()).await;
+    assert_eq!(after.status(), 403, "the consent has expired");
+    assert_eq!(app.packages(&alice).await.len(), 1);
+    app.stop().await;
+}
+
+/// A withdrawal that lands while an upload is still streaming wins: the upload is refused at
+/// its end and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_during_an_upload_means_nothing_is_stored() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    let consent = app.grant(&alice, &["audio"]).await;
+    let (tx, body) = common::body_in_flight();
+    let uploading = tokio::spawn(
+        app.http
+            .post(format!("{}/v1/packages?data_category=audio&filename=a.bin", app.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(common::distinctive_bytes(200_000))).await.unwrap();
+    let mut receiving = false;
+    for _ in 0..400 {
+        if app.packages(&alice).await.iter().any(|p| p["status"] == "receiving") {
+            receiving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(receiving, "the upload is streaming");
+    assert_eq!(
+        app.withdraw(&alice, consent["id"].as_str().unwrap()).await.status(),
+        201
+    );
+    tx.send(Ok(common::distinctive_bytes(100_000))).await.unwrap();
+    drop(tx);
+    let answer = uploading.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 403, "refused: the consent was withdrawn meanwhile");
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:consent-required");
+    assert!(
+        problem["detail"].as_str().unwrap_or_default().contains("withdrawn"),
+        "{problem}"
+    );
+    assert!(
+        app.packages(&alice).await.iter().all(|p| p["status"] != "stored"),
+        "nothing is stored"
+    );
+    assert!(
+        common::files_under(&app.objects_dir().join("packages")).is_empty(),
+        "no object is left"
+    );
+    app.stop().await;
+}

@@ -388,10 +388,9 @@ async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper() {
+async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper(db: Db) {
     let app = TestApp::spawn_with(
-        Db::Sqlite,
+        db,
         Options {
             configure: Some(Box::new(|s| {
                 s.upload.sweep_interval_secs = 1;
@@ -425,18 +424,9 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
     let text: Value = text.json().await.unwrap();
 
     // Age two packages past 30 days, as if uploaded a month ago.
-    use sqlx::Connection as _;
-    let mut db = sqlx::SqliteConnection::connect(app.settings.database_url().expose_secret())
-        .await
-        .unwrap();
     let month_ago = chrono::Utc::now() - chrono::Duration::days(31);
     for id in [old.as_str(), text["id"].as_str().unwrap()] {
-        sqlx::query("UPDATE packages SET created_at = $1 WHERE id = $2")
-            .bind(month_ago)
-            .bind(uuid::Uuid::parse_str(id).unwrap())
-            .execute(&mut db)
-            .await
-            .unwrap();
+        set_created_at(&app, uuid::Uuid::parse_str(id).unwrap(), month_ago).await;
     }
     let status = async |id: &str| app.get_json(&alice, &format!("/v1/packages/{id}")).await.1["status"].clone();
     for _ in 0..100 {
@@ -548,7 +538,27 @@ async fn erasing_everything_ends_an_upload_whose_patch_is_in_flight(db: Db) {
     app.stop().await;
 }
 
-common::on_both_databases!(erasing_everything_ends_an_upload_whose_patch_is_in_flight);
+common::on_both_databases!(
+    erasing_everything_ends_an_upload_whose_patch_is_in_flight,
+    packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper,
+);
+
+/// Moves a package's creation time, on whichever engine the app runs.
+async fn set_created_at(app: &TestApp, id: uuid::Uuid, at: chrono::DateTime<chrono::Utc>) {
+    use sqlx::Connection as _;
+    let url = app.settings.database_url().expose_secret().to_owned();
+    let sql = "UPDATE packages SET created_at = $1 WHERE id = $2";
+    match app.db {
+        Db::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(sql).bind(at).bind(id).execute(&mut db).await.unwrap();
+        }
+        Db::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(sql).bind(at).bind(id).execute(&mut db).await.unwrap();
+        }
+    }
+}
 
 /// A ledger that fails to take an erasure's record (a real database error that passes,
 /// injected by a trigger) fails the request with 503; the erasure itself stands, and

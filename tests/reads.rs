@@ -201,3 +201,64 @@ async fn a_consent_naming_recipients_is_read_only_by_them() {
     assert_eq!(problem["type"], "urn:udim:problem:consent-required");
     app.stop().await;
 }
+
+/// Tampering with an object's header — format, nonce material, key id, any byte of it — is
+/// detected too: the read releases no plaintext at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_object_header_releases_nothing() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let plaintext = common::distinctive_bytes(100_000);
+    let package: Value = app
+        .upload(&alice, "audio", plaintext.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = package["id"].as_str().unwrap();
+    let path = app.objects_dir().join("packages").join(id);
+    let original = std::fs::read(&path).unwrap();
+    let (_, header_len) = udim::formats::envelope::Header::decode(&original)
+        .unwrap()
+        .expect("a whole header");
+    let pipeline = app.token("pipeline", &["udim:read"]);
+    for at in 0..header_len {
+        let mut raw = original.clone();
+        raw[at] ^= 0x01;
+        std::fs::write(&path, raw).unwrap();
+        let mut received = Vec::new();
+        if let Ok(response) = app
+            .http
+            .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+            .bearer_auth(&pipeline)
+            .send()
+            .await
+            && response.status() == 200
+        {
+            let mut body = response.bytes_stream();
+            while let Some(Ok(bytes)) = futures::StreamExt::next(&mut body).await {
+                received.extend_from_slice(&bytes);
+            }
+        }
+        assert!(
+            received.is_empty(),
+            "header byte {at} changed: {} bytes of plaintext came out",
+            received.len()
+        );
+    }
+    std::fs::write(&path, &original).unwrap();
+    let intact = app
+        .http
+        .get(format!("{}/v1/packages/{id}/content?purpose=model-training", app.base))
+        .bearer_auth(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        intact.bytes().await.unwrap(),
+        plaintext,
+        "the untouched object still reads"
+    );
+    app.stop().await;
+}

@@ -360,3 +360,69 @@ async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
 }
 
 common::on_both_databases!(a_stock_tus_client_resumes_across_a_restart);
+
+/// A connection that drops in the middle of a PATCH keeps what arrived: the chunk is stored
+/// encrypted (no plaintext at rest, not even in a resumable upload's chunks), HEAD says how
+/// far it got, and the client resumes from there to a package with the SHA-256 of the whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_cut_off_midway_keeps_what_arrived_and_the_client_resumes() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["video"]).await;
+    let data = common::distinctive_bytes(600_000);
+    let url = create(&app, &alice, data.len() as u64).await;
+
+    let (tx, body) = common::body_in_flight();
+    let cut = tokio::spawn(
+        tus(app.http.patch(&url), &alice)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(data[..250_000].to_vec())).await.unwrap();
+    // Wait until the server has written some of it, then break the connection.
+    let chunk_dir = app.objects_dir().join("uploads").join(url.rsplit('/').next().unwrap());
+    for _ in 0..400 {
+        if common::files_under(&chunk_dir)
+            .iter()
+            .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 100_000))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(Err(std::io::Error::other("the connection dropped")))
+        .await
+        .unwrap();
+    assert!(cut.await.unwrap().is_err(), "the client saw its PATCH fail");
+
+    let mut kept = 0;
+    for _ in 0..200 {
+        let response = head(&app, &alice, &url).await;
+        if response.status() == 200 {
+            kept = response.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+            if kept > 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!((100_000..=250_000).contains(&kept), "what arrived is kept: {kept}");
+    let window = &data[50_000..50_064];
+    for chunk in common::files_under(&chunk_dir) {
+        let stored = std::fs::read(&chunk).unwrap();
+        assert!(
+            !stored.windows(window.len()).any(|w| w == window),
+            "a chunk at rest holds no plaintext: {}",
+            chunk.display()
+        );
+    }
+
+    let done = patch(&app, &alice, &url, &kept.to_string(), data[kept..].to_vec()).await;
+    assert_eq!(done.status(), 204);
+    let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    let (_, package) = app.get_json(&alice, &format!("/v1/packages/{id}")).await;
+    assert_eq!(package["sha256"], sha256_hex(&data));
+    app.stop().await;
+}
