@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::Process;
 use serde_json::{Value, json};
 
 const UDIM: &str = env!("CARGO_BIN_EXE_udim");
@@ -20,43 +21,11 @@ fn udim(data_dir: &std::path::Path) -> Command {
     cmd
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_until_healthy(base: &str) {
-    for _ in 0..100 {
-        if reqwest::get(format!("{base}/healthz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("udim serve did not become healthy");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_token_upload_and_outbox_work_with_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let port = udim_testkit::port_for_child();
-    let base = format!("http://127.0.0.1:{port}");
-    let server = Server(
-        udim(dir.path())
-            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_healthy(&base).await;
+    let server = Process::serve(|| udim(dir.path())).await;
+    let base = server.base.clone();
 
     let output = udim(dir.path())
         .args(["token", "--sub", "alice", "--scope", "udim:upload"])
@@ -112,19 +81,15 @@ async fn serve_token_upload_and_outbox_work_with_no_configuration() {
     let secret = std::fs::read_to_string(dir.path().join("secrets/jwt-hs256")).unwrap();
     let keys = std::fs::read_to_string(dir.path().join("keys/kek.keys")).unwrap();
     let key_material = keys.split_whitespace().nth(1).unwrap().to_owned();
-    let mut child = udim(dir.path())
-        .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("UDIM_LOG__LEVEL", "trace")
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_healthy(&base).await;
+    let traced = Process::serve(|| {
+        let mut command = udim(dir.path());
+        command.env("UDIM_LOG__LEVEL", "trace");
+        command
+    })
+    .await;
+    let base = traced.base.clone();
     let _ = http.get(format!("{base}/v1/packages")).bearer_auth(token).send().await;
-    child.kill().unwrap();
-    let logs = child.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
+    let logs = traced.stop_and_read_logs();
     assert!(!logs.is_empty());
     assert!(!logs.contains(secret.trim()), "the HS256 secret was logged");
     assert!(!logs.contains(&key_material), "key material was logged");
@@ -333,10 +298,9 @@ async fn the_upload_client_sends_a_file_in_chunks_and_resumes_an_interrupted_upl
 async fn on_postgres_the_ledger_key_must_be_configured_and_keygen_makes_one() {
     let database = common::TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = udim_testkit::port_for_child();
     let mut refused = udim(dir.path())
         .env("UDIM_DATABASE__URL", database.url())
-        .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("UDIM_SERVER__LISTEN", "127.0.0.1:0")
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -368,17 +332,13 @@ async fn on_postgres_the_ledger_key_must_be_configured_and_keygen_makes_one() {
     let signer = udim_ledger::note::Signer::parse(&key).expect("keygen prints a signing key");
     assert_eq!(signer.verifier().name(), "udim.local/consent-ledger");
 
-    let server = Server(
-        udim(dir.path())
+    let server = Process::serve(|| {
+        let mut command = udim(dir.path());
+        command
             .env("UDIM_DATABASE__URL", database.url())
-            .env("UDIM_LEDGER__SIGNING_KEY", &key)
-            .env("UDIM_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_healthy(&format!("http://127.0.0.1:{port}")).await;
+            .env("UDIM_LEDGER__SIGNING_KEY", &key);
+        command
+    })
+    .await;
     drop(server);
 }

@@ -10,6 +10,9 @@ pub const UDIM: &str = env!("CARGO_BIN_EXE_udim");
 pub struct Process {
     pub child: Child,
     pub base: String,
+    /// Every log line the process has written so far.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Process {
@@ -28,7 +31,6 @@ impl Process {
         let mut child = command()
             .env("UDIM_SERVER__LISTEN", "127.0.0.1:0")
             .env("UDIM_LOG__FORMAT", "json")
-            .env("UDIM_LOG__LEVEL", "info")
             .arg("serve")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -36,18 +38,21 @@ impl Process {
             .expect("the udim binary");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log until the address, then keeps draining it so the child never blocks.
-        std::thread::spawn(move || {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Reads the log for the address, and keeps every line (draining it, so the child never
+        // blocks on a full pipe).
+        let kept = logs.clone();
+        let reader = std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Some(sender) = &tx else { continue };
-                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "udim is listening" {
+                if let Some(sender) = &tx
+                    && let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                    && entry["fields"]["message"] == "udim is listening"
+                {
                     let _ = sender.send(entry["fields"]["addr"].as_str().unwrap_or_default().to_owned());
                     tx = None;
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
@@ -57,6 +62,8 @@ impl Process {
         let process = Self {
             child,
             base: format!("http://{addr}"),
+            logs,
+            reader: Some(reader),
         };
         for _ in 0..400 {
             if reqwest::get(format!("{}/healthz", process.base))
@@ -78,6 +85,16 @@ impl Process {
             .status()
             .unwrap();
         assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Stops the process and returns everything it logged, one line per entry.
+    pub fn stop_and_read_logs(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.logs.lock().unwrap().join("\n")
     }
 
     /// SIGKILL, and waits for the process to be gone.
