@@ -452,3 +452,41 @@ async fn a_withdrawal_during_an_upload_means_nothing_is_stored() {
     );
     app.stop().await;
 }
+
+/// A package and its `package.stored` event are written in one transaction: a failure of the
+/// event's insert (a real database error that passes, injected by a trigger) leaves neither
+/// a stored package nor an event, nor an object; once it passes the same upload is stored
+/// with exactly one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_and_its_event_commit_together_or_not_at_all() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let faults = common::faults::DatabaseFaults::install(app.settings.database_url().expose_secret()).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    faults.set("store_event", true).await;
+    let failed = app.upload(&alice, "audio", common::distinctive_bytes(20_000)).await;
+    assert_eq!(failed.status(), 503);
+    assert!(
+        app.packages(&alice).await.iter().all(|p| p["status"] != "stored"),
+        "no package is stored without its event"
+    );
+    assert!(
+        app.outbox().await.iter().all(|e| e["event_type"] != "package.stored"),
+        "and no event without its package"
+    );
+    assert!(
+        common::files_under(&app.objects_dir().join("packages")).is_empty(),
+        "nor an object"
+    );
+    faults.set("store_event", false).await;
+    let stored = app.upload(&alice, "audio", common::distinctive_bytes(20_000)).await;
+    assert_eq!(stored.status(), 201);
+    let events: Vec<Value> = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "package.stored")
+        .collect();
+    assert_eq!(events.len(), 1);
+    app.stop().await;
+}

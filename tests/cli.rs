@@ -342,3 +342,63 @@ async fn on_postgres_the_ledger_key_must_be_configured_and_keygen_makes_one() {
     .await;
     drop(server);
 }
+
+/// `udim admin rotate-key` end to end: after it (and a restart), new packages are sealed under
+/// the new key, and packages sealed under the old one still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_key_seals_new_packages_under_the_new_key_and_old_ones_still_read() {
+    let app = common::TestApp::spawn(common::Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let before_bytes = common::distinctive_bytes(70_000);
+    let before: Value = app
+        .upload(&alice, "audio", before_bytes.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let rotated = udim(&app.data_dir())
+        .env("UDIM_CONFIG_DIR", app.data_dir().join("no-config"))
+        .args(["admin", "rotate-key"])
+        .output()
+        .unwrap();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let new_key = String::from_utf8(rotated.stdout).unwrap().trim().to_owned();
+    assert!(!new_key.is_empty() && before["encryption_key_id"] != new_key.as_str());
+
+    let app = app.restart().await;
+    let after_bytes = common::distinctive_bytes(30_000);
+    let after: Value = app
+        .upload(&alice, "audio", after_bytes.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["encryption_key_id"],
+        new_key.as_str(),
+        "new packages use the new key"
+    );
+    let pipeline = app.token("pipeline", &["udim:read"]);
+    for (package, bytes) in [(&before, &before_bytes), (&after, &after_bytes)] {
+        let read = app
+            .http
+            .get(format!(
+                "{}/v1/packages/{}/content?purpose=model-training",
+                app.base,
+                package["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&pipeline)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        assert!(
+            read.bytes().await.unwrap() == bytes.as_slice(),
+            "{} reads",
+            package["id"]
+        );
+    }
+    app.stop().await;
+}

@@ -222,7 +222,8 @@ impl Link {
 
 /// Database faults on PostgreSQL, switched by name: `mark_stored` fails the transaction that
 /// stores a package, `complete_upload` the one that links a stored package to its upload
-/// (after the package's own commit), `record_erasure` the ledger append of an erasure record;
+/// (after the package's own commit), `store_event` the outbox insert of `package.stored` (in
+/// the package's own transaction), `record_erasure` the ledger append of an erasure record;
 /// `slow_mark_stored` and `slow_create_upload` make storing a package and creating a resumable
 /// upload take two seconds longer.
 pub struct DatabaseFaults {
@@ -252,6 +253,8 @@ impl DatabaseFaults {
             "CREATE TRIGGER udim_test_fault_complete_upload BEFORE UPDATE ON tus_uploads FOR EACH ROW \
              WHEN (NEW.package_id IS NOT NULL AND OLD.package_id IS NULL) \
              EXECUTE FUNCTION udim_test_fault('complete_upload')",
+            "CREATE TRIGGER udim_test_fault_store_event BEFORE INSERT ON outbox FOR EACH ROW \
+             WHEN (NEW.event_type = 'package.stored') EXECUTE FUNCTION udim_test_fault('store_event')",
             "CREATE TRIGGER udim_test_fault_record_erasure BEFORE INSERT ON consent_records FOR EACH ROW \
              WHEN (NEW.event_type = 'erased') EXECUTE FUNCTION udim_test_fault('record_erasure')",
         ] {
