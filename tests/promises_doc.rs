@@ -10,7 +10,9 @@ fn every_test_the_promises_map_cites_exists() {
     let doc = std::fs::read_to_string(root.join("docs/promises.md")).unwrap();
     let mut cited = 0;
     for quoted in doc.split('`').skip(1).step_by(2) {
-        let Some((file, name)) = quoted.split_once("::") else { continue };
+        let Some((file, name)) = quoted.split_once("::") else {
+            continue;
+        };
         if !file.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             continue;
         }
@@ -23,7 +25,10 @@ fn every_test_the_promises_map_cites_exists() {
             Some(prefix) => source.contains(&format!("fn {prefix}")),
             None => source.contains(&format!("fn {name}(")),
         };
-        assert!(found, "docs/promises.md cites `{quoted}`, which tests/{file}.rs does not define");
+        assert!(
+            found,
+            "docs/promises.md cites `{quoted}`, which tests/{file}.rs does not define"
+        );
         cited += 1;
     }
     assert!(cited > 40, "the map cites {cited} tests");
