@@ -21,24 +21,23 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
+use udim_ledger::entry::ErasureRecord;
+use udim_ledger::proof::RecordProof;
 use udim_ports::PortError;
 use udim_ports::metadata::{Erasure, PackageQuery, PackageStatus, PackageStore};
 use udim_ports::storage::BlobStore;
 use uuid::Uuid;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use udim_ledger::entry::ErasureRecord;
-use udim_ledger::proof::RecordProof;
-
 use crate::consent::{AppendedErasure, ConsentService, PACKAGES_PER_ERASURE_RECORD};
+use crate::pipeline::events::{self, DeletionReason};
 
 /// The most unrecorded erasures one request or sweep claims.
 const CLAIM_BATCH: u32 = 5_000;
-use crate::pipeline::events::{self, DeletionReason};
 
 /// What erasing everything removed, and the receipts of its ledger records.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -115,34 +114,45 @@ impl Eraser {
     }
 
     /// Appends the ledger records of the erasure of `packages` (whose recording the caller
-    /// has claimed), then marks their tombstones recorded. If the append fails, the claims are
-    /// given up, so the next request or sweep takes them at once.
+    /// has claimed), a record's worth at a time, marking each record's tombstones recorded. If
+    /// an append fails, the claims on what is not recorded yet are given up, so the next
+    /// request or sweep takes them at once.
     async fn record(&self, user_id: &str, packages: Vec<Uuid>) -> Result<Vec<ErasureReceipt>, PortError> {
-        let appended = match self.consents.record_erasure(user_id, packages.clone()).await {
-            Ok(appended) => appended,
-            Err(e) => {
-                if !packages.is_empty()
-                    && let Err(release) = self.packages.release_erasure_claims(&packages).await
-                {
-                    tracing::warn!(error = %release, "giving up claims on recording erasures failed; they run out by themselves");
-                }
-                return Err(e);
-            }
+        let parts: Vec<&[Uuid]> = if packages.is_empty() {
+            vec![&[]]
+        } else {
+            packages.chunks(PACKAGES_PER_ERASURE_RECORD).collect()
         };
-        // The records exist now: a failure from here keeps the claims (so no repetition
-        // records them again at once); once they run out, a sweep may record them a second
-        // time. Either way the person gets the receipts.
-        for erasure in &appended {
-            if !erasure.record.packages.is_empty()
-                && let Err(e) = self
-                    .packages
-                    .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
-                    .await
-            {
-                tracing::warn!(error = %e, "marking erasures recorded failed; a sweep may record them again");
+        let mut receipts = Vec::new();
+        for (n, part) in parts.iter().enumerate() {
+            let appended = match self.consents.record_erasure(user_id, part.to_vec()).await {
+                Ok(appended) => appended,
+                Err(e) => {
+                    let unrecorded = parts[n..].concat();
+                    if !unrecorded.is_empty()
+                        && let Err(release) = self.packages.release_erasure_claims(&unrecorded).await
+                    {
+                        tracing::warn!(error = %release, "giving up claims on recording erasures failed; they run out by themselves");
+                    }
+                    return Err(e);
+                }
+            };
+            // The records exist now: a failure from here keeps the claims (so no repetition
+            // records them again at once); once they run out, a sweep may record them a
+            // second time. Either way the person gets the receipts.
+            for erasure in &appended {
+                if !erasure.record.packages.is_empty()
+                    && let Err(e) = self
+                        .packages
+                        .erasure_recorded(&erasure.record.packages, erasure.record.record_id)
+                        .await
+                {
+                    tracing::warn!(error = %e, "marking erasures recorded failed; a sweep may record them again");
+                }
             }
+            receipts.extend(appended.into_iter().map(ErasureReceipt::from));
         }
-        Ok(appended.into_iter().map(ErasureReceipt::from).collect())
+        Ok(receipts)
     }
 
     /// Records the erasures whose recording failed or whose recorder died, one user's at a
