@@ -223,15 +223,17 @@ async fn after_a_restart_the_service_finishes_complete_uploads_by_itself() {
         path: objects.path().to_path_buf(),
     });
     let app = app.restart().await;
+    // The package shows while the sweeper is still finishing it (`receiving`, `scanning`):
+    // wait for it to be stored.
     let mut stored: Vec<Value> = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..200 {
         stored = app.packages(&alice).await;
-        if !stored.is_empty() {
+        if stored.iter().any(|p| p["status"] == "stored") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(stored.len(), 1, "the sweeper finished the upload");
+    assert_eq!(stored.len(), 1, "the sweeper finished the upload, once: {stored:?}");
     stored_package(&app, &alice, stored[0]["id"].as_str().unwrap(), &body).await;
     app.stop().await;
 }
