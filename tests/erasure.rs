@@ -97,7 +97,7 @@ async fn erasure(db: Db, relayed: bool) {
     assert_eq!(exported["data_category"], "audio");
 
     if relayed {
-        for _ in 0..100 {
+        for _ in 0..300 {
             if app.outbox().await.iter().all(|e| !e["sent_at"].is_null()) {
                 break;
             }
@@ -322,7 +322,7 @@ async fn an_object_that_could_not_be_deleted_is_removed_by_the_sweeper() {
     assert!(object.exists(), "the store refused the deletion");
     assert_eq!(read_status(&app, &id).await, 404, "but the package is erased already");
     faults.refuse_deletes(false);
-    for _ in 0..100 {
+    for _ in 0..300 {
         if !object.exists() {
             break;
         }
@@ -373,7 +373,7 @@ async fn an_erasure_left_unrecorded_is_recorded_by_the_sweeper() {
         .await
         .unwrap();
 
-    for _ in 0..100 {
+    for _ in 0..300 {
         if !erasure_records(&app).await.is_empty() {
             break;
         }
@@ -429,14 +429,17 @@ async fn packages_past_their_categorys_retention_limit_are_erased_by_the_sweeper
         set_created_at(&app, uuid::Uuid::parse_str(id).unwrap(), month_ago).await;
     }
     let status = async |id: &str| app.get_json(&alice, &format!("/v1/packages/{id}")).await.1["status"].clone();
-    for _ in 0..100 {
-        if status(&old).await == "deleted" {
+    // The sweep erases (the tombstone), then deletes the object and records the erasure:
+    // wait for all three.
+    let object = app.objects_dir().join("packages").join(&old);
+    for _ in 0..200 {
+        if status(&old).await == "deleted" && !object.exists() && !erasure_records(&app).await.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(status(&old).await, "deleted", "audio keeps 30 days");
-    assert!(!app.objects_dir().join("packages").join(&old).exists());
+    assert!(!object.exists(), "its object is gone");
     assert_eq!(status(&young).await, "stored", "a young package stays");
     assert_eq!(
         status(text["id"].as_str().unwrap()).await,
