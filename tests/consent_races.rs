@@ -12,28 +12,8 @@ async fn concurrent_withdrawals_give_one_withdrawn_entry_and_409s(db: Db) {
     let alice = app.uploader("alice");
     let consent = app.grant(&alice, &["audio"]).await;
     let id = consent["id"].as_str().unwrap().to_owned();
-    let attempts = (0..8).map(|_| {
-        let (http, url, token) = (
-            app.http.clone(),
-            format!("{}/v1/consents/{id}/withdraw", app.base),
-            alice.clone(),
-        );
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let mut statuses: Vec<u16> = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    statuses.sort();
+    let url = format!("{}/v1/consents/{id}/withdraw", app.base);
+    let statuses = common::concurrent_statuses((0..8).map(|_| app.http.post(&url).bearer_auth(&alice))).await;
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
     let (_, consents) = app.get_json(&alice, "/v1/consents").await;
     let withdrawn = consents["history"]
@@ -52,44 +32,22 @@ async fn an_update_racing_a_withdrawal_never_reactivates_the_consent(db: Db) {
     for round in 0..5 {
         let consent = app.grant(&alice, &["audio"]).await;
         let id = consent["id"].as_str().unwrap().to_owned();
-        let update = {
-            let (http, url, token) = (
-                app.http.clone(),
-                format!("{}/v1/consents/{id}", app.base),
-                alice.clone(),
-            );
-            tokio::spawn(async move {
-                http.put(url)
-                    .bearer_auth(token)
-                    .json(&json!({
-                        "purposes": ["model-training"],
-                        "data_categories": ["audio", "text"],
-                        "policy_version": "2026-02",
-                        "jurisdiction": "EU",
-                    }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        };
-        let withdraw = {
-            let (http, url, token) = (
-                app.http.clone(),
-                format!("{}/v1/consents/{id}/withdraw", app.base),
-                alice.clone(),
-            );
-            tokio::spawn(async move {
-                http.post(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        };
+        let update = common::status_of(
+            app.http
+                .put(format!("{}/v1/consents/{id}", app.base))
+                .bearer_auth(&alice)
+                .json(&json!({
+                    "purposes": ["model-training"],
+                    "data_categories": ["audio", "text"],
+                    "policy_version": "2026-02",
+                    "jurisdiction": "EU",
+                })),
+        );
+        let withdraw = common::status_of(
+            app.http
+                .post(format!("{}/v1/consents/{id}/withdraw", app.base))
+                .bearer_auth(&alice),
+        );
         let (update, withdraw) = (update.await.unwrap(), withdraw.await.unwrap());
         assert_eq!(withdraw, 201, "round {round}: the withdrawal lands");
         assert!(

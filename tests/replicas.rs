@@ -220,28 +220,11 @@ async fn two_replicas_on_one_database_are_one_service() {
     let token = shared.token("user-11");
     let consent = grant(&http, &bases[0], &token).await;
     let id = consent["id"].as_str().unwrap().to_owned();
-    let withdrawals = (0..6).map(|n| {
-        let (http, url, token) = (
-            http.clone(),
-            format!("{}/v1/consents/{id}/withdraw", bases[n % 2]),
-            token.clone(),
-        );
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let mut statuses: Vec<u16> = futures::future::join_all(withdrawals)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    statuses.sort();
+    let statuses = common::concurrent_statuses((0..6).map(|n| {
+        http.post(format!("{}/v1/consents/{id}/withdraw", bases[n % 2]))
+            .bearer_auth(&token)
+    }))
+    .await;
     assert_eq!(
         statuses,
         [201, 409, 409, 409, 409, 409],

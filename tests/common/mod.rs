@@ -489,3 +489,23 @@ pub fn body_in_flight() -> (
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     (tx, reqwest::Body::wrap_stream(stream))
 }
+
+/// Sends `requests` all at once and returns their statuses, sorted: for races whose outcome is
+/// a set of answers.
+pub async fn concurrent_statuses(requests: impl IntoIterator<Item = reqwest::RequestBuilder>) -> Vec<u16> {
+    let sent = requests
+        .into_iter()
+        .map(|request| tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+    let mut statuses: Vec<u16> = futures::future::join_all(sent)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+/// Sends `request` on its own task; the handle yields its status.
+pub fn status_of(request: reqwest::RequestBuilder) -> JoinHandle<u16> {
+    tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+}

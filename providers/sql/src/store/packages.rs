@@ -17,6 +17,20 @@ fn not_receiving(id: Uuid) -> PortError {
     PortError::Conflict(format!("package {id} is not being received"))
 }
 
+/// Inside the transaction `$tx` that stores or quarantines `$user`'s package `$id`: refuses
+/// (`Conflict`) a package an erasure of everything has fenced off since it was created.
+macro_rules! erasure_fence {
+    ($pool:expr, $tx:ident, $user:expr, $id:expr) => {{
+        let current: Option<(bool,)> = sqlx::query_as($pool.dialect().erasure_fence)
+            .bind($user)
+            .bind($id)
+            .fetch_optional(&mut *$tx)
+            .await
+            .map_err(db_err)?;
+        fenced($id, current)?;
+    }};
+}
+
 #[async_trait]
 impl PackageStore for SqlStore {
     async fn ensure_user(&self, user_id: &str) -> Result<()> {
@@ -94,13 +108,7 @@ impl PackageStore for SqlStore {
             .ok_or_else(|| not_receiving(id))?;
             // Checked before the commit: a row that cannot be read back rolls it all back.
             let record = PackageRecord::try_from(row)?;
-            let current: Option<(bool,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
-                .bind(user_id)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            fenced(id, current)?;
+            erasure_fence!(self.pool, tx, user_id, id);
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             record
@@ -176,13 +184,7 @@ impl PackageStore for SqlStore {
             if updated == 0 {
                 return Err(not_receiving(id));
             }
-            let current: Option<(bool,)> = sqlx::query_as(self.pool.dialect().erasure_fence)
-                .bind(user_id)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            fenced(id, current)?;
+            erasure_fence!(self.pool, tx, user_id, id);
             insert_event(event)?.execute(&mut *tx).await.map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
         });
