@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use udim_ports::kms::KeyService;
+use udim_ports::queue::Notifier;
 use udim_ports::storage::BlobStore;
 
 use crate::auth::Authenticator;
@@ -30,6 +31,7 @@ pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
 pub struct Overrides {
     pub storage: Option<Arc<dyn BlobStore>>,
     pub kms: Option<Wrap<dyn KeyService>>,
+    pub notifier: Option<Wrap<dyn Notifier>>,
 }
 
 /// Connects to the configured database.
@@ -139,6 +141,10 @@ impl Application {
             None => kms,
         };
         let notifier = factory::notifier(&settings).await?;
+        let notifier = match (notifier, overrides.notifier) {
+            (Some(notifier), Some(wrap)) => Some(wrap(notifier)),
+            (notifier, _) => notifier,
+        };
         let (scanner, scan_policy) = factory::scanner(&settings);
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         let ledger_signer = Arc::new(LedgerSigner::load(

@@ -1,36 +1,22 @@
-//! Faults delay notifications but lose none: with RabbitMQ unreachable the event waits in
-//! the outbox, and is delivered once the broker is back; the service talks to RabbitMQ
-//! through a TCP relay the test opens late. (Per-package order in the outbox is the outbox
-//! conformance suite's, in providers/sql/tests.)
+//! Faults delay notifications but lose none. The service talks to the real RabbitMQ through
+//! a TCP link the test controls: down from the start and up later; and an established
+//! connection cut, hung until the confirm times out, its queue unbound (a returned message)
+//! and a queue refusing messages bound beside it (a nack), all while events are in flight.
+//! (Per-package order in the outbox is the outbox conformance suite's, in providers/sql/tests.)
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::faults::{Link, WatchedNotifier};
 use common::{Db, Options, TestApp};
-use tokio::net::{TcpListener, TcpStream};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-/// Forwards connections from `listener` to RabbitMQ until `stop`.
-async fn forward(listener: TcpListener, upstream: String, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => {
-                let Ok((mut client, _)) = accepted else { continue };
-                let upstream = upstream.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    }
-                });
-            }
-        }
-    }
-}
 
 fn rabbit_host() -> String {
     let url = common::amqp_url();
@@ -39,12 +25,13 @@ fn rabbit_host() -> String {
 }
 
 async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_after(db: Db) {
-    let port = udim_testkit::port_for_child();
+    let link = Link::to(rabbit_host()).await;
+    link.refuse(true);
     let app = TestApp::spawn_with(
         db,
         Options {
             rabbitmq: true,
-            amqp_url: Some(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+            amqp_url: Some(format!("amqp://guest:guest@{}/%2f", link.address)),
             ..Options::default()
         },
     )
@@ -56,7 +43,7 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
         201
     );
 
-    // Nothing listens on the port: publishing fails and the relay records the attempts.
+    // The broker is down: publishing fails and the relay records the attempts.
     let mut failed_attempts = 0;
     for _ in 0..100 {
         let outbox = app.outbox().await;
@@ -71,9 +58,7 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
     assert!(failed_attempts >= 2, "the relay keeps retrying with back-off");
 
     // The broker comes back.
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(forward(listener, rabbit_host(), stop.clone()));
+    link.refuse(false);
 
     let queue = app.queue.as_ref().unwrap();
     let (_, event) = queue
@@ -95,7 +80,6 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
         "and delivered once"
     );
     app.stop().await;
-    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,3 +97,231 @@ async fn the_embedded_default_keeps_events_in_the_outbox_for_operators() {
 }
 
 common::on_both_databases!(the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_after);
+
+type OutcomeLog = Mutex<Vec<Result<(), String>>>;
+
+/// How many times the notifier has published so far, or tried to.
+fn tried(outcomes: &OutcomeLog) -> usize {
+    outcomes.lock().unwrap().len()
+}
+
+/// Waits until one of the notifier's outcomes after the first `before` is what `wanted` says.
+async fn until_outcome(outcomes: &OutcomeLog, before: usize, what: &str, wanted: impl Fn(&Result<(), String>) -> bool) {
+    for _ in 0..1200 {
+        if outcomes.lock().unwrap()[before..].iter().any(&wanted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the notifier never {what}: {:?}", outcomes.lock().unwrap());
+}
+
+/// Waits until the notifier fails, after the first `before` outcomes, with an error that
+/// `matches` describes.
+async fn until_failed(outcomes: &OutcomeLog, before: usize, what: &str, matches: impl Fn(&str) -> bool) {
+    until_outcome(outcomes, before, &format!("failed with {what}"), |outcome| {
+        outcome.as_ref().is_err_and(|e| matches(e))
+    })
+    .await
+}
+
+/// Waits until the notifier publishes again (so it is connected to the broker).
+async fn until_published(outcomes: &OutcomeLog) {
+    until_outcome(outcomes, tried(outcomes), "published again", Result::is_ok).await
+}
+
+/// Waits until `more` packages have been uploaded from now on.
+async fn until_more_uploaded(uploaded: &Mutex<Vec<String>>, more: usize) {
+    let wanted = uploaded.lock().unwrap().len() + more;
+    for _ in 0..1200 {
+        if uploaded.lock().unwrap().len() >= wanted {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("only {} packages uploaded", uploaded.lock().unwrap().len());
+}
+
+/// Every way an established broker connection goes wrong, while uploads keep coming and the
+/// relay keeps publishing: the connection cut (and new ones refused for a while), hung until
+/// the confirm times out, the queue unbound so messages come back (`mandatory`), and a
+/// queue that refuses messages bound beside it so the broker nacks. Every package's event
+/// arrives at least once, and the relay saw each failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
+    let link = Link::to(rabbit_host()).await;
+    let (notifier, outcomes) = WatchedNotifier::wrap();
+    let app = TestApp::spawn_with(
+        Db::Postgres,
+        Options {
+            rabbitmq: true,
+            amqp_url: Some(format!("amqp://guest:guest@{}/%2f", link.address)),
+            notifier: Some(notifier),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let queue = app.queue.as_ref().unwrap();
+    let names = queue.settings.clone();
+
+    // Uploads go on in the background, four at a time, through every phase.
+    let uploaded = Arc::new(Mutex::new(Vec::new()));
+    let done = CancellationToken::new();
+    let uploader = {
+        let (http, base, token) = (app.http.clone(), app.base.clone(), alice.clone());
+        let (uploaded, done) = (uploaded.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !done.is_cancelled() {
+                let batch = (0..4).map(|i| {
+                    let (http, url, token) = (
+                        http.clone(),
+                        format!("{base}/v1/packages?data_category=documents&filename=e.txt"),
+                        token.clone(),
+                    );
+                    let body = format!("event in flight {}", n + i);
+                    async move {
+                        let response = http
+                            .post(url)
+                            .bearer_auth(token)
+                            .header("content-type", "application/octet-stream")
+                            .body(body)
+                            .send()
+                            .await
+                            .unwrap();
+                        let status = response.status();
+                        let package: Value = response.json().await.unwrap();
+                        assert_eq!(status, 201, "an upload never waits on the broker: {package}");
+                        package["id"].as_str().unwrap().to_owned()
+                    }
+                });
+                let ids = futures::future::join_all(batch).await;
+                uploaded.lock().unwrap().extend(ids);
+                n += 4;
+            }
+        })
+    };
+    let broker = Connection::connect(&common::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = broker.create_channel().await.unwrap();
+
+    // The established connection is cut, and the broker stays away for a while.
+    until_more_uploaded(&uploaded, 20).await;
+    let before = tried(&outcomes);
+    link.refuse(true);
+    link.cut();
+    until_failed(&outcomes, before, "a lost connection", |_| true).await;
+    assert!(
+        link.dropped.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "an established connection was cut"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    link.refuse(false);
+
+    // The connection hangs: no confirm comes back.
+    until_more_uploaded(&uploaded, 20).await;
+    until_published(&outcomes).await;
+    let before = tried(&outcomes);
+    link.hang(true);
+    until_failed(&outcomes, before, "a confirm that never came", |f| {
+        f.contains("confirm timed out")
+    })
+    .await;
+    link.hang(false);
+
+    // The queue is unbound: messages are returned as unroutable until the relay reconnects,
+    // which binds it again.
+    until_more_uploaded(&uploaded, 20).await;
+    until_published(&outcomes).await;
+    let before = tried(&outcomes);
+    channel
+        .queue_unbind(
+            names.queue.as_str().into(),
+            names.exchange.as_str().into(),
+            names.binding_key.as_str().into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    until_failed(&outcomes, before, "a returned message", |f| f.contains("unroutable")).await;
+
+    // A queue that refuses every message is bound beside it: the broker nacks.
+    until_more_uploaded(&uploaded, 20).await;
+    until_published(&outcomes).await;
+    let before = tried(&outcomes);
+    let full = format!("{}.full", names.queue);
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    refusing.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    channel
+        .queue_declare(full.as_str().into(), QueueDeclareOptions::default(), refusing)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            names.exchange.as_str().into(),
+            names.binding_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    until_failed(&outcomes, before, "a nack", |f| f.contains("nack")).await;
+    channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    until_more_uploaded(&uploaded, 20).await;
+    done.cancel();
+    uploader.await.unwrap();
+    let uploaded: BTreeSet<String> = uploaded.lock().unwrap().iter().cloned().collect();
+
+    let events = queue
+        .take_until(Duration::from_secs(120), |taken| {
+            let arrived: BTreeSet<&str> = taken.iter().filter_map(|e| e["package_id"].as_str()).collect();
+            uploaded.iter().all(|id| arrived.contains(id.as_str()))
+        })
+        .await;
+    let mut arrivals: BTreeMap<&str, usize> = BTreeMap::new();
+    for event in &events {
+        assert_eq!(event["event_type"], "package.stored");
+        *arrivals.entry(event["package_id"].as_str().unwrap()).or_default() += 1;
+    }
+    let missing: Vec<&String> = uploaded
+        .iter()
+        .filter(|id| !arrivals.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never arrived: {missing:?}",
+        missing.len(),
+        uploaded.len()
+    );
+    assert!(
+        arrivals.keys().all(|id| uploaded.contains(*id)),
+        "only the uploaded packages' events"
+    );
+    let repeated = arrivals.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} events for {} packages ({repeated} delivered more than once); the notifier failed {} times",
+        events.len(),
+        uploaded.len(),
+        outcomes.lock().unwrap().iter().filter(|o| o.is_err()).count()
+    );
+    for _ in 0..100 {
+        if app.outbox().await.iter().all(|row| !row["sent_at"].is_null()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        app.outbox().await.iter().all(|row| !row["sent_at"].is_null()),
+        "every outbox row is marked sent"
+    );
+    app.stop().await;
+}

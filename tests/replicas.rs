@@ -424,5 +424,4 @@ async fn two_replicas_on_one_database_are_one_service() {
         "38 consent entries and 4 erasure records"
     );
     drop(c);
-    shared.queue.delete().await;
 }

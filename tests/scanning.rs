@@ -5,6 +5,10 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::faults::Link;
 use common::{Db, Options, TestApp};
 use serde_json::Value;
 use udim::config::{ClamdSettings, ScannerSettings};
@@ -124,6 +128,59 @@ async fn a_stopped_scanner_fails_closed_and_nothing_is_stored() {
     assert_eq!(problem["type"], "urn:udim:problem:scanner-unavailable");
     assert!(app.packages(&alice).await.is_empty());
     assert!(app.object_files().is_empty());
+    assert!(app.outbox().await.is_empty());
+    app.stop().await;
+}
+
+/// clamd's connection lost while it is reading the upload: the upload fails closed with 503,
+/// and neither a package, an object (not even a temporary one) nor an event is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scanner_lost_in_the_middle_of_a_scan_fails_closed_and_leaves_nothing() {
+    let clamd = Clamd::start("10M").await;
+    let link = Link::to(clamd.address()).await;
+    let scanner = ScannerSettings::Clamd(ClamdSettings {
+        address: udim_local::clamd::ClamdAddress::Tcp(link.address.clone()),
+        max_stream_bytes: 10 * 1024 * 1024,
+        fail_open: false,
+        admit_too_large: false,
+        timeout_secs: 30,
+    });
+    let app = app_with(Db::Sqlite, scanner).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+
+    let (body, request) = common::body_in_flight();
+    let upload = common::status_of(
+        app.http
+            .post(format!(
+                "{}/v1/packages?data_category=documents&filename=a.txt",
+                app.base
+            ))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(request),
+    );
+    let piece = vec![b'a'; 256 * 1024];
+    body.send(Ok(piece.clone())).await.unwrap();
+    for _ in 0..400 {
+        if link.forwarded.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(link.forwarded.load(Ordering::SeqCst), 1, "the scan has begun");
+    body.send(Ok(piece.clone())).await.unwrap();
+    link.refuse(true);
+    link.cut();
+    for _ in 0..8 {
+        if body.send(Ok(piece.clone())).await.is_err() {
+            break;
+        }
+    }
+    drop(body);
+    assert_eq!(upload.await.unwrap(), 503);
+    assert!(app.packages(&alice).await.is_empty());
+    assert!(app.object_files().is_empty(), "{:?}", app.object_files());
     assert!(app.outbox().await.is_empty());
     app.stop().await;
 }

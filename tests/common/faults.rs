@@ -2,7 +2,8 @@
 //! - a real object store (the filesystem's) whose writes, deletes or chunk reads fail;
 //! - a real key service that cannot make new data keys (the local key file has no network to
 //!   cut), as a KMS that became unreachable after an upload's chunks were written;
-//! - a TCP link to a real clamd that can hang, as a clamd that stopped answering does;
+//! - a TCP link to a real server (clamd, RabbitMQ) that can hang, refuse or cut its
+//!   connections, as a server that stops answering, goes down or drops them does;
 //! - PostgreSQL triggers that fail the commit of a package, of an upload's completion or of an
 //!   erasure record with a serialization failure (SQLSTATE 40001), a real database error that
 //!   passes.
@@ -176,14 +177,55 @@ impl KeyService for FaultyKms {
     }
 }
 
-/// A TCP link to a real server (clamd) that forwards while up and, while hung, accepts
-/// connections and reads them without ever answering.
+/// How a [`Link`] treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// Connections are read and never answered or forwarded: a server that stopped answering.
+    Hang,
+    /// New connections are closed at once: a server that is down.
+    Refuse,
+}
+
+/// A TCP link to a real server (clamd, RabbitMQ) that forwards while up, and can hang (every
+/// connection, established or new, is read and never answered), refuse new connections, or
+/// cut the established ones, as a server that stops answering, goes down or drops its
+/// connections does.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub address: String,
-    hung: Arc<AtomicBool>,
+    mode: Arc<tokio::sync::watch::Sender<Mode>>,
+    /// Replaced by a fresh token at each cut; connections end when theirs is cancelled.
+    generation: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    /// Connections forwarded to the server.
+    pub forwarded: Arc<AtomicU64>,
     /// Connections accepted while hung.
     pub stalled: Arc<AtomicU64>,
+    /// Connections closed by a cut or at once while refusing.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Copies `from` to `to` while forwarding; while hung, reads and discards (the peer sees
+/// no answer, and the connection's framing is lost, so leaving a hang cuts it).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: tokio::sync::watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if *mode.borrow() == Mode::Hang {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Link {
@@ -191,32 +233,115 @@ impl Link {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let link = Self {
             address: listener.local_addr().unwrap().to_string(),
-            hung: Arc::new(AtomicBool::new(false)),
+            mode: Arc::new(tokio::sync::watch::Sender::new(Mode::Forward)),
+            generation: Arc::default(),
+            forwarded: Arc::new(AtomicU64::new(0)),
             stalled: Arc::new(AtomicU64::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
         };
-        let (hung, stalled) = (link.hung.clone(), link.stalled.clone());
+        let accepting = link.clone();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                if hung.load(Ordering::SeqCst) {
-                    stalled.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
-                    });
-                } else {
-                    tokio::spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                }
+            while let Ok((client, _)) = listener.accept().await {
+                accepting.serve(client, target.clone());
             }
         });
         link
     }
 
+    fn serve(&self, client: tokio::net::TcpStream, target: String) {
+        let mode = self.mode.subscribe();
+        let cut = self.generation.lock().unwrap().clone();
+        match *mode.borrow() {
+            Mode::Refuse => {
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Mode::Hang => {
+                // Never reaches the server, which could otherwise close it and end the hang.
+                self.stalled.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut client, mut sink) = (client, tokio::io::sink());
+                    tokio::select! {
+                        () = cut.cancelled() => {}
+                        _ = tokio::io::copy(&mut client, &mut sink) => {}
+                    }
+                });
+                return;
+            }
+            Mode::Forward => {}
+        }
+        let (forwarded, dropped) = (self.forwarded.clone(), self.dropped.clone());
+        tokio::spawn(async move {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                return;
+            };
+            forwarded.fetch_add(1, Ordering::SeqCst);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::select! {
+                () = cut.cancelled() => { dropped.fetch_add(1, Ordering::SeqCst); }
+                () = pump(client_read, server_write, mode.clone()) => {}
+                () = pump(server_read, client_write, mode) => {}
+            }
+        });
+    }
+
+    /// Closes every established connection.
+    pub fn cut(&self) {
+        let fresh = tokio_util::sync::CancellationToken::new();
+        std::mem::replace(&mut *self.generation.lock().unwrap(), fresh).cancel();
+    }
+
+    /// Hangs every connection, established and new; ending the hang cuts the hung ones.
     pub fn hang(&self, on: bool) {
-        self.hung.store(on, Ordering::SeqCst);
+        let was = self.mode.send_replace(if on { Mode::Hang } else { Mode::Forward });
+        if !on && was == Mode::Hang {
+            self.cut();
+        }
+    }
+
+    /// Refuses new connections (established ones go on unless [`Link::cut`]).
+    pub fn refuse(&self, on: bool) {
+        self.mode.send_replace(if on { Mode::Refuse } else { Mode::Forward });
+    }
+}
+
+/// What each publish of a [`WatchedNotifier`] came to, in order.
+pub type Outcomes = Arc<std::sync::Mutex<Vec<std::result::Result<(), String>>>>;
+
+/// A real notifier whose every outcome is written down, so a test can tell which of its
+/// paths (a lost connection, a confirm that never came, a returned or refused message) it
+/// went through. It publishes one message at a time, as the RabbitMQ notifier does.
+#[derive(Debug)]
+pub struct WatchedNotifier {
+    inner: Arc<dyn udim_ports::queue::Notifier>,
+    outcomes: Outcomes,
+}
+
+impl WatchedNotifier {
+    /// The wrap for [`super::Options::notifier`], and the list its outcomes go to.
+    pub fn wrap() -> (udim::startup::Wrap<dyn udim_ports::queue::Notifier>, Outcomes) {
+        let outcomes = Outcomes::default();
+        let kept = outcomes.clone();
+        let wrap =
+            Box::new(move |inner| Arc::new(Self { inner, outcomes: kept }) as Arc<dyn udim_ports::queue::Notifier>);
+        (wrap, outcomes)
+    }
+}
+
+#[async_trait]
+impl udim_ports::queue::Notifier for WatchedNotifier {
+    async fn publish(&self, message: &udim_ports::metadata::OutboxMessage) -> Result<()> {
+        let result = self.inner.publish(message).await;
+        self.outcomes
+            .lock()
+            .unwrap()
+            .push(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        result
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
     }
 }
 

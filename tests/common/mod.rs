@@ -58,7 +58,7 @@ pub enum Db {
 }
 
 /// RabbitMQ names private to one test.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TestQueue {
     pub settings: RabbitMqSettings,
 }
@@ -106,24 +106,58 @@ impl TestQueue {
         None
     }
 
-    pub async fn delete(&self) {
-        let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
-            return;
-        };
-        let Ok(channel) = conn.create_channel().await else {
-            return;
-        };
-        let s = &self.settings;
-        for queue in [&s.queue, &s.dead_letter_queue] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+    /// Takes every message that arrives within `quiet` of the one before (acknowledging
+    /// each), until `done` holds for what was taken or `timeout` passes; one connection for
+    /// all of them.
+    pub async fn take_until(&self, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must be running for the tests (UDIM_TEST_AMQP_URL)");
+        let mut channel = conn.create_channel().await.unwrap();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut taken = Vec::new();
+        while !done(&taken) && tokio::time::Instant::now() < deadline {
+            match channel
+                .basic_get(self.settings.queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                Ok(Some(message)) => {
+                    let delivery = message.delivery;
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    taken.push(serde_json::from_slice(&delivery.data).unwrap());
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => channel = conn.create_channel().await.unwrap(),
+            }
         }
-        for exchange in [&s.exchange, &s.dead_letter_exchange] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        taken
+    }
+}
+
+/// The queues and exchanges go with the test, even one that panicked before `stop`.
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        let s = self.settings.clone();
+        udim_testkit::clean_up_aside(&format!("RabbitMQ queue {}", s.queue), async move {
+            let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            // A name the service never declared is no error; each deletion gets its own
+            // channel, since a refused one closes the channel it ran on.
+            for queue in [&s.queue, &s.dead_letter_queue] {
+                let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [&s.exchange, &s.dead_letter_exchange] {
+                let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -140,6 +174,8 @@ pub struct Options {
     /// Key-service faults: the configured key service makes no new data keys while
     /// `refuse_new_keys` is on.
     pub kms_faults: Option<faults::Faults>,
+    /// Wraps the configured notifier (a test watching what the broker answers).
+    pub notifier: Option<udim::startup::Wrap<dyn udim_ports::queue::Notifier>>,
     pub max_bytes: Option<u64>,
     /// Any other change to the settings.
     pub configure: Option<Configure>,
@@ -223,6 +259,7 @@ impl TestApp {
             kms: options
                 .kms_faults
                 .map(|faults| Box::new(move |kms| faults::FaultyKms::around(kms, &faults)) as udim::startup::Wrap<_>),
+            notifier: options.notifier,
         };
         let (addr, stop, server) = start(&settings, overrides).await;
         Self {
@@ -385,9 +422,6 @@ impl TestApp {
     pub async fn stop(self) {
         self.stop.cancel();
         self.server.await.unwrap().unwrap();
-        if let Some(q) = &self.queue {
-            q.delete().await;
-        }
     }
 }
 

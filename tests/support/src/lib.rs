@@ -16,6 +16,28 @@ pub mod postgres;
 
 use std::net::TcpListener;
 
+/// Runs `cleanup` to the end on a thread with a runtime of its own, for `Drop`: it cannot
+/// await, and may run inside (or outside) a test's runtime. Never panics, since it may run
+/// while the test is already panicking: a failure is printed with `what`.
+pub fn clean_up_aside<F>(what: &str, cleanup: F)
+where
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let finished = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(cleanup)
+    })
+    .join();
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("udim-testkit: could not clean up {what}: {e}"),
+        Err(_) => eprintln!("udim-testkit: cleaning up {what} panicked"),
+    }
+}
+
 /// A listener bound to a free port on 127.0.0.1, to hand to the server under test (for
 /// tokio: `set_nonblocking(true)` then `tokio::net::TcpListener::from_std`). Keeping the
 /// bound socket, instead of noting port 0's choice and binding it again, leaves no moment in

@@ -84,32 +84,17 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        // Drop cannot await, and may run inside (or without) the test's runtime: a thread of
-        // its own with a runtime of its own works in every case.
         let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        crate::clean_up_aside(&format!("test database {name}"), async move {
+            let mut admin = sqlx::PgConnection::connect(&admin_url())
+                .await
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(())
-            })
-        })
-        .join();
-        // Never panic here: this may run while the test is already panicking.
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("udim-testkit: could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("udim-testkit: dropping test database {} panicked", self.name),
-        }
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
     }
 }
 
