@@ -402,3 +402,184 @@ async fn rotate_key_seals_new_packages_under_the_new_key_and_old_ones_still_read
     }
     app.stop().await;
 }
+
+/// `udim ledger checkpoint` prints the latest signed checkpoint and `udim ledger proof` an
+/// entry's record proof against it: both verify offline with the ledger's public key alone
+/// (the library, and `udim ledger verify-proof`), the proof's leaf is the entry's, and a proof
+/// with a changed byte is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_checkpoint_and_proof_print_what_verifies_offline() {
+    use udim_ledger::note::VerifierKey;
+    use udim_ledger::proof::RecordProof;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(|| udim(dir.path())).await;
+    let http = reqwest::Client::new();
+    let token = |sub: &str| {
+        let output = udim(dir.path())
+            .args(["token", "--sub", sub, "--scope", "udim:upload"])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let mut consents = Vec::new();
+    for (sub, category) in [("alice", "documents"), ("bob", "audio"), ("alice", "text")] {
+        consents.push(common::grant_on(&http, &server.base, &token(sub), &[category]).await);
+    }
+    let key_text = http
+        .get(format!("{}/v1/ledger/key", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let key = VerifierKey::parse(key_text.trim()).unwrap();
+    drop(server);
+
+    let checkpoint = udim(dir.path()).args(["ledger", "checkpoint"]).output().unwrap();
+    assert!(
+        checkpoint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checkpoint.stderr)
+    );
+    let note = String::from_utf8(checkpoint.stdout).unwrap();
+    let opened = udim_ledger::checkpoint::Checkpoint::open(&note, &key).expect("a checkpoint the ledger key signed");
+    assert_eq!(opened.size, 3, "the checkpoint covers the three consents");
+
+    let proof = udim(dir.path())
+        .args(["ledger", "proof", "--index", "1"])
+        .output()
+        .unwrap();
+    assert!(proof.status.success(), "{}", String::from_utf8_lossy(&proof.stderr));
+    let printed: RecordProof = serde_json::from_slice(&proof.stdout).unwrap();
+    let verified = printed.verify(&key, None).expect("the printed proof verifies offline");
+    assert_eq!((printed.index, verified.size), (1, 3));
+    let served: RecordProof = serde_json::from_value(consents[1]["record_proof"].clone()).unwrap();
+    assert_eq!(printed.leaf_hash, served.leaf_hash, "the proof is of bob's entry");
+
+    let proof_file = dir.path().join("proof.json");
+    std::fs::write(&proof_file, &proof.stdout).unwrap();
+    let key_file = dir.path().join("ledger.key");
+    std::fs::write(&key_file, &key_text).unwrap();
+    let verify = |file: &std::path::Path| {
+        udim(dir.path())
+            .args(["ledger", "verify-proof", "--key"])
+            .arg(&key_file)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let verified = verify(&proof_file);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let mut tampered: Value = serde_json::from_slice(&proof.stdout).unwrap();
+    tampered["index"] = json!(2);
+    let tampered_file = dir.path().join("tampered.json");
+    std::fs::write(&tampered_file, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let refused = verify(&tampered_file);
+    assert!(!refused.status.success(), "a proof moved to another index is refused");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let missing = udim(dir.path())
+        .args(["ledger", "proof", "--index", "3"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success(), "no entry 3 in a ledger of three");
+    assert!(
+        !String::from_utf8_lossy(&missing.stderr).contains("Usage"),
+        "refused for the index, not the arguments"
+    );
+}
+
+/// `udim upload` in one run rides out the service going away mid-upload (SIGKILL) and coming
+/// back: it waits, asks the new process where the upload is, and finishes it from there,
+/// without sending the file again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_client_rides_out_a_service_that_dies_and_comes_back_in_one_run() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Process::serve(|| udim(dir.path())).await;
+    let link = common::faults::Link::to(first.base.trim_start_matches("http://").to_owned()).await;
+    let token = {
+        let output = udim(dir.path())
+            .args(["token", "--sub", "alice", "--scope", "udim:upload"])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let http = reqwest::Client::new();
+    common::grant_on(&http, &first.base, &token, &["documents"]).await;
+    let mut data = b"%PDF-1.7\n".to_vec();
+    data.extend(common::distinctive_bytes(40 * 1024 * 1024));
+    let file = dir.path().join("big.pdf");
+    std::fs::write(&file, &data).unwrap();
+    let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &data));
+
+    let client = Command::new(UDIM)
+        .env_clear()
+        .env("UDIM_TOKEN", &token)
+        .args(["upload", "--server", &format!("http://{}", link.address)])
+        .args([
+            "--category",
+            "documents",
+            "--chunk-mib",
+            "1",
+            "--content-type",
+            "application/pdf",
+        ])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..1200 {
+        if link.sent.load(Ordering::SeqCst) > 4 * 1024 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent_before = link.sent.load(Ordering::SeqCst);
+    assert!(sent_before > 4 * 1024 * 1024, "the upload is under way");
+    assert!(sent_before < data.len() as u64, "and not finished");
+    link.refuse(true);
+    first.kill_9();
+    link.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let second = Process::serve(|| udim(dir.path())).await;
+    link.retarget(second.base.trim_start_matches("http://").to_owned());
+    link.refuse(false);
+    let output = tokio::task::spawn_blocking(move || client.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let package: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(package["status"], "stored");
+    assert_eq!(package["sha256"], sha256.as_str());
+    let sent = link.sent.load(Ordering::SeqCst);
+    assert!(
+        sent < data.len() as u64 + sent_before,
+        "the second process got the rest, not the whole file again ({sent} bytes for {})",
+        data.len()
+    );
+    let (status, packages) = {
+        let response = http
+            .get(format!("{}/v1/packages", second.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(packages["items"].as_array().unwrap().len(), 1, "one package");
+    drop(second);
+}

@@ -194,6 +194,8 @@ enum Mode {
 #[derive(Debug, Clone)]
 pub struct Link {
     pub address: String,
+    /// Where new connections go.
+    target: Arc<std::sync::Mutex<String>>,
     mode: Arc<tokio::sync::watch::Sender<Mode>>,
     /// Replaced by a fresh token at each cut; connections end when theirs is cancelled.
     generation: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
@@ -203,6 +205,8 @@ pub struct Link {
     pub stalled: Arc<AtomicU64>,
     /// Connections closed by a cut or at once while refusing.
     pub dropped: Arc<AtomicU64>,
+    /// Bytes forwarded from clients to the server.
+    pub sent: Arc<AtomicU64>,
 }
 
 /// Copies `from` to `to` while forwarding; while hung, reads and discards (the peer sees
@@ -211,6 +215,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: tokio::sync::watch::Receiver<Mode>,
+    counted: Option<Arc<AtomicU64>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0; 64 * 1024];
@@ -225,6 +230,9 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+        if let Some(counted) = &counted {
+            counted.fetch_add(n as u64, Ordering::SeqCst);
+        }
     }
 }
 
@@ -233,22 +241,25 @@ impl Link {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let link = Self {
             address: listener.local_addr().unwrap().to_string(),
+            target: Arc::new(std::sync::Mutex::new(target)),
             mode: Arc::new(tokio::sync::watch::Sender::new(Mode::Forward)),
             generation: Arc::default(),
             forwarded: Arc::new(AtomicU64::new(0)),
             stalled: Arc::new(AtomicU64::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
+            sent: Arc::new(AtomicU64::new(0)),
         };
         let accepting = link.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                accepting.serve(client, target.clone());
+                accepting.serve(client);
             }
         });
         link
     }
 
-    fn serve(&self, client: tokio::net::TcpStream, target: String) {
+    fn serve(&self, client: tokio::net::TcpStream) {
+        let target = self.target.lock().unwrap().clone();
         let mode = self.mode.subscribe();
         let cut = self.generation.lock().unwrap().clone();
         match *mode.borrow() {
@@ -270,7 +281,7 @@ impl Link {
             }
             Mode::Forward => {}
         }
-        let (forwarded, dropped) = (self.forwarded.clone(), self.dropped.clone());
+        let (forwarded, dropped, sent) = (self.forwarded.clone(), self.dropped.clone(), self.sent.clone());
         tokio::spawn(async move {
             let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                 return;
@@ -280,10 +291,15 @@ impl Link {
             let (server_read, server_write) = server.into_split();
             tokio::select! {
                 () = cut.cancelled() => { dropped.fetch_add(1, Ordering::SeqCst); }
-                () = pump(client_read, server_write, mode.clone()) => {}
-                () = pump(server_read, client_write, mode) => {}
+                () = pump(client_read, server_write, mode.clone(), Some(sent)) => {}
+                () = pump(server_read, client_write, mode, None) => {}
             }
         });
+    }
+
+    /// Sends new connections to `target` (a server that came back elsewhere).
+    pub fn retarget(&self, target: String) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Closes every established connection.
