@@ -31,6 +31,12 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub ledger: LedgerSettings,
     pub log: LogSettings,
+    /// Credentials every AWS provider signs with instead of the standard chain. Set by code
+    /// (tests against moto, an embedding application), never read from configuration, so
+    /// no secret can sit in a configuration file.
+    #[cfg(feature = "aws")]
+    #[serde(skip)]
+    pub aws_credentials: Option<udim_aws::SharedCredentialsProvider>,
 }
 
 impl Default for Settings {
@@ -48,6 +54,8 @@ impl Default for Settings {
             outbox: OutboxSettings::default(),
             ledger: LedgerSettings::default(),
             log: LogSettings::default(),
+            #[cfg(feature = "aws")]
+            aws_credentials: None,
         }
     }
 }

@@ -107,6 +107,7 @@ pub fn storage(settings: &Settings) -> anyhow::Result<Arc<dyn BlobStore>> {
             endpoint: s3.endpoint.clone(),
             allow_http: s3.allow_http,
             sse_kms_key_id: s3.sse_kms_key_id.clone(),
+            credentials: settings.aws_credentials.clone(),
         })?)),
         #[cfg(feature = "gcp")]
         StorageSettings::Gcs(gcs) => Ok(Arc::new(udim_gcp::gcs_storage(&gcs.bucket, gcs.base_url.as_deref())?)),
@@ -132,7 +133,12 @@ pub async fn kms(settings: &Settings) -> anyhow::Result<Arc<dyn KeyService>> {
         }
         #[cfg(feature = "aws")]
         KmsSettings::Aws(aws) => {
-            let config = udim_aws::sdk_config(aws.region.as_deref(), aws.endpoint.as_deref()).await;
+            let config = udim_aws::sdk_config(
+                aws.region.as_deref(),
+                aws.endpoint.as_deref(),
+                settings.aws_credentials.as_ref(),
+            )
+            .await;
             let kms = udim_aws::AwsKms::new(&config, &aws.key_id)
                 .await
                 .with_context(|| format!("cannot use AWS KMS key `{}` (`kms.key_id`)", aws.key_id))?;
@@ -161,7 +167,12 @@ pub async fn notifier(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Noti
         }
         #[cfg(feature = "aws")]
         QueueSettings::Sqs(sqs) => {
-            let config = udim_aws::sdk_config(sqs.region.as_deref(), sqs.endpoint.as_deref()).await;
+            let config = udim_aws::sdk_config(
+                sqs.region.as_deref(),
+                sqs.endpoint.as_deref(),
+                settings.aws_credentials.as_ref(),
+            )
+            .await;
             Ok(Some(Arc::new(udim_aws::SqsNotifier::new(&config, &sqs.queue_url))))
         }
         other => Err(unavailable(other)),
@@ -198,7 +209,12 @@ pub async fn ledger(settings: &Settings, database: &udim_sql::Database) -> anyho
                 "the consent ledger is on Amazon QLDB, which reached end of support on 2025-07-31; \
                  move it to the PostgreSQL ledger (docs/ledger.md)"
             );
-            let config = udim_aws::sdk_config(qldb.region.as_deref(), qldb.endpoint.as_deref()).await;
+            let config = udim_aws::sdk_config(
+                qldb.region.as_deref(),
+                qldb.endpoint.as_deref(),
+                settings.aws_credentials.as_ref(),
+            )
+            .await;
             let client = udim_qldb::aws_sdk_qldbsession::Client::new(&config);
             let ledger = udim_qldb::QldbLedger::connect(client, &qldb.ledger_name)
                 .await

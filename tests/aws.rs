@@ -36,7 +36,8 @@ async fn on_aws(versioned_bucket: bool) -> OnAws {
             .unwrap();
         assert!(enabled.status().is_success(), "versioning on");
     }
-    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&endpoint)).await;
+    let credentials = udim_aws::static_credentials(moto::ACCESS_KEY_ID, moto::SECRET_ACCESS_KEY);
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&endpoint), Some(&credentials)).await;
     let key_id = udim_aws::aws_sdk_kms::Client::new(&config)
         .create_key()
         .send()
@@ -60,6 +61,7 @@ async fn on_aws(versioned_bucket: bool) -> OnAws {
         Db::Postgres,
         Options {
             configure: Some(Box::new(move |s| {
+                s.aws_credentials = Some(credentials);
                 s.storage = StorageSettings::S3(S3Settings {
                     bucket: b,
                     region: Some("us-east-1".into()),
@@ -129,6 +131,7 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         endpoint: Some(endpoint.clone()),
         allow_http: true,
         sse_kms_key_id: None,
+        credentials: app.settings.aws_credentials.clone(),
     })
     .unwrap();
     use futures::TryStreamExt as _;

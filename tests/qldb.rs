@@ -17,17 +17,13 @@ use udim_ledger::proof::RecordProof;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consents_go_to_the_qldb_ledger_and_their_proofs_verify() {
     let stub = stub::Stub::start().await;
-    // The service signs its requests through the standard AWS chain; the stub ignores them.
-    // SAFETY: set before this test starts anything that reads the environment.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    }
     let endpoint = stub.endpoint.clone();
     let app = TestApp::spawn_with(
         Db::Sqlite,
         Options {
             configure: Some(Box::new(move |s| {
+                // The service signs its requests; the stub ignores the signatures.
+                s.aws_credentials = Some(udim_aws::static_credentials("testing", "testing"));
                 s.ledger.store = LedgerStore::Qldb(QldbSettings {
                     ledger_name: "udim-consent".into(),
                     region: Some("us-east-1".into()),

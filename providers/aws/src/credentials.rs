@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use object_store::CredentialProvider;
 use object_store::aws::AwsCredential;
 use tokio::sync::{Mutex, OnceCell};
@@ -22,15 +22,18 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug)]
 pub(crate) struct SdkChainCredentials {
     region: Option<String>,
+    /// Used instead of the chain when given.
+    explicit: Option<SharedCredentialsProvider>,
     chain: OnceCell<DefaultCredentialsChain>,
     // The chain does not cache: without this every S3 request would ask IMDS or STS again.
     cached: Mutex<Option<(Credentials, Arc<AwsCredential>)>>,
 }
 
 impl SdkChainCredentials {
-    pub(crate) fn new(region: Option<String>) -> Self {
+    pub(crate) fn new(region: Option<String>, explicit: Option<SharedCredentialsProvider>) -> Self {
         Self {
             region,
+            explicit,
             chain: OnceCell::new(),
             cached: Mutex::new(None),
         }
@@ -64,15 +67,14 @@ impl CredentialProvider for SdkChainCredentials {
         {
             return Ok(Arc::clone(signing));
         }
-        let credentials =
-            self.chain()
-                .await
-                .provide_credentials()
-                .await
-                .map_err(|source| object_store::Error::Generic {
-                    store: "S3",
-                    source: Box::new(source),
-                })?;
+        let provided = match &self.explicit {
+            Some(explicit) => explicit.provide_credentials().await,
+            None => self.chain().await.provide_credentials().await,
+        };
+        let credentials = provided.map_err(|source| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(source),
+        })?;
         let signing = Arc::new(AwsCredential {
             key_id: credentials.access_key_id().to_owned(),
             secret_key: credentials.secret_access_key().to_owned(),
@@ -129,7 +131,7 @@ mod tests {
             std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
         }
 
-        let provider = SdkChainCredentials::new(None);
+        let provider = SdkChainCredentials::new(None, None);
         let first = provider.get_credential().await.unwrap();
         assert_eq!(first.key_id, "AKIDFROMPROFILE");
         assert_eq!(first.secret_key, "s3cret");

@@ -10,14 +10,35 @@ mod sqs;
 // The SDK clients, for operators' tooling and tests that set up keys and queues.
 pub use {aws_config, aws_sdk_kms, aws_sdk_sqs};
 
+pub use aws_credential_types::provider::SharedCredentialsProvider;
 pub use kms::AwsKms;
 pub use s3::{S3Config, s3_storage};
 pub use sqs::SqsNotifier;
 
-/// Loads the shared SDK configuration: the standard credential chain, and an optional
-/// region and endpoint (for S3-compatible stores and local stand-ins).
-pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> aws_config::SdkConfig {
+/// Fixed credentials, for code that passes them instead of the standard chain (a test
+/// against a local stand-in, an embedding application).
+pub fn static_credentials(access_key_id: &str, secret_access_key: &str) -> SharedCredentialsProvider {
+    SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+        access_key_id,
+        secret_access_key,
+        None,
+        None,
+        "udim-static",
+    ))
+}
+
+/// Loads the shared SDK configuration: the standard credential chain unless `credentials`
+/// are given, and an optional region and endpoint (for S3-compatible stores and local
+/// stand-ins).
+pub async fn sdk_config(
+    region: Option<&str>,
+    endpoint: Option<&str>,
+    credentials: Option<&SharedCredentialsProvider>,
+) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(credentials) = credentials {
+        loader = loader.credentials_provider(credentials.clone());
+    }
     if let Some(region) = region {
         loader = loader.region(aws_config::Region::new(region.to_owned()));
     }

@@ -30,6 +30,8 @@ pub struct S3Config {
     pub allow_http: bool,
     /// Adds S3's own SSE-KMS encryption with this key on top of UDIM's envelope encryption.
     pub sse_kms_key_id: Option<String>,
+    /// Signs with these instead of the SDK's default chain.
+    pub credentials: Option<crate::SharedCredentialsProvider>,
 }
 
 pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
@@ -37,7 +39,10 @@ pub fn s3_storage(config: &S3Config) -> Result<ObjectStoreBlobs> {
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), REQUEST_TIMEOUT)
         .with_bucket_name(&config.bucket)
         .with_allow_http(config.allow_http)
-        .with_credentials(Arc::new(SdkChainCredentials::new(config.region.clone())));
+        .with_credentials(Arc::new(SdkChainCredentials::new(
+            config.region.clone(),
+            config.credentials.clone(),
+        )));
     if let Some(region) = &config.region {
         builder = builder.with_region(region);
     }

@@ -8,6 +8,11 @@ use std::time::Duration;
 use udim_ports::conformance;
 use udim_testkit::moto;
 
+/// moto's credentials, passed to every client (never through the environment).
+fn credentials() -> udim_aws::SharedCredentialsProvider {
+    udim_aws::static_credentials(moto::ACCESS_KEY_ID, moto::SECRET_ACCESS_KEY)
+}
+
 #[tokio::test]
 async fn s3_storage_conforms_with_a_multipart_object() {
     let moto = moto::start().await;
@@ -29,6 +34,7 @@ async fn s3_storage_conforms_with_a_multipart_object() {
         endpoint: Some(moto.endpoint.clone()),
         allow_http: true,
         sse_kms_key_id: None,
+        credentials: Some(credentials()),
     })
     .unwrap();
     // Larger than one 16 MiB part: a real multipart upload.
@@ -49,7 +55,7 @@ async fn s3_storage_conforms_with_a_multipart_object() {
 #[tokio::test]
 async fn aws_kms_conforms_and_binds_the_encryption_context() {
     let moto = moto::start().await;
-    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&moto.endpoint), Some(&credentials())).await;
     let key = aws_sdk_kms_create_key(&config).await;
     let kms = udim_aws::AwsKms::new(&config, &key).await.unwrap();
     assert!(udim_ports::kms::KeyService::current_key_id(&kms).starts_with("arn:aws:kms:"));
@@ -65,7 +71,7 @@ async fn aws_sdk_kms_create_key(config: &aws_config::SdkConfig) -> String {
 #[tokio::test]
 async fn sqs_notifier_conforms_with_attributes_and_poison_messages_reach_the_dead_letter_queue() {
     let moto = moto::start().await;
-    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&moto.endpoint), Some(&credentials())).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let dlq = create_queue(&sqs, "udim-dead", &[]).await;
     let dlq_arn = sqs
@@ -172,7 +178,7 @@ async fn take_one(sqs: &aws_sdk_sqs::Client, queue: &str) -> Option<(String, ser
 #[tokio::test]
 async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
     let moto = moto::start().await;
-    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&moto.endpoint), Some(&credentials())).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let queue = create_queue(&sqs, "udim-batched", &[]).await;
     let notifier = udim_aws::SqsNotifier::new(&config, &queue);
@@ -196,7 +202,7 @@ async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
 #[tokio::test]
 async fn an_event_over_the_queue_limit_holds_back_only_its_package_and_the_rest_is_sent() {
     let moto = moto::start().await;
-    let config = udim_aws::sdk_config(Some("us-east-1"), Some(&moto.endpoint)).await;
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&moto.endpoint), Some(&credentials())).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let queue = queue_with_max_message_size(&sqs, "udim-small", 1024).await;
     let notifier = udim_aws::SqsNotifier::new(&config, &queue);

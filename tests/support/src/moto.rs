@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The credentials and region moto accepts (any will do); tests pass them to the AWS
+/// clients they build and to the service's settings, never through the environment.
+pub const ACCESS_KEY_ID: &str = "testing";
+pub const SECRET_ACCESS_KEY: &str = "testing";
+pub const REGION: &str = "us-east-1";
+
 /// A running moto server; killed on drop.
 pub struct Moto {
     child: Child,
@@ -32,8 +38,7 @@ fn moto_binary() -> PathBuf {
         .expect("moto_server must be installed (scripts/test puts it in .venv; UDIM_TEST_MOTO)")
 }
 
-/// Starts moto and waits until it answers; sets the test credentials and region for the AWS
-/// SDK's default chain.
+/// Starts moto and waits until it answers.
 pub async fn start() -> Moto {
     for _ in 0..super::START_ATTEMPTS {
         let port = super::port_for_child();
@@ -49,12 +54,6 @@ pub async fn start() -> Moto {
         };
         for _ in 0..100 {
             if reqwest::get(format!("{}/moto-api/", moto.endpoint)).await.is_ok() {
-                // SAFETY: set before any AWS client exists, the same values in every test of a binary.
-                unsafe {
-                    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-                    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-                    std::env::set_var("AWS_REGION", "us-east-1");
-                }
                 return moto;
             }
             if moto.child.try_wait().ok().flatten().is_some() {
