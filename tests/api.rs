@@ -87,16 +87,11 @@ async fn consent_then_upload_stores_the_package_and_announces_it_on_rabbitmq(db:
     assert_eq!(properties.delivery_mode(), &Some(2), "events are persistent");
 
     // The relay marks the event sent once the broker confirmed it.
-    let mut sent = false;
-    for _ in 0..50 {
+    common::eventually("the outbox row is marked sent", || async {
         let outbox = app.outbox().await;
-        if outbox.len() == 1 && !outbox[0]["sent_at"].is_null() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "the outbox row is marked sent");
+        outbox.len() == 1 && !outbox[0]["sent_at"].is_null()
+    })
+    .await;
     app.stop().await;
 }
 

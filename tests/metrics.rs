@@ -43,12 +43,10 @@ async fn metrics_follow_requests_uploads_the_ledger_the_outbox_and_tampering() {
     assert_eq!(refused.status(), 403, "no consent for video");
     let id = stored["id"].as_str().unwrap();
     // Wait until the relay has published the event.
-    for _ in 0..100 {
-        if sample(&scrape(&app).await, "udim_events_published_total") > sample(&before, "udim_events_published_total") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    common::eventually("the relay publishes the event", || async {
+        sample(&scrape(&app).await, "udim_events_published_total") > sample(&before, "udim_events_published_total")
+    })
+    .await;
 
     // Tamper with the stored object: the read is cut and counted.
     let path = app.objects_dir().join("packages").join(id);

@@ -44,18 +44,13 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
     );
 
     // The broker is down: publishing fails and the relay records the attempts.
-    let mut failed_attempts = 0;
-    for _ in 0..100 {
+    common::eventually("the relay keeps retrying with back-off", || async {
         let outbox = app.outbox().await;
         assert_eq!(outbox.len(), 1);
         assert!(outbox[0]["sent_at"].is_null(), "nothing can have been sent");
-        failed_attempts = outbox[0]["attempts"].as_u64().unwrap();
-        if failed_attempts >= 2 && !outbox[0]["last_error"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(failed_attempts >= 2, "the relay keeps retrying with back-off");
+        outbox[0]["attempts"].as_u64().unwrap() >= 2 && !outbox[0]["last_error"].is_null()
+    })
+    .await;
 
     // The broker comes back.
     link.refuse(false);
@@ -66,15 +61,10 @@ async fn the_event_waits_in_the_outbox_while_rabbitmq_is_down_and_is_delivered_a
         .await
         .expect("the event is delivered once RabbitMQ is reachable");
     assert_eq!(event["event_type"], "package.stored");
-    let mut sent = false;
-    for _ in 0..50 {
-        if !app.outbox().await[0]["sent_at"].is_null() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "the outbox row is marked sent");
+    common::eventually("the outbox row is marked sent", || async {
+        !app.outbox().await[0]["sent_at"].is_null()
+    })
+    .await;
     assert!(
         queue.next_event(Duration::from_millis(500)).await.is_none(),
         "and delivered once"
@@ -313,15 +303,9 @@ async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
         uploaded.len(),
         outcomes.lock().unwrap().iter().filter(|o| o.is_err()).count()
     );
-    for _ in 0..100 {
-        if app.outbox().await.iter().all(|row| !row["sent_at"].is_null()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        app.outbox().await.iter().all(|row| !row["sent_at"].is_null()),
-        "every outbox row is marked sent"
-    );
+    common::eventually("every outbox row is marked sent", || async {
+        app.outbox().await.iter().all(|row| !row["sent_at"].is_null())
+    })
+    .await;
     app.stop().await;
 }

@@ -155,28 +155,55 @@ async fn patch(
         .unwrap()
 }
 
+/// Runs `statement` on the app's PostgreSQL database with the upload id at `url` as `$1`;
+/// returns the rows it affected or found.
+async fn on_upload_row(app: &TestApp, statement: &str, url: &str) -> u64 {
+    use sqlx::Connection as _;
+    let id = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
+        .await
+        .unwrap();
+    sqlx::query(statement)
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_patches_never_interleave() {
     let app = TestApp::spawn(Db::Postgres).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["video"]).await;
     let url = create(&app, &alice, 1_000_000).await;
-    // The first PATCH streams slowly and holds the upload's lease meanwhile.
-    let slow = futures::stream::unfold(0, |n| async move {
-        if n == 10 {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 10_000])), n + 1))
-    });
-    let first = patch(&app, &alice, &url, "0", reqwest::Body::wrap_stream(slow));
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        patch(&app, &alice, &url, "0", vec![2u8; 1000]).await
-    };
-    let (first, second) = tokio::join!(first, second);
-    assert_eq!(first.status(), 204);
+    // The first PATCH is in the middle of its body, holding the upload's lock, when the
+    // second arrives.
+    let (body, streaming) = common::body_in_flight();
+    let first = common::status_of(
+        tus(app.http.patch(&url), &alice)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(streaming),
+    );
+    body.send(Ok(vec![1u8; 10_000])).await.unwrap();
+    common::eventually("the first PATCH holds the upload's lock", || async {
+        on_upload_row(
+            &app,
+            "SELECT 1 FROM tus_uploads WHERE id::text = $1 AND locked_until > now()",
+            &url,
+        )
+        .await
+            == 1
+    })
+    .await;
+    let second = patch(&app, &alice, &url, "0", vec![2u8; 1000]).await;
     assert!(matches!(second.status().as_u16(), 409 | 423), "got {}", second.status());
+    for _ in 0..9 {
+        body.send(Ok(vec![1u8; 10_000])).await.unwrap();
+    }
+    drop(body);
+    assert_eq!(first.await.unwrap(), 204);
     assert_eq!(
         head(&app, &alice, &url).await.headers()["upload-offset"],
         "100000",
@@ -188,12 +215,9 @@ async fn two_concurrent_patches_never_interleave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_terminated_uploads_are_removed_with_their_chunks() {
     let app = TestApp::spawn_with(
-        Db::Sqlite,
+        Db::Postgres,
         Options {
-            configure: Some(Box::new(|s| {
-                s.upload.resumable_expire_after_secs = 1;
-                s.upload.sweep_interval_secs = 1;
-            })),
+            configure: Some(Box::new(|s| s.upload.sweep_interval_secs = 1)),
             ..Options::default()
         },
     )
@@ -211,20 +235,24 @@ async fn expired_and_terminated_uploads_are_removed_with_their_chunks() {
     let id = expiring.rsplit('/').next().unwrap();
     let orphan = app.objects_dir().join(format!("uploads/{id}/{:020}", 40_000));
     std::fs::write(&orphan, b"half a chunk").unwrap();
-    let mut gone = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if head(&app, &alice, &expiring).await.status() == 404 {
-            gone = true;
-            break;
-        }
-    }
-    assert!(gone, "the expired upload is removed");
-    assert!(
-        app.object_files().is_empty(),
-        "with its stored chunk and the one a crash cut short: {:?}",
-        app.object_files()
+    // Its time runs out (set in the row, so no PATCH above races a short expiry).
+    assert_eq!(
+        on_upload_row(
+            &app,
+            "UPDATE tus_uploads SET expires_at = now() - interval '1 second' WHERE id::text = $1",
+            &expiring
+        )
+        .await,
+        1
     );
+    common::eventually("the expired upload is removed", || async {
+        head(&app, &alice, &expiring).await.status() == 404
+    })
+    .await;
+    common::eventually("with its stored chunk and the one a crash cut short", || async {
+        app.object_files().is_empty()
+    })
+    .await;
 
     let terminated = create(&app, &alice, 100_000).await;
     assert_eq!(

@@ -524,6 +524,24 @@ pub fn body_in_flight() -> (
     (tx, reqwest::Body::wrap_stream(stream))
 }
 
+/// How long a test waits for background work (the relay, a sweeper) before it calls the
+/// work lost: far beyond what it takes on an idle machine, so a loaded CI machine with four
+/// test threads on two cores does not fail a test that is right.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it holds, for at most [`PATIENCE`]; panics naming `what` if it never does.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends `requests` all at once and returns their statuses, sorted: for races whose outcome is
 /// a set of answers.
 pub async fn concurrent_statuses(requests: impl IntoIterator<Item = reqwest::RequestBuilder>) -> Vec<u16> {
