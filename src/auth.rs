@@ -2,13 +2,13 @@
 //! keys from a JWKS URL. `iss`, `aud`, `exp` and `nbf` are always checked.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
 
 use crate::config::{AuthSettings, Settings};
 use crate::formats::input::UserId;
@@ -60,6 +60,15 @@ pub enum AuthError {
     JwksUnavailable,
 }
 
+/// RFC 7519 §4.1.3: one audience as a string, or several as an array (jsonwebtoken's
+/// validation checks ours is among them).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -69,7 +78,7 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scp: Option<Vec<String>>,
     iss: String,
-    aud: String,
+    aud: Audience,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
@@ -77,49 +86,104 @@ struct Claims {
     iat: Option<u64>,
 }
 
-/// Keys from a JWKS URL, refreshed when a token names an unknown `kid` (at most once per
-/// `MIN_REFRESH`, so random kids cannot turn the service into a JWKS flooder) and when the
-/// cache is older than `MAX_AGE`.
+/// Keys from a JWKS URL. A token whose `kid` is known is checked against the cached set
+/// without waiting on anything. An unknown `kid`, or a set older than `MAX_AGE`, asks for a
+/// refresh: one fetch at a time (the others wait for its outcome rather than fetch again), at
+/// most one per `MIN_REFRESH` so random kids cannot make the service flood the identity
+/// provider, and after failures less and less often (doubling up to `MAX_BACKOFF`), so an
+/// outage at the identity provider costs one bounded fetch now and then, not one per request.
 struct JwksCache {
     url: String,
     client: reqwest::Client,
-    state: RwLock<JwksState>,
+    /// Swapped whole after a fetch; never held across an await.
+    keys: std::sync::RwLock<Arc<KeySet>>,
+    /// Held by the one refresh in flight.
+    refresh: tokio::sync::Mutex<RefreshState>,
 }
 
-struct JwksState {
+#[derive(Default)]
+struct KeySet {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
     fetched_at: Option<Instant>,
 }
 
+#[derive(Default)]
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    /// Failed fetches since the last success.
+    failures: u32,
+}
+
 const MIN_REFRESH: Duration = Duration::from_secs(2);
 const MAX_AGE: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A JWKS fetch that takes longer is given up (and counts as a failure).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RefreshState {
+    /// Whether a fetch may start now: `MIN_REFRESH` after the last attempt, doubling per
+    /// failure since the last success.
+    fn may_fetch(&self, now: Instant) -> bool {
+        let wait = MIN_REFRESH.saturating_mul(1 << self.failures.min(6)).min(MAX_BACKOFF);
+        self.last_attempt.is_none_or(|t| now.duration_since(t) >= wait)
+    }
+}
 
 impl JwksCache {
+    fn new(url: String, client: reqwest::Client) -> Self {
+        Self {
+            url,
+            client,
+            keys: std::sync::RwLock::new(Arc::default()),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        }
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     async fn key(&self, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
-        {
-            let state = self.state.read().await;
-            let fresh = state.fetched_at.is_some_and(|t| t.elapsed() < MAX_AGE);
-            if let (true, Some(found)) = (fresh, state.keys.get(kid)) {
-                return Ok(found.clone());
-            }
+        let seen = self.current();
+        let fresh = seen.fetched_at.is_some_and(|t| t.elapsed() < MAX_AGE);
+        if let (true, Some(found)) = (fresh, seen.keys.get(kid)) {
+            return Ok(found.clone());
         }
-        let mut state = self.state.write().await;
-        let may_refresh = state.fetched_at.is_none_or(|t| t.elapsed() >= MIN_REFRESH);
-        if may_refresh {
-            match self.fetch().await {
-                Ok(keys) => {
-                    state.keys = keys;
-                    state.fetched_at = Some(Instant::now());
+        let mut refresh = self.refresh.lock().await;
+        let latest = self.current();
+        // Another request's refresh finished while this one waited: its answer is ours.
+        let refreshed_meanwhile = latest.fetched_at != seen.fetched_at;
+        let set = if !refreshed_meanwhile && refresh.may_fetch(Instant::now()) {
+            refresh.last_attempt = Some(Instant::now());
+            match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
+                Ok(Ok(keys)) => {
+                    refresh.failures = 0;
+                    let set = Arc::new(KeySet {
+                        keys,
+                        fetched_at: Some(Instant::now()),
+                    });
+                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set.clone();
+                    set
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, url = %self.url, "JWKS refresh failed");
-                    if state.keys.is_empty() {
-                        return Err(AuthError::JwksUnavailable);
-                    }
+                failed => {
+                    refresh.failures = refresh.failures.saturating_add(1);
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {FETCH_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(error, url = %self.url, failures = refresh.failures, "JWKS refresh failed");
+                    latest
                 }
             }
+        } else {
+            latest
+        };
+        drop(refresh);
+        match set.keys.get(kid) {
+            Some(found) => Ok(found.clone()),
+            None if set.fetched_at.is_none() => Err(AuthError::JwksUnavailable),
+            None => Err(AuthError::UnknownKey),
         }
-        state.keys.get(kid).cloned().ok_or(AuthError::UnknownKey)
     }
 
     async fn fetch(&self) -> anyhow::Result<HashMap<String, (Algorithm, DecodingKey)>> {
@@ -197,14 +261,10 @@ impl Authenticator {
             }
         };
         let jwks = match &auth.jwks_url {
-            Some(url) => Some(JwksCache {
-                url: url.clone(),
-                client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
-                state: RwLock::new(JwksState {
-                    keys: HashMap::new(),
-                    fetched_at: None,
-                }),
-            }),
+            Some(url) => Some(JwksCache::new(
+                url.clone(),
+                reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()?,
+            )),
             None => None,
         };
         Ok(Self {
@@ -279,7 +339,7 @@ impl Authenticator {
             scope: Some(scopes.join(" ")),
             scp: None,
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             exp: now + self.token_ttl,
             nbf: Some(now),
             iat: Some(now),
@@ -289,5 +349,27 @@ impl Authenticator {
             &claims,
             &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreshes_wait_longer_after_each_failure_up_to_a_minute() {
+        let start = Instant::now();
+        let after = |failures, secs| {
+            RefreshState {
+                last_attempt: Some(start),
+                failures,
+            }
+            .may_fetch(start + Duration::from_secs(secs))
+        };
+        assert!(RefreshState::default().may_fetch(start), "the first fetch");
+        assert!(!after(0, 1) && after(0, 2), "2 s after a success");
+        assert!(!after(1, 3) && after(1, 4), "4 s after one failure");
+        assert!(!after(2, 7) && after(2, 8), "8 s after two");
+        assert!(!after(30, 59) && after(30, 60), "never more than a minute");
     }
 }

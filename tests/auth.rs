@@ -223,3 +223,168 @@ async fn an_empty_or_short_secret_file_stops_start_up() {
         assert!(err.contains(file) && err.contains("fewer than"), "{err}");
     }
 }
+
+/// `key` under another `kid`, one the identity provider never published.
+fn with_kid(key: &SigningKey, kid: &str) -> SigningKey {
+    SigningKey {
+        kid: kid.into(),
+        algorithm: key.algorithm,
+        encoding: key.encoding.clone(),
+        jwk: key.jwk.clone(),
+    }
+}
+
+/// A JWKS endpoint like [`jwks_server`] that counts its fetches and can fail (500).
+async fn counting_jwks_server(
+    keys: Arc<Mutex<Vec<Value>>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            let answer = if failing.load(Ordering::SeqCst) {
+                Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+            } else {
+                Ok(axum::Json(json!({ "keys": keys.lock().unwrap().clone() })))
+            };
+            async move { answer }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}/jwks.json")
+}
+
+/// The token attacks a public endpoint sees, each refused with 401 (403 for a missing
+/// scope): `alg: none`, HS256 signed with the RS256 key's public half, a tampered signature,
+/// a floods of unknown `kid`s (which must not become a flood of JWKS fetches), and an
+/// identity-provider outage (cached keys keep working; refreshes back off). An `aud` array
+/// that names this service is accepted, as RFC 7519 allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tokens_are_refused_without_a_refresh_storm() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let rsa = rs256_key("rsa-1");
+    let keys = Arc::new(Mutex::new(vec![rsa.jwk.clone()]));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let url = counting_jwks_server(keys.clone(), fetches.clone(), failing.clone()).await;
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.auth.jwks_url = Some(url);
+                s.auth.issuer = "https://idp.test".into();
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let good = sign(&rsa, claims("alice"));
+    assert_eq!(status_with(&app, &good).await, 200);
+
+    let unsigned = format!(
+        "{}.{}.",
+        b64.encode(json!({"alg": "none", "typ": "JWT"}).to_string()),
+        b64.encode(claims("alice").to_string())
+    );
+    assert_eq!(status_with(&app, &unsigned).await, 401, "alg: none");
+
+    // The classic confusion: HS256 with the RSA public key (as its JWK's modulus, and as the
+    // JWK's JSON text) as the HMAC secret.
+    for secret in [
+        rsa.jwk["n"].as_str().unwrap().as_bytes().to_vec(),
+        rsa.jwk.to_string().into_bytes(),
+    ] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-1".into());
+        let confused = jsonwebtoken::encode(&header, &claims("alice"), &EncodingKey::from_secret(&secret)).unwrap();
+        assert_eq!(
+            status_with(&app, &confused).await,
+            401,
+            "HS256 keyed with the public key"
+        );
+    }
+
+    let (signed, signature) = good.rsplit_once('.').unwrap();
+    let mut flipped = b64.decode(signature).unwrap();
+    flipped[0] ^= 1;
+    let tampered = format!("{signed}.{}", b64.encode(&flipped));
+    assert_eq!(status_with(&app, &tampered).await, 401, "tampered signature");
+    let mut other_claims = claims("mallory");
+    other_claims["scope"] = json!("udim:upload udim:admin");
+    let swapped = format!(
+        "{}.{}.{signature}",
+        signed.split('.').next().unwrap(),
+        b64.encode(other_claims.to_string())
+    );
+    assert_eq!(
+        status_with(&app, &swapped).await,
+        401,
+        "claims swapped under a valid signature"
+    );
+
+    let mut unscoped = claims("alice");
+    unscoped["scope"] = json!("udim:read");
+    assert_eq!(status_with(&app, &sign(&rsa, unscoped)).await, 403, "missing scope");
+
+    let mut audiences = claims("alice");
+    audiences["aud"] = json!(["another-service", "udim"]);
+    assert_eq!(
+        status_with(&app, &sign(&rsa, audiences)).await,
+        200,
+        "an aud array naming us"
+    );
+    let mut not_ours = claims("alice");
+    not_ours["aud"] = json!(["another-service", "a-third"]);
+    assert_eq!(
+        status_with(&app, &sign(&rsa, not_ours)).await,
+        401,
+        "an aud array without us"
+    );
+
+    // A flood of random kids, all at once: every one refused, and the identity provider asked
+    // at most a couple of times however many there are.
+    let before = fetches.load(Ordering::SeqCst);
+    let flood = (0..300).map(|i| {
+        let forged = with_kid(&rsa, &format!("random-{i}"));
+        app.http
+            .get(format!("{}/v1/consents", app.base))
+            .bearer_auth(sign(&forged, claims("alice")))
+    });
+    let statuses = common::concurrent_statuses(flood).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let asked = fetches.load(Ordering::SeqCst) - before;
+    assert!(asked <= 2, "300 unknown kids made {asked} JWKS fetches");
+    assert_eq!(
+        status_with(&app, &good).await,
+        200,
+        "the known key kept working throughout"
+    );
+
+    // The identity provider goes down: the cached key still verifies, and unknown kids do not
+    // make one fetch each (the retries back off).
+    failing.store(true, Ordering::SeqCst);
+    let before = fetches.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut unknown = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        let forged = with_kid(&rsa, &format!("outage-{unknown}"));
+        assert_eq!(status_with(&app, &sign(&forged, claims("alice"))).await, 401);
+        assert_eq!(status_with(&app, &good).await, 200, "cached keys survive the outage");
+        unknown += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = fetches.load(Ordering::SeqCst) - before;
+    // A fetch at most 2 s after the last one, the next 4 s after that failure, the third 8 s
+    // after the second: at most two in 7 s (without the back-off there would be four).
+    assert!(
+        unknown > 50 && asked <= 2,
+        "{unknown} unknown kids in an outage made {asked} fetches"
+    );
+    app.stop().await;
+}

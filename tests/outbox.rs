@@ -103,7 +103,12 @@ async fn until_outcome(outcomes: &OutcomeLog, before: usize, what: &str, wanted:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the notifier never {what}: {:?}", outcomes.lock().unwrap());
+    let outcomes = outcomes.lock().unwrap();
+    let recent = &outcomes[outcomes.len().saturating_sub(20)..];
+    panic!(
+        "the notifier never {what}; its last outcomes of {}: {recent:?}",
+        outcomes.len()
+    );
 }
 
 /// Waits until the notifier fails, after the first `before` outcomes, with an error that

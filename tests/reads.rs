@@ -45,6 +45,9 @@ async fn downstream_reads_decrypt_check_consent_and_are_recorded(db: Db) {
         ("bytes=131072-", 131072..300_001),
         ("bytes=-17", 299_984..300_001),
         ("bytes=299999-999999", 299_999..300_001),
+        // A last position past the end, however large, is clamped (RFC 9110 §14.1.1).
+        ("bytes=0-18446744073709551615", 0..300_001),
+        ("bytes=100-99999999999999999999999", 100..300_001),
     ] {
         let partial = read(&app, &pipeline, id, "model-training", Some(range)).await;
         assert_eq!(partial.status(), 206, "{range}");
@@ -55,8 +58,11 @@ async fn downstream_reads_decrypt_check_consent_and_are_recorded(db: Db) {
         );
         assert_eq!(partial.bytes().await.unwrap().as_ref(), &plaintext[expected], "{range}");
     }
-    let unsatisfiable = read(&app, &pipeline, id, "model-training", Some("bytes=300001-")).await;
-    assert_eq!(unsatisfiable.status(), 416);
+    for unsatisfiable in ["bytes=300001-", "bytes=18446744073709551615-", "bytes=-0"] {
+        let refused = read(&app, &pipeline, id, "model-training", Some(unsatisfiable)).await;
+        assert_eq!(refused.status(), 416, "{unsatisfiable}");
+        assert_eq!(refused.headers()["content-range"], "bytes */300001", "{unsatisfiable}");
+    }
 
     let other_purpose = read(&app, &pipeline, id, "advertising", None).await;
     assert_eq!(other_purpose.status(), 403, "the consent does not name this purpose");
@@ -79,7 +85,7 @@ async fn downstream_reads_decrypt_check_consent_and_are_recorded(db: Db) {
     let after = read(&app, &pipeline, id, "model-training", None).await;
     assert_eq!(after.status(), 403, "withdrawal takes effect for reads at once");
 
-    // 1 full read and 5 ranges were served and recorded; refused reads were not.
+    // 1 full read and 7 ranges were served and recorded; refused reads were not.
     let url = app.settings.database_url().expose_secret().to_owned();
     let reads: i64 = match db {
         Db::Sqlite => {
@@ -103,7 +109,30 @@ async fn downstream_reads_decrypt_check_consent_and_are_recorded(db: Db) {
             .unwrap()
         }
     };
-    assert_eq!(reads, 6);
+    assert_eq!(reads, 8);
+    app.stop().await;
+}
+
+/// An empty package has no byte any range could name: every range of it is unsatisfiable
+/// (416 with `bytes */0`), and a read without one answers the empty body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_range_of_an_empty_package_is_satisfiable() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let response = app.upload(&alice, "audio", Vec::new()).await;
+    assert_eq!(response.status(), 201);
+    let package: Value = response.json().await.unwrap();
+    let id = package["id"].as_str().unwrap();
+    let pipeline = app.token("pipeline", &["udim:read"]);
+    for range in ["bytes=-1", "bytes=0-", "bytes=0-0", "bytes=0-18446744073709551615"] {
+        let refused = read(&app, &pipeline, id, "model-training", Some(range)).await;
+        assert_eq!(refused.status(), 416, "{range}");
+        assert_eq!(refused.headers()["content-range"], "bytes */0", "{range}");
+    }
+    let whole = read(&app, &pipeline, id, "model-training", None).await;
+    assert_eq!(whole.status(), 200);
+    assert!(whole.bytes().await.unwrap().is_empty());
     app.stop().await;
 }
 

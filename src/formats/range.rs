@@ -19,14 +19,18 @@ impl ByteRange {
         }
         let (a, b) = spec.trim().split_once('-')?;
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        // A position too large for u64 is past the end of anything we store: for the last
+        // position or a suffix length that means "to the end", for the first one it makes
+        // the range unsatisfiable. Either way it is not a reason to ignore the header.
+        let position = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
         match (a, b) {
-            ("", n) if digits(n) => Some(Self::Suffix(n.parse().ok()?)),
+            ("", n) if digits(n) => Some(Self::Suffix(position(n))),
             (a, "") if digits(a) => Some(Self::From {
-                start: a.parse().ok()?,
+                start: position(a),
                 end_inclusive: None,
             }),
             (a, b) if digits(a) && digits(b) => {
-                let (start, end) = (a.parse().ok()?, b.parse().ok()?);
+                let (start, end) = (position(a), position(b));
                 (start <= end).then_some(Self::From {
                     start,
                     end_inclusive: Some(end),
@@ -36,12 +40,17 @@ impl ByteRange {
         }
     }
 
-    /// The half-open byte range within `size` bytes, or `None` when unsatisfiable.
+    /// The half-open byte range within `size` bytes, or `None` when unsatisfiable (RFC 9110
+    /// §14.1.1: a first position at or past the end, a zero suffix, or any range of an empty
+    /// representation); a last position past the end is clamped to it.
     pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
         match self {
             Self::From { start, .. } if start >= size => None,
-            Self::From { start, end_inclusive } => Some((start, end_inclusive.map_or(size, |e| (e + 1).min(size)))),
+            Self::From { start, end_inclusive } => {
+                Some((start, end_inclusive.map_or(size, |e| e.saturating_add(1).min(size))))
+            }
             Self::Suffix(0) => None,
+            Self::Suffix(_) if size == 0 => None,
             Self::Suffix(n) => Some((size.saturating_sub(n), size)),
         }
     }
@@ -61,6 +70,31 @@ mod tests {
         assert_eq!(r("bytes=-5000").unwrap().resolve(1000), Some((0, 1000)));
         assert_eq!(r("bytes=1000-").unwrap().resolve(1000), None);
         assert_eq!(r("bytes=-0").unwrap().resolve(1000), None);
+        assert_eq!(
+            r("bytes=-1").unwrap().resolve(0),
+            None,
+            "nothing of an empty representation"
+        );
+        assert_eq!(r("bytes=0-").unwrap().resolve(0), None);
+        assert_eq!(
+            r("bytes=0-18446744073709551615").unwrap().resolve(1000),
+            Some((0, 1000))
+        );
+        assert_eq!(
+            r("bytes=10-99999999999999999999999").unwrap().resolve(1000),
+            Some((10, 1000))
+        );
+        assert_eq!(
+            r("bytes=-99999999999999999999999").unwrap().resolve(1000),
+            Some((0, 1000))
+        );
+        assert_eq!(r("bytes=99999999999999999999999-").unwrap().resolve(1000), None);
+        assert_eq!(
+            r("bytes=18446744073709551615-18446744073709551615")
+                .unwrap()
+                .resolve(1000),
+            None
+        );
         for ignored in [
             "bytes=5-1",
             "bytes=0-1,5-6",
@@ -71,6 +105,23 @@ mod tests {
             "",
         ] {
             assert_eq!(r(ignored), None, "{ignored}");
+        }
+    }
+
+    /// Whatever the header, a resolved range lies within the representation and is not empty.
+    #[test]
+    fn every_resolved_range_is_inside_and_non_empty() {
+        let edges = [0, 1, 2, 999, 1000, 1001, u64::MAX - 1, u64::MAX];
+        for size in [0, 1, 1000, u64::MAX] {
+            for a in edges {
+                for b in edges {
+                    for header in [format!("bytes={a}-{b}"), format!("bytes={a}-"), format!("bytes=-{b}")] {
+                        if let Some((start, end)) = ByteRange::parse(&header).and_then(|r| r.resolve(size)) {
+                            assert!(start < end && end <= size, "{header} of {size}: {start}..{end}");
+                        }
+                    }
+                }
+            }
         }
     }
 }

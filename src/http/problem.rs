@@ -216,6 +216,9 @@ const RETRY_AFTER_SECS: &str = "5";
 pub struct ApiError {
     code: ProblemCode,
     detail: String,
+    /// Headers the problem's status calls for (`Content-Range` on a 416); a list, not a
+    /// `HeaderMap`, to keep the error small.
+    headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -223,7 +226,13 @@ impl ApiError {
         Self {
             code,
             detail: detail.into(),
+            headers: Vec::new(),
         }
+    }
+
+    fn with_header(mut self, name: axum::http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -279,6 +288,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -356,7 +368,12 @@ impl From<crate::pipeline::read::ReadError> for ApiError {
         match e {
             ReadError::NotFound(_) => Self::not_found(e.to_string()),
             ReadError::NoConsent { .. } => Self::consent_required(e.to_string()),
-            ReadError::RangeNotSatisfiable { .. } => Self::new(ProblemCode::RangeNotSatisfiable, e.to_string()),
+            // RFC 9110 §15.5.17: a 416 says how long the representation is.
+            ReadError::RangeNotSatisfiable { size } => Self::new(ProblemCode::RangeNotSatisfiable, e.to_string())
+                .with_header(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+                ),
             ReadError::Port(port) => port.into(),
             ReadError::Envelope(_) => Self::internal(&e),
         }
