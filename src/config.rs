@@ -75,6 +75,21 @@ pub struct ServerSettings {
     /// Serve Prometheus metrics at `GET /metrics` (no authentication: restrict it to the
     /// scraper at the network layer).
     pub metrics: bool,
+    /// A connection must send a whole request head within this long (after it opens, and
+    /// between requests on a kept-alive connection), or it is closed.
+    pub header_read_timeout_secs: u64,
+    /// The largest request head (request line and headers) accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// The most header fields a request may carry; more get 431.
+    pub max_headers: usize,
+    /// A request body may pause this long between reads; a stalled upload is cut, a slow but
+    /// moving one is not.
+    pub body_idle_timeout_secs: u64,
+    /// Every request that neither streams a body (uploads, content reads, exports) nor erases
+    /// everything must be answered within this long, or it gets 503 `request-timeout`.
+    pub request_timeout_secs: u64,
+    /// Connections open at once; beyond it new ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -84,6 +99,12 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 30,
             cors_allowed_origins: Vec::new(),
             metrics: true,
+            header_read_timeout_secs: 10,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            body_idle_timeout_secs: 30,
+            request_timeout_secs: 30,
+            max_connections: 10_000,
         }
     }
 }

@@ -63,8 +63,32 @@ pub struct Application {
     abandon_after: Duration,
     sweep_interval: Duration,
     cors: Option<tower_http::cors::CorsLayer>,
+    limits: http::serve::Limits,
+    request_timeout: Duration,
     /// Cancelled when shutdown begins.
     draining: CancellationToken,
+}
+
+/// The transport limits from `server.*`; a zero limit would refuse everything, so it is a
+/// configuration error.
+fn transport_limits(server: &crate::config::ServerSettings) -> anyhow::Result<http::serve::Limits> {
+    for (name, value) in [
+        ("header_read_timeout_secs", server.header_read_timeout_secs),
+        ("max_header_bytes", server.max_header_bytes as u64),
+        ("max_headers", server.max_headers as u64),
+        ("body_idle_timeout_secs", server.body_idle_timeout_secs),
+        ("request_timeout_secs", server.request_timeout_secs),
+        ("max_connections", server.max_connections as u64),
+    ] {
+        anyhow::ensure!(value > 0, "configuration error: `server.{name}` must be greater than 0");
+    }
+    Ok(http::serve::Limits {
+        header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+        max_header_bytes: server.max_header_bytes,
+        max_headers: server.max_headers,
+        body_idle_timeout: Duration::from_secs(server.body_idle_timeout_secs),
+        max_connections: server.max_connections,
+    })
 }
 
 /// CORS for browser clients (tus-js-client, Uppy): the listed origins may call the API with
@@ -239,6 +263,8 @@ impl Application {
             abandon_after: Duration::from_secs(settings.upload.abandon_after_secs),
             sweep_interval: Duration::from_secs(settings.upload.sweep_interval_secs.max(1)),
             cors: cors(&settings.server.cors_allowed_origins)?,
+            limits: transport_limits(&settings.server)?,
+            request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             draining,
         })
     }
@@ -263,29 +289,30 @@ impl Application {
             stop.clone(),
         ));
 
-        let mut router = http::router(self.state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let mut router = http::router(self.state)
+            .layer(axum::middleware::from_fn_with_state(self.request_timeout, http::deadline))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);
         }
         let draining = self.draining;
         let drain_signal = draining.clone();
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let server = http::serve::serve(self.listener, router, self.limits, async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
             drain_signal.cancel();
         });
         let grace = self.grace;
-        let served = tokio::select! {
-            result = server => result.context("the HTTP server failed"),
+        tokio::select! {
+            () = server => {}
             () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests outlived the grace period");
-                Ok(())
             }
         };
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         self.database.close().await;
-        served
+        Ok(())
     }
 }
 

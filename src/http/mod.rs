@@ -9,6 +9,7 @@ mod ledger;
 mod me;
 mod packages;
 pub mod problem;
+pub mod serve;
 mod uploads;
 
 use std::sync::Arc;
@@ -138,4 +139,71 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
         ProblemCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+/// Whether a request streams a body in or out, or may run long by design (erasing or
+/// exporting everything): those are bounded by the body idle timeout and by their own work,
+/// every other request by the whole-request deadline.
+fn runs_long(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["", "v1", "packages"] | ["", "v1", "uploads"]) => true,
+        (&Method::PATCH, ["", "v1", "uploads", _]) => true,
+        (&Method::GET, ["", "v1", "packages", _, "content"] | ["", "v1", "me", "export", ..]) => true,
+        (&Method::DELETE, ["", "v1", "me"]) => true,
+        _ => false,
+    }
+}
+
+/// The whole-request deadline (`server.request_timeout_secs`): a request that outlives it is
+/// answered 503 `request-timeout` (its work is dropped as if the client had gone away).
+pub async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if runs_long(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ProblemCode::RequestTimeout,
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    #[test]
+    fn only_streaming_and_bulk_routes_escape_the_request_deadline() {
+        for (method, path) in [
+            (Method::POST, "/v1/packages"),
+            (Method::POST, "/v1/uploads"),
+            (Method::PATCH, "/v1/uploads/0192"),
+            (Method::GET, "/v1/packages/0192/content"),
+            (Method::GET, "/v1/me/export"),
+            (Method::GET, "/v1/me/export/archive"),
+            (Method::DELETE, "/v1/me"),
+        ] {
+            assert!(super::runs_long(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v1/packages"),
+            (Method::GET, "/v1/packages/0192"),
+            (Method::DELETE, "/v1/packages/0192"),
+            (Method::POST, "/v1/consents"),
+            (Method::HEAD, "/v1/uploads/0192"),
+            (Method::GET, "/v1/ledger/entries"),
+            (Method::GET, "/v1/packages/0192/content/x"),
+        ] {
+            assert!(!super::runs_long(&method, path), "{method} {path}");
+        }
+    }
 }

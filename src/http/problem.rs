@@ -55,10 +55,11 @@ pub enum ProblemCode {
     DependencyUnavailable,
     ScannerUnavailable,
     IdentityProviderUnavailable,
+    RequestTimeout,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 37] = [
+    pub const ALL: [ProblemCode; 38] = [
         Self::InvalidBody,
         Self::InvalidQuery,
         Self::InvalidPath,
@@ -96,6 +97,7 @@ impl ProblemCode {
         Self::DependencyUnavailable,
         Self::ScannerUnavailable,
         Self::IdentityProviderUnavailable,
+        Self::RequestTimeout,
     ];
 
     /// The code as it appears in `code` and at the end of `type`.
@@ -138,6 +140,7 @@ impl ProblemCode {
             Self::DependencyUnavailable => "dependency-unavailable",
             Self::ScannerUnavailable => "scanner-unavailable",
             Self::IdentityProviderUnavailable => "identity-provider-unavailable",
+            Self::RequestTimeout => "request-timeout",
         }
     }
 
@@ -183,7 +186,10 @@ impl ProblemCode {
             ),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
             Self::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "Not implemented"),
-            Self::DependencyUnavailable | Self::ScannerUnavailable | Self::IdentityProviderUnavailable => {
+            Self::DependencyUnavailable
+            | Self::ScannerUnavailable
+            | Self::IdentityProviderUnavailable
+            | Self::RequestTimeout => {
                 (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable")
             }
         }

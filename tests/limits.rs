@@ -1,0 +1,214 @@
+//! Hostile clients at the transport: a slowloris crowd of half-sent request heads against the
+//! real binary, oversized heads, a stalled upload body, and a request that outlives its
+//! deadline. Each is cut or refused with a clear answer while honest clients are served.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::{Process, udim};
+use common::{Db, Options, TestApp};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Thousands of connections that each send half a request line and then nothing: the
+/// service keeps answering honest clients at once, and closes every half-open connection
+/// once `server.header_read_timeout_secs` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_served() {
+    const CROWD: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(|| {
+        let mut command = udim();
+        command
+            .env("UDIM_DATA_DIR", dir.path())
+            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("UDIM_SERVER__HEADER_READ_TIMEOUT_SECS", "3");
+        command
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    let mut crowd = Vec::with_capacity(CROWD);
+    for _ in 0..CROWD {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket.write_all(b"GET /v1/consents HTT").await.unwrap();
+        crowd.push(socket);
+    }
+    let opened = Instant::now();
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    for _ in 0..20 {
+        let answered = tokio::time::timeout(Duration::from_secs(2), http.get(format!("{}/healthz", server.base)).send())
+            .await
+            .expect("an honest client is answered while the crowd holds its connections")
+            .unwrap();
+        assert_eq!(answered.status(), 200);
+    }
+
+    // Every half-open connection is closed by the service: a read sees the end of the stream
+    // (or a reset), not a timeout of ours.
+    let closed = futures::future::join_all(crowd.into_iter().map(|mut socket| async move {
+        let mut buf = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(60), socket.read(&mut buf)).await,
+            Ok(Ok(_) | Err(_))
+        )
+    }))
+    .await;
+    let cut_after = opened.elapsed();
+    assert!(
+        closed.iter().all(|c| *c),
+        "{} of {CROWD} half-open connections were never closed",
+        closed.iter().filter(|c| !**c).count()
+    );
+    assert!(cut_after >= Duration::from_secs(2), "not before the timeout: {cut_after:?}");
+    let answered = http.get(format!("{}/healthz", server.base)).send().await.unwrap();
+    assert_eq!(answered.status(), 200, "and the service still serves");
+}
+
+/// Reads the response head a raw request gets.
+async fn raw_status(app: &TestApp, request: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned()
+}
+
+/// A request head larger than `server.max_header_bytes`, or with more fields than
+/// `server.max_headers`, is refused with 431 before anything else reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.server.max_header_bytes = 16 * 1024;
+                s.server.max_headers = 32;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    assert!(raw_status(&app, huge.as_bytes()).await.contains(" 431 "), "a 20 KiB header");
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("x-field-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw_status(&app, many.as_bytes()).await.contains(" 431 "), "40 header fields");
+    let fine = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert!(raw_status(&app, fine.as_bytes()).await.contains(" 200 "));
+    app.stop().await;
+}
+
+/// An upload whose body stops arriving is cut after `server.body_idle_timeout_secs` and
+/// leaves nothing behind; one that keeps moving, however slowly, is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_cut_and_a_slow_one_is_not() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| s.server.body_idle_timeout_secs = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let url = format!("{}/v1/packages?data_category=documents&filename=a.txt", app.base);
+
+    let (body, stalled) = common::body_in_flight();
+    let upload = common::status_of(
+        app.http
+            .post(&url)
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(stalled),
+    );
+    body.send(Ok(b"the first words, and then nothing".to_vec())).await.unwrap();
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("the stalled upload is cut, not held")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the idle timeout");
+    assert_eq!(status, 400, "upload-interrupted");
+    drop(body);
+    assert!(app.packages(&alice).await.is_empty());
+    assert!(app.object_files().is_empty());
+
+    // Half a second between pieces, three seconds in all: slow, never idle for a second.
+    let (body, slow) = common::body_in_flight();
+    let upload = common::status_of(
+        app.http
+            .post(&url)
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(slow),
+    );
+    for i in 0..6 {
+        body.send(Ok(format!("piece {i} ").into_bytes())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(body);
+    assert_eq!(upload.await.unwrap(), 201);
+    assert_eq!(app.packages(&alice).await.len(), 1);
+    app.stop().await;
+}
+
+/// A request that outlives `server.request_timeout_secs` (here: waiting on an identity
+/// provider that takes 3 s to answer) gets 503 `request-timeout` with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_gets_503_request_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let slow = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(json!({ "keys": [] }))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, slow).await.unwrap() });
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.auth.jwks_url = Some(jwks);
+                s.auth.issuer = "https://idp.test".into();
+                s.server.request_timeout_secs = 1;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Any RS256 token with a kid sends the service to the identity provider.
+    let header = base64_url(&json!({"alg": "RS256", "kid": "k", "typ": "JWT"}).to_string());
+    let claims = base64_url(&json!({"sub": "alice", "exp": 4_000_000_000u64}).to_string());
+    let token = format!("{header}.{claims}.c2ln");
+    let started = Instant::now();
+    let response = app
+        .http
+        .get(format!("{}/v1/consents", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(2900), "answered at the deadline, not after the fetch");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:request-timeout");
+    app.stop().await;
+}
+
+fn base64_url(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
