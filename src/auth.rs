@@ -86,19 +86,25 @@ struct Claims {
     iat: Option<u64>,
 }
 
-/// Keys from a JWKS URL. A token whose `kid` is known is checked against the cached set
-/// without waiting on anything. An unknown `kid`, or a set older than `MAX_AGE`, asks for a
-/// refresh: one fetch at a time (the others wait for its outcome rather than fetch again), at
-/// most one per `MIN_REFRESH` so random kids cannot make the service flood the identity
-/// provider, and after failures less and less often (doubling up to `MAX_BACKOFF`), so an
-/// outage at the identity provider costs one bounded fetch now and then, not one per request.
+/// Keys from a JWKS URL. A token whose `kid` is in the fetched set is checked against it
+/// without waiting on anything, however old the set is; a set older than `refresh_after` is
+/// refreshed in the background. An unknown `kid` waits for a refresh: one fetch at a time
+/// (requests that waited for it take its outcome rather than fetch again), at most one per
+/// `MIN_REFRESH` so random kids cannot make the service flood the identity provider, and
+/// after failures less and less often (doubling up to `MAX_BACKOFF`), so an outage at the
+/// identity provider costs one bounded fetch now and then, not one per request. An attempt is
+/// stamped and counted as a failure before its fetch starts, so a request cancelled mid-fetch
+/// still backs off, and stamped again when it ends, so the back-off runs from its outcome.
 struct JwksCache {
     url: String,
     client: reqwest::Client,
-    /// Swapped whole after a fetch; never held across an await.
+    refresh_after: Duration,
+    /// Swapped whole after a good fetch; never held across an await.
     keys: std::sync::RwLock<Arc<KeySet>>,
     /// Held by the one refresh in flight.
-    refresh: tokio::sync::Mutex<RefreshState>,
+    refresh: Arc<tokio::sync::Mutex<RefreshState>>,
+    /// Fetches begun, so a request that waited on `refresh` knows one ran meanwhile.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -110,32 +116,35 @@ struct KeySet {
 #[derive(Default)]
 struct RefreshState {
     last_attempt: Option<Instant>,
-    /// Failed fetches since the last success.
+    /// Fetches since the last good one (the one in flight included).
     failures: u32,
 }
 
 const MIN_REFRESH: Duration = Duration::from_secs(2);
-const MAX_AGE: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A JWKS fetch that takes longer is given up (and counts as a failure).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RefreshState {
     /// Whether a fetch may start now: `MIN_REFRESH` after the last attempt, doubling per
-    /// failure since the last success.
-    fn may_fetch(&self, now: Instant) -> bool {
-        let wait = MIN_REFRESH.saturating_mul(1 << self.failures.min(6)).min(MAX_BACKOFF);
+    /// failure since the last good fetch, except while no key was ever fetched (then every
+    /// `MIN_REFRESH`: nothing can be verified until one arrives).
+    fn may_fetch(&self, now: Instant, have_keys: bool) -> bool {
+        let doublings = if have_keys { self.failures.min(6) } else { 0 };
+        let wait = MIN_REFRESH.saturating_mul(1 << doublings).min(MAX_BACKOFF);
         self.last_attempt.is_none_or(|t| now.duration_since(t) >= wait)
     }
 }
 
 impl JwksCache {
-    fn new(url: String, client: reqwest::Client) -> Self {
+    fn new(url: String, client: reqwest::Client, refresh_after: Duration) -> Self {
         Self {
             url,
             client,
+            refresh_after,
             keys: std::sync::RwLock::new(Arc::default()),
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            refresh: Arc::new(tokio::sync::Mutex::new(RefreshState::default())),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -143,47 +152,70 @@ impl JwksCache {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn key(&self, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
+    async fn key(self: &Arc<Self>, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
+        use std::sync::atomic::Ordering;
         let seen = self.current();
-        let fresh = seen.fetched_at.is_some_and(|t| t.elapsed() < MAX_AGE);
-        if let (true, Some(found)) = (fresh, seen.keys.get(kid)) {
+        if let Some(found) = seen.keys.get(kid) {
+            if seen.fetched_at.is_none_or(|t| t.elapsed() >= self.refresh_after) {
+                self.refresh_in_background();
+            }
             return Ok(found.clone());
         }
+        let attempts_before = self.attempts.load(Ordering::SeqCst);
         let mut refresh = self.refresh.lock().await;
-        let latest = self.current();
-        // Another request's refresh finished while this one waited: its answer is ours.
-        let refreshed_meanwhile = latest.fetched_at != seen.fetched_at;
-        let set = if !refreshed_meanwhile && refresh.may_fetch(Instant::now()) {
-            refresh.last_attempt = Some(Instant::now());
-            match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
-                Ok(Ok(keys)) => {
-                    refresh.failures = 0;
-                    let set = Arc::new(KeySet {
-                        keys,
-                        fetched_at: Some(Instant::now()),
-                    });
-                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set.clone();
-                    set
-                }
-                failed => {
-                    refresh.failures = refresh.failures.saturating_add(1);
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {FETCH_TIMEOUT:?}"),
-                    };
-                    tracing::warn!(error, url = %self.url, failures = refresh.failures, "JWKS refresh failed");
-                    latest
-                }
-            }
-        } else {
-            latest
-        };
+        let attempted_meanwhile = self.attempts.load(Ordering::SeqCst) != attempts_before;
+        if !attempted_meanwhile && refresh.may_fetch(Instant::now(), seen.fetched_at.is_some()) {
+            self.attempt(&mut refresh).await;
+        }
+        let failing = refresh.failures > 0;
         drop(refresh);
+        let set = self.current();
         match set.keys.get(kid) {
             Some(found) => Ok(found.clone()),
-            None if set.fetched_at.is_none() => Err(AuthError::JwksUnavailable),
+            // Nothing to check against, or perhaps a key the identity provider rotated in
+            // while it cannot be asked: "retry later", not "bad token".
+            None if set.fetched_at.is_none() || failing => Err(AuthError::JwksUnavailable),
             None => Err(AuthError::UnknownKey),
         }
+    }
+
+    /// Starts a refresh on its own task unless one is running or the back-off forbids it.
+    fn refresh_in_background(self: &Arc<Self>) {
+        let Ok(mut refresh) = self.refresh.clone().try_lock_owned() else {
+            return;
+        };
+        if !refresh.may_fetch(Instant::now(), self.current().fetched_at.is_some()) {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move { cache.attempt(&mut refresh).await });
+    }
+
+    /// One fetch. The set is replaced only by a good one: an error, a timeout or a set with
+    /// no usable key leaves the cached keys in use.
+    async fn attempt(&self, refresh: &mut RefreshState) {
+        self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        refresh.last_attempt = Some(Instant::now());
+        refresh.failures = refresh.failures.saturating_add(1);
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await;
+        // Stamped again at the end: the back-off runs from the outcome, so a request that
+        // waited through a slow failed fetch does not start the next one at once.
+        refresh.last_attempt = Some(Instant::now());
+        let error = match fetched {
+            Ok(Ok(keys)) if !keys.is_empty() => {
+                refresh.failures = 0;
+                let set = Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                });
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set;
+                return;
+            }
+            Ok(Ok(_)) => "the key set holds no usable RS256 or ES256 key".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {FETCH_TIMEOUT:?}"),
+        };
+        tracing::warn!(error, url = %self.url, failures = refresh.failures, "JWKS refresh failed");
     }
 
     async fn fetch(&self) -> anyhow::Result<HashMap<String, (Algorithm, DecodingKey)>> {
@@ -219,7 +251,7 @@ pub struct Authenticator {
     leeway: u64,
     token_ttl: u64,
     hs256: Option<SecretString>,
-    jwks: Option<JwksCache>,
+    jwks: Option<Arc<JwksCache>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -261,10 +293,11 @@ impl Authenticator {
             }
         };
         let jwks = match &auth.jwks_url {
-            Some(url) => Some(JwksCache::new(
+            Some(url) => Some(Arc::new(JwksCache::new(
                 url.clone(),
                 reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()?,
-            )),
+                Duration::from_secs(auth.jwks_refresh_secs),
+            ))),
             None => None,
         };
         Ok(Self {
@@ -285,6 +318,14 @@ impl Authenticator {
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v
+    }
+
+    /// Fetches the identity provider's keys in the background, so the first requests do not
+    /// wait for them (needs a Tokio runtime; a no-op without a JWKS URL).
+    pub fn prefetch_keys(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.refresh_in_background();
+        }
     }
 
     /// Verifies a bearer token and returns its principal.
@@ -364,12 +405,20 @@ mod tests {
                 last_attempt: Some(start),
                 failures,
             }
-            .may_fetch(start + Duration::from_secs(secs))
+            .may_fetch(start + Duration::from_secs(secs), true)
         };
-        assert!(RefreshState::default().may_fetch(start), "the first fetch");
+        assert!(RefreshState::default().may_fetch(start, false), "the first fetch");
         assert!(!after(0, 1) && after(0, 2), "2 s after a success");
         assert!(!after(1, 3) && after(1, 4), "4 s after one failure");
         assert!(!after(2, 7) && after(2, 8), "8 s after two");
         assert!(!after(30, 59) && after(30, 60), "never more than a minute");
+        let keyless = RefreshState {
+            last_attempt: Some(start),
+            failures: 30,
+        };
+        assert!(
+            keyless.may_fetch(start + Duration::from_secs(2), false),
+            "every 2 s while no key was ever fetched"
+        );
     }
 }

@@ -187,6 +187,9 @@ pub struct AuthSettings {
     pub hs256_secret: Option<SecretString>,
     /// JWKS URL for RS256/ES256 tokens from an identity provider.
     pub jwks_url: Option<String>,
+    /// The fetched key set is refreshed in the background once it is this old (known keys
+    /// keep working meanwhile, and while the identity provider is down).
+    pub jwks_refresh_secs: u64,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway_secs: u64,
     /// Lifetime of tokens minted by `udim token`.
@@ -200,6 +203,7 @@ impl Default for AuthSettings {
             audience: "udim".into(),
             hs256_secret: None,
             jwks_url: None,
+            jwks_refresh_secs: 300,
             leeway_secs: 30,
             token_ttl_secs: 3600,
         }

@@ -171,6 +171,7 @@ impl Application {
         };
         let (scanner, scan_policy) = factory::scanner(&settings);
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
+        auth.prefetch_keys();
         let ledger_signer = Arc::new(LedgerSigner::load(
             &settings.ledger.origin,
             &settings.signing_key_source()?,
@@ -290,7 +291,10 @@ impl Application {
         ));
 
         let mut router = http::router(self.state)
-            .layer(axum::middleware::from_fn_with_state(self.request_timeout, http::deadline))
+            .layer(axum::middleware::from_fn_with_state(
+                self.request_timeout,
+                http::deadline,
+            ))
             .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);

@@ -234,29 +234,99 @@ fn with_kid(key: &SigningKey, kid: &str) -> SigningKey {
     }
 }
 
-/// A JWKS endpoint like [`jwks_server`] that counts its fetches and can fail (500).
-async fn counting_jwks_server(
-    keys: Arc<Mutex<Vec<Value>>>,
+/// How a [`counting_jwks_server`] answers.
+#[derive(Clone, Default)]
+struct Idp {
     fetches: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer 500 at once.
     failing: Arc<std::sync::atomic::AtomicBool>,
-) -> String {
+    /// Answer nothing for 30 s.
+    hanging: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Idp {
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A JWKS endpoint like [`jwks_server`] that counts its fetches and can fail or hang.
+async fn counting_jwks_server(keys: Arc<Mutex<Vec<Value>>>, idp: Idp) -> String {
     use std::sync::atomic::Ordering;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
-            fetches.fetch_add(1, Ordering::SeqCst);
-            let answer = if failing.load(Ordering::SeqCst) {
-                Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-            } else {
-                Ok(axum::Json(json!({ "keys": keys.lock().unwrap().clone() })))
-            };
-            async move { answer }
+            idp.fetches.fetch_add(1, Ordering::SeqCst);
+            let (failing, hanging) = (idp.failing.load(Ordering::SeqCst), idp.hanging.load(Ordering::SeqCst));
+            let keys = keys.lock().unwrap().clone();
+            async move {
+                if hanging {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                if failing {
+                    Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                } else {
+                    Ok(axum::Json(json!({ "keys": keys })))
+                }
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{addr}/jwks.json")
+}
+
+async fn app_with_idp(url: String, refresh_secs: u64) -> TestApp {
+    TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(move |s| {
+                s.auth.jwks_url = Some(url);
+                s.auth.issuer = "https://idp.test".into();
+                s.auth.jwks_refresh_secs = refresh_secs;
+            })),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// A key set past its refresh age while the identity provider hangs: tokens with a known
+/// `kid` are answered at once from the cached set (the refresh runs in the background), and
+/// tokens with an unknown one wait for that one refresh, never start another, and get 503
+/// ("retry later"), not 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_keys_never_wait_on_a_hung_identity_provider() {
+    let rsa = rs256_key("rsa-1");
+    let idp = Idp::default();
+    let url = counting_jwks_server(Arc::new(Mutex::new(vec![rsa.jwk.clone()])), idp.clone()).await;
+    let app = app_with_idp(url, 1).await;
+    let good = sign(&rsa, claims("alice"));
+    assert_eq!(status_with(&app, &good).await, 200);
+
+    idp.hanging.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = idp.fetches();
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        assert_eq!(status_with(&app, &good).await, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a known kid waited {:?}",
+            started.elapsed()
+        );
+    }
+    common::eventually("the stale set is being refreshed", || async { idp.fetches() > before }).await;
+    let unknown = (0..20).map(|i| {
+        app.http
+            .get(format!("{}/v1/consents", app.base))
+            .bearer_auth(sign(&with_kid(&rsa, &format!("new-{i}")), claims("alice")))
+    });
+    let statuses = common::concurrent_statuses(unknown).await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(idp.fetches() - before, 1, "one refresh for all of them");
+    app.stop().await;
 }
 
 /// The token attacks a public endpoint sees, each refused with 401 (403 for a missing
@@ -266,24 +336,12 @@ async fn counting_jwks_server(
 /// that names this service is accepted, as RFC 7519 allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_tokens_are_refused_without_a_refresh_storm() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let rsa = rs256_key("rsa-1");
-    let keys = Arc::new(Mutex::new(vec![rsa.jwk.clone()]));
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let failing = Arc::new(AtomicBool::new(false));
-    let url = counting_jwks_server(keys.clone(), fetches.clone(), failing.clone()).await;
-    let app = TestApp::spawn_with(
-        Db::Sqlite,
-        Options {
-            configure: Some(Box::new(move |s| {
-                s.auth.jwks_url = Some(url);
-                s.auth.issuer = "https://idp.test".into();
-            })),
-            ..Options::default()
-        },
-    )
-    .await;
+    let idp = Idp::default();
+    let url = counting_jwks_server(Arc::new(Mutex::new(vec![rsa.jwk.clone()])), idp.clone()).await;
+    let app = app_with_idp(url, 300).await;
     let good = sign(&rsa, claims("alice"));
     assert_eq!(status_with(&app, &good).await, 200);
 
@@ -347,9 +405,10 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
         "an aud array without us"
     );
 
-    // A flood of random kids, all at once: every one refused, and the identity provider asked
-    // at most a couple of times however many there are.
-    let before = fetches.load(Ordering::SeqCst);
+    // A flood of random kids, all at once, when a refresh is due: every one refused, and
+    // the identity provider asked once however many there are.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = idp.fetches();
     let flood = (0..300).map(|i| {
         let forged = with_kid(&rsa, &format!("random-{i}"));
         app.http
@@ -358,8 +417,8 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
     });
     let statuses = common::concurrent_statuses(flood).await;
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
-    let asked = fetches.load(Ordering::SeqCst) - before;
-    assert!(asked <= 2, "300 unknown kids made {asked} JWKS fetches");
+    let asked = idp.fetches() - before;
+    assert!(asked <= 1, "300 unknown kids made {asked} JWKS fetches");
     assert_eq!(
         status_with(&app, &good).await,
         200,
@@ -368,18 +427,21 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
 
     // The identity provider goes down: the cached key still verifies, and unknown kids do not
     // make one fetch each (the retries back off).
-    failing.store(true, Ordering::SeqCst);
-    let before = fetches.load(Ordering::SeqCst);
+    idp.failing.store(true, Ordering::SeqCst);
+    let before = idp.fetches();
     let started = std::time::Instant::now();
     let mut unknown = 0;
     while started.elapsed() < Duration::from_secs(7) {
         let forged = with_kid(&rsa, &format!("outage-{unknown}"));
-        assert_eq!(status_with(&app, &sign(&forged, claims("alice"))).await, 401);
+        assert!(
+            matches!(status_with(&app, &sign(&forged, claims("alice"))).await, 401 | 503),
+            "refused: 401 before the first failed refresh, 503 (retry later) after"
+        );
         assert_eq!(status_with(&app, &good).await, 200, "cached keys survive the outage");
         unknown += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let asked = fetches.load(Ordering::SeqCst) - before;
+    let asked = idp.fetches() - before;
     // A fetch at most 2 s after the last one, the next 4 s after that failure, the third 8 s
     // after the second: at most two in 7 s (without the back-off there would be four).
     assert!(

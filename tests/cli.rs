@@ -556,10 +556,16 @@ async fn the_upload_client_rides_out_a_service_that_dies_and_comes_back_in_one_r
     let second = Process::serve(|| udim(dir.path())).await;
     link.retarget(second.base.trim_start_matches("http://").to_owned());
     link.refuse(false);
-    let output = tokio::task::spawn_blocking(move || client.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let pid = client.id();
+    let finished = tokio::task::spawn_blocking(move || client.wait_with_output());
+    let output = match tokio::time::timeout(common::PATIENCE, finished).await {
+        Ok(joined) => joined.unwrap().unwrap(),
+        Err(_) => {
+            // Never leave the client retrying after the test.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("udim upload did not finish within {:?}", common::PATIENCE);
+        }
+    };
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let package: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(package["status"], "stored");

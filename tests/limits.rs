@@ -39,10 +39,13 @@ async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_s
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     for _ in 0..20 {
-        let answered = tokio::time::timeout(Duration::from_secs(2), http.get(format!("{}/healthz", server.base)).send())
-            .await
-            .expect("an honest client is answered while the crowd holds its connections")
-            .unwrap();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(2),
+            http.get(format!("{}/healthz", server.base)).send(),
+        )
+        .await
+        .expect("an honest client is answered while the crowd holds its connections")
+        .unwrap();
         assert_eq!(answered.status(), 200);
     }
 
@@ -62,7 +65,10 @@ async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_s
         "{} of {CROWD} half-open connections were never closed",
         closed.iter().filter(|c| !**c).count()
     );
-    assert!(cut_after >= Duration::from_secs(2), "not before the timeout: {cut_after:?}");
+    assert!(
+        cut_after >= Duration::from_secs(2),
+        "not before the timeout: {cut_after:?}"
+    );
     let answered = http.get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert_eq!(answered.status(), 200, "and the service still serves");
 }
@@ -73,7 +79,11 @@ async fn raw_status(app: &TestApp, request: &[u8]) -> String {
     socket.write_all(request).await.unwrap();
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response)).await;
-    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A request head larger than `server.max_header_bytes`, or with more fields than
@@ -95,13 +105,19 @@ async fn oversized_request_heads_get_431() {
         "GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\nconnection: close\r\n\r\n",
         "a".repeat(20 * 1024)
     );
-    assert!(raw_status(&app, huge.as_bytes()).await.contains(" 431 "), "a 20 KiB header");
+    assert!(
+        raw_status(&app, huge.as_bytes()).await.contains(" 431 "),
+        "a 20 KiB header"
+    );
     let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
     for i in 0..40 {
         many.push_str(&format!("x-field-{i}: {i}\r\n"));
     }
     many.push_str("\r\n");
-    assert!(raw_status(&app, many.as_bytes()).await.contains(" 431 "), "40 header fields");
+    assert!(
+        raw_status(&app, many.as_bytes()).await.contains(" 431 "),
+        "40 header fields"
+    );
     let fine = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     assert!(raw_status(&app, fine.as_bytes()).await.contains(" 200 "));
     app.stop().await;
@@ -131,13 +147,18 @@ async fn a_stalled_upload_is_cut_and_a_slow_one_is_not() {
             .header("content-type", "application/octet-stream")
             .body(stalled),
     );
-    body.send(Ok(b"the first words, and then nothing".to_vec())).await.unwrap();
+    body.send(Ok(b"the first words, and then nothing".to_vec()))
+        .await
+        .unwrap();
     let started = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(30), upload)
         .await
         .expect("the stalled upload is cut, not held")
         .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(900), "not before the idle timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the idle timeout"
+    );
     assert_eq!(status, 400, "upload-interrupted");
     drop(body);
     assert!(app.packages(&alice).await.is_empty());
@@ -200,7 +221,10 @@ async fn a_request_past_its_deadline_gets_503_request_timeout() {
         .send()
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(2900), "answered at the deadline, not after the fetch");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "answered at the deadline, not after the fetch"
+    );
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let problem: Value = response.json().await.unwrap();

@@ -210,7 +210,7 @@ async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
     link.cut();
     until_failed(&outcomes, before, "a lost connection", |_| true).await;
     assert!(
-        link.dropped.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        link.cut_connections.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "an established connection was cut"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -247,7 +247,7 @@ async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
     until_more_uploaded(&uploaded, 20).await;
     until_published(&outcomes).await;
     let before = tried(&outcomes);
-    let full = format!("{}.full", names.queue);
+    let full = queue.extra_queue("full");
     let mut refusing = FieldTable::default();
     refusing.insert("x-max-length".into(), AMQPValue::LongInt(0));
     refusing.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));

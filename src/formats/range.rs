@@ -40,21 +40,28 @@ impl ByteRange {
         }
     }
 
-    /// The half-open byte range within `size` bytes, or `None` when unsatisfiable (RFC 9110
-    /// §14.1.1: a first position at or past the end, a zero suffix, or any range of an empty
-    /// representation); a last position past the end is clamped to it.
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+    /// What to serve of `size` bytes (RFC 9110 §14.1.1): `Ok(Some(start..end))` for a part
+    /// (a last position past the end clamped to it), `Ok(None)` for the whole representation,
+    /// `Err(Unsatisfiable)` for a first position at or past the end or a zero suffix. A
+    /// non-zero suffix of an empty representation is satisfiable but names no byte a 206
+    /// could carry, so the whole (empty) representation is served instead.
+    pub fn resolve(self, size: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
         match self {
-            Self::From { start, .. } if start >= size => None,
-            Self::From { start, end_inclusive } => {
-                Some((start, end_inclusive.map_or(size, |e| e.saturating_add(1).min(size))))
-            }
-            Self::Suffix(0) => None,
-            Self::Suffix(_) if size == 0 => None,
-            Self::Suffix(n) => Some((size.saturating_sub(n), size)),
+            Self::From { start, .. } if start >= size => Err(Unsatisfiable),
+            Self::From { start, end_inclusive } => Ok(Some((
+                start,
+                end_inclusive.map_or(size, |e| e.saturating_add(1).min(size)),
+            ))),
+            Self::Suffix(0) => Err(Unsatisfiable),
+            Self::Suffix(_) if size == 0 => Ok(None),
+            Self::Suffix(n) => Ok(Some((size.saturating_sub(n), size))),
         }
     }
 }
+
+/// A range that selects nothing of the representation (answered 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
 
 #[cfg(test)]
 mod tests {
@@ -63,38 +70,35 @@ mod tests {
     #[test]
     fn range_headers_parse_and_resolve_like_rfc_9110() {
         let r = |s: &str| ByteRange::parse(s);
-        assert_eq!(r("bytes=0-99").unwrap().resolve(1000), Some((0, 100)));
-        assert_eq!(r("bytes=990-2000").unwrap().resolve(1000), Some((990, 1000)));
-        assert_eq!(r("bytes=500-").unwrap().resolve(1000), Some((500, 1000)));
-        assert_eq!(r("bytes=-100").unwrap().resolve(1000), Some((900, 1000)));
-        assert_eq!(r("bytes=-5000").unwrap().resolve(1000), Some((0, 1000)));
-        assert_eq!(r("bytes=1000-").unwrap().resolve(1000), None);
-        assert_eq!(r("bytes=-0").unwrap().resolve(1000), None);
+        let part = |start, end| Ok(Some((start, end)));
+        assert_eq!(r("bytes=0-99").unwrap().resolve(1000), part(0, 100));
+        assert_eq!(r("bytes=990-2000").unwrap().resolve(1000), part(990, 1000));
+        assert_eq!(r("bytes=500-").unwrap().resolve(1000), part(500, 1000));
+        assert_eq!(r("bytes=-100").unwrap().resolve(1000), part(900, 1000));
+        assert_eq!(r("bytes=-5000").unwrap().resolve(1000), part(0, 1000));
+        assert_eq!(r("bytes=1000-").unwrap().resolve(1000), Err(Unsatisfiable));
+        assert_eq!(r("bytes=-0").unwrap().resolve(1000), Err(Unsatisfiable));
         assert_eq!(
             r("bytes=-1").unwrap().resolve(0),
-            None,
-            "nothing of an empty representation"
+            Ok(None),
+            "all of an empty representation"
         );
-        assert_eq!(r("bytes=0-").unwrap().resolve(0), None);
-        assert_eq!(
-            r("bytes=0-18446744073709551615").unwrap().resolve(1000),
-            Some((0, 1000))
-        );
+        assert_eq!(r("bytes=0-").unwrap().resolve(0), Err(Unsatisfiable));
+        assert_eq!(r("bytes=0-18446744073709551615").unwrap().resolve(1000), part(0, 1000));
         assert_eq!(
             r("bytes=10-99999999999999999999999").unwrap().resolve(1000),
-            Some((10, 1000))
+            part(10, 1000)
         );
         assert_eq!(
             r("bytes=-99999999999999999999999").unwrap().resolve(1000),
-            Some((0, 1000))
+            part(0, 1000)
         );
-        assert_eq!(r("bytes=99999999999999999999999-").unwrap().resolve(1000), None);
         assert_eq!(
-            r("bytes=18446744073709551615-18446744073709551615")
-                .unwrap()
-                .resolve(1000),
-            None
+            r("bytes=99999999999999999999999-").unwrap().resolve(1000),
+            Err(Unsatisfiable)
         );
+        let last = "bytes=18446744073709551615-18446744073709551615";
+        assert_eq!(r(last).unwrap().resolve(1000), Err(Unsatisfiable));
         for ignored in [
             "bytes=5-1",
             "bytes=0-1,5-6",
@@ -116,7 +120,7 @@ mod tests {
             for a in edges {
                 for b in edges {
                     for header in [format!("bytes={a}-{b}"), format!("bytes={a}-"), format!("bytes=-{b}")] {
-                        if let Some((start, end)) = ByteRange::parse(&header).and_then(|r| r.resolve(size)) {
+                        if let Some(Ok(Some((start, end)))) = ByteRange::parse(&header).map(|r| r.resolve(size)) {
                             assert!(start < end && end <= size, "{header} of {size}: {start}..{end}");
                         }
                     }

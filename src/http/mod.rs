@@ -147,13 +147,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
 fn runs_long(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (&Method::POST, ["", "v1", "packages"] | ["", "v1", "uploads"]) => true,
-        (&Method::PATCH, ["", "v1", "uploads", _]) => true,
-        (&Method::GET, ["", "v1", "packages", _, "content"] | ["", "v1", "me", "export", ..]) => true,
-        (&Method::DELETE, ["", "v1", "me"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, segments.as_slice()),
+        (&Method::POST, ["", "v1", "packages"] | ["", "v1", "uploads"])
+            | (&Method::PATCH, ["", "v1", "uploads", _])
+            | (
+                &Method::GET,
+                ["", "v1", "packages", _, "content"] | ["", "v1", "me", "export", ..]
+            )
+            | (&Method::DELETE, ["", "v1", "me"])
+    )
 }
 
 /// The whole-request deadline (`server.request_timeout_secs`): a request that outlives it is

@@ -189,9 +189,7 @@ impl ProblemCode {
             Self::DependencyUnavailable
             | Self::ScannerUnavailable
             | Self::IdentityProviderUnavailable
-            | Self::RequestTimeout => {
-                (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable")
-            }
+            | Self::RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
         }
     }
 

@@ -114,7 +114,7 @@ impl ContentReader {
             .size_bytes
             .ok_or_else(|| PortError::Integrity("stored package without size".into()))?;
         let requested = match range {
-            Some(r) => Some(r.resolve(size).ok_or(ReadError::RangeNotSatisfiable { size })?),
+            Some(r) => r.resolve(size).map_err(|_| ReadError::RangeNotSatisfiable { size })?,
             None => None,
         };
         let key_name = package

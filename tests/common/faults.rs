@@ -203,8 +203,10 @@ pub struct Link {
     pub forwarded: Arc<AtomicU64>,
     /// Connections accepted while hung.
     pub stalled: Arc<AtomicU64>,
-    /// Connections closed by a cut or at once while refusing.
-    pub dropped: Arc<AtomicU64>,
+    /// Established connections closed by a cut.
+    pub cut_connections: Arc<AtomicU64>,
+    /// New connections closed at once while refusing.
+    pub refused: Arc<AtomicU64>,
     /// Bytes forwarded from clients to the server.
     pub sent: Arc<AtomicU64>,
 }
@@ -246,7 +248,8 @@ impl Link {
             generation: Arc::default(),
             forwarded: Arc::new(AtomicU64::new(0)),
             stalled: Arc::new(AtomicU64::new(0)),
-            dropped: Arc::new(AtomicU64::new(0)),
+            cut_connections: Arc::new(AtomicU64::new(0)),
+            refused: Arc::new(AtomicU64::new(0)),
             sent: Arc::new(AtomicU64::new(0)),
         };
         let accepting = link.clone();
@@ -264,7 +267,7 @@ impl Link {
         let cut = self.generation.lock().unwrap().clone();
         match *mode.borrow() {
             Mode::Refuse => {
-                self.dropped.fetch_add(1, Ordering::SeqCst);
+                self.refused.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             Mode::Hang => {
@@ -281,7 +284,8 @@ impl Link {
             }
             Mode::Forward => {}
         }
-        let (forwarded, dropped, sent) = (self.forwarded.clone(), self.dropped.clone(), self.sent.clone());
+        let (forwarded, cut_connections, sent) =
+            (self.forwarded.clone(), self.cut_connections.clone(), self.sent.clone());
         tokio::spawn(async move {
             let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                 return;
@@ -290,7 +294,7 @@ impl Link {
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             tokio::select! {
-                () = cut.cancelled() => { dropped.fetch_add(1, Ordering::SeqCst); }
+                () = cut.cancelled() => { cut_connections.fetch_add(1, Ordering::SeqCst); }
                 () = pump(client_read, server_write, mode.clone(), Some(sent)) => {}
                 () = pump(server_read, client_write, mode, None) => {}
             }

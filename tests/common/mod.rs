@@ -61,6 +61,8 @@ pub enum Db {
 #[derive(Debug)]
 pub struct TestQueue {
     pub settings: RabbitMqSettings,
+    /// Queues a test declared itself, deleted with the rest.
+    extra: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestQueue {
@@ -75,7 +77,15 @@ impl TestQueue {
                 dead_letter_exchange: format!("udim.test.{id}.dlx"),
                 dead_letter_queue: format!("udim.test.{id}.dead"),
             },
+            extra: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// A name for a queue the test declares itself; it is deleted with the test's others.
+    pub fn extra_queue(&self, suffix: &str) -> String {
+        let name = format!("{}.{suffix}", self.settings.queue);
+        self.extra.lock().unwrap().push(name.clone());
+        name
     }
 
     /// Waits up to `timeout` for the next message on the test's queue (acknowledging it).
@@ -138,13 +148,18 @@ impl TestQueue {
 impl Drop for TestQueue {
     fn drop(&mut self) {
         let s = self.settings.clone();
+        let mut queues = vec![s.queue.clone(), s.dead_letter_queue.clone()];
+        queues.extend(self.extra.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
         udim_testkit::clean_up_aside(&format!("RabbitMQ queue {}", s.queue), async move {
-            let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            let url = amqp_url();
+            let connecting = Connection::connect(&url, ConnectionProperties::default());
+            let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
                 .await
+                .map_err(|_| "RabbitMQ did not answer within 10 s".to_owned())?
                 .map_err(|e| e.to_string())?;
             // A name the service never declared is no error; each deletion gets its own
             // channel, since a refused one closes the channel it ran on.
-            for queue in [&s.queue, &s.dead_letter_queue] {
+            for queue in &queues {
                 let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
                 let _ = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -536,7 +551,8 @@ where
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
+    // Each check is bounded too: one that hangs fails the wait instead of holding it.
+    while !tokio::time::timeout_at(deadline, check()).await.unwrap_or(false) {
         assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
