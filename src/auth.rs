@@ -89,7 +89,7 @@ struct Claims {
 /// Keys from a JWKS URL. A token whose `kid` is in the fetched set is checked against it
 /// without waiting on anything, however old the set is; a set older than `refresh_after` is
 /// refreshed in the background. An unknown `kid` waits for a refresh: one fetch at a time
-/// (requests that waited for it take its outcome rather than fetch again), at most one per
+/// (requests that waited for one take its outcome, as the back-off runs from its end), at most one per
 /// `MIN_REFRESH` so random kids cannot make the service flood the identity provider, and
 /// after failures less and less often (doubling up to `MAX_BACKOFF`), so an outage at the
 /// identity provider costs one bounded fetch now and then, not one per request. An attempt is
@@ -103,8 +103,6 @@ struct JwksCache {
     keys: std::sync::RwLock<Arc<KeySet>>,
     /// Held by the one refresh in flight.
     refresh: Arc<tokio::sync::Mutex<RefreshState>>,
-    /// Fetches begun, so a request that waited on `refresh` knows one ran meanwhile.
-    attempts: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -144,7 +142,6 @@ impl JwksCache {
             refresh_after,
             keys: std::sync::RwLock::new(Arc::default()),
             refresh: Arc::new(tokio::sync::Mutex::new(RefreshState::default())),
-            attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -153,7 +150,6 @@ impl JwksCache {
     }
 
     async fn key(self: &Arc<Self>, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
-        use std::sync::atomic::Ordering;
         let seen = self.current();
         if let Some(found) = seen.keys.get(kid) {
             if seen.fetched_at.is_none_or(|t| t.elapsed() >= self.refresh_after) {
@@ -161,10 +157,8 @@ impl JwksCache {
             }
             return Ok(found.clone());
         }
-        let attempts_before = self.attempts.load(Ordering::SeqCst);
         let mut refresh = self.refresh.lock().await;
-        let attempted_meanwhile = self.attempts.load(Ordering::SeqCst) != attempts_before;
-        if !attempted_meanwhile && refresh.may_fetch(Instant::now(), seen.fetched_at.is_some()) {
+        if refresh.may_fetch(Instant::now(), self.current().fetched_at.is_some()) {
             self.attempt(&mut refresh).await;
         }
         let failing = refresh.failures > 0;
@@ -194,7 +188,6 @@ impl JwksCache {
     /// One fetch. The set is replaced only by a good one: an error, a timeout or a set with
     /// no usable key leaves the cached keys in use.
     async fn attempt(&self, refresh: &mut RefreshState) {
-        self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         refresh.last_attempt = Some(Instant::now());
         refresh.failures = refresh.failures.saturating_add(1);
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await;

@@ -31,6 +31,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub ledger: LedgerSettings,
     pub log: LogSettings,
+    pub limits: LimitSettings,
     /// Credentials every AWS provider signs with instead of the standard chain. Set by code
     /// (tests against moto, an embedding application), never read from configuration, so
     /// no secret can sit in a configuration file.
@@ -54,6 +55,7 @@ impl Default for Settings {
             outbox: OutboxSettings::default(),
             ledger: LedgerSettings::default(),
             log: LogSettings::default(),
+            limits: LimitSettings::default(),
             #[cfg(feature = "aws")]
             aws_credentials: None,
         }
@@ -105,6 +107,32 @@ impl Default for ServerSettings {
             body_idle_timeout_secs: 30,
             request_timeout_secs: 30,
             max_connections: 10_000,
+        }
+    }
+}
+
+/// Admission bounds per replica (`limits.*`): refusals are 429 with `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Uploads (simple ones, tus PATCHes and creations with data) one user may have in
+    /// progress at once.
+    pub uploads_in_flight_per_user: usize,
+    /// Uploads in progress at once, all users together.
+    pub uploads_in_flight: usize,
+    /// Uploads one user may start per second (a burst of as many); 0: unlimited.
+    pub uploads_per_second_per_user: u32,
+    /// Consent grants, updates and withdrawals one user may make per second; 0: unlimited.
+    pub consent_changes_per_second_per_user: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            uploads_in_flight_per_user: 8,
+            uploads_in_flight: 512,
+            uploads_per_second_per_user: 50,
+            consent_changes_per_second_per_user: 20,
         }
     }
 }

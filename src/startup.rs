@@ -70,7 +70,7 @@ pub struct Application {
 }
 
 /// The transport limits from `server.*`; a zero limit would refuse everything, so it is a
-/// configuration error.
+/// configuration error (as are zero upload bounds in `limits.*`).
 fn transport_limits(server: &crate::config::ServerSettings) -> anyhow::Result<http::serve::Limits> {
     for (name, value) in [
         ("header_read_timeout_secs", server.header_read_timeout_secs),
@@ -89,6 +89,15 @@ fn transport_limits(server: &crate::config::ServerSettings) -> anyhow::Result<ht
         body_idle_timeout: Duration::from_secs(server.body_idle_timeout_secs),
         max_connections: server.max_connections,
     })
+}
+
+/// The admission bounds from `limits.*`; zero uploads in flight would admit none.
+fn admission(limits: &crate::config::LimitSettings) -> anyhow::Result<crate::pipeline::admission::Admission> {
+    anyhow::ensure!(
+        limits.uploads_in_flight > 0 && limits.uploads_in_flight_per_user > 0,
+        "configuration error: `limits.uploads_in_flight` and `limits.uploads_in_flight_per_user` must be greater than 0"
+    );
+    Ok(crate::pipeline::admission::Admission::new(limits))
 }
 
 /// CORS for browser clients (tus-js-client, Uppy): the listed origins may call the API with
@@ -249,6 +258,7 @@ impl Application {
             } else {
                 None
             },
+            admission: Arc::new(admission(&settings.limits)?),
         };
         let listener = TcpListener::bind(settings.server.listen)
             .await

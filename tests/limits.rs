@@ -1,6 +1,7 @@
-//! Hostile clients at the transport: a slowloris crowd of half-sent request heads against the
-//! real binary, oversized heads, a stalled upload body, and a request that outlives its
-//! deadline. Each is cut or refused with a clear answer while honest clients are served.
+//! Hostile and greedy clients: a slowloris crowd of half-sent request heads against the real
+//! binary, oversized heads and JSON bodies, a stalled upload body, a request that outlives its
+//! deadline, and one user taking more than their share of uploads or consent changes. Each is
+//! cut or refused with a clear answer while honest clients are served.
 
 mod common;
 
@@ -235,4 +236,140 @@ async fn a_request_past_its_deadline_gets_503_request_timeout() {
 fn base64_url(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// `limits.uploads_in_flight_per_user` and `limits.uploads_in_flight`: one more upload than
+/// allowed gets 429 with `Retry-After` and leaves nothing; other users keep their share; a
+/// place is free again once an upload ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_are_bounded_per_user_and_in_all() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.limits.uploads_in_flight_per_user = 2;
+                s.limits.uploads_in_flight = 3;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (alice, bob, carol) = (app.uploader("alice"), app.uploader("bob"), app.uploader("carol"));
+    for token in [&alice, &bob, &carol] {
+        app.grant(token, &["documents"]).await;
+    }
+    let url = format!("{}/v1/packages?data_category=documents&filename=a.txt", app.base);
+    let held = |token: &str| {
+        let (body, streaming) = common::body_in_flight();
+        let upload = common::status_of(
+            app.http
+                .post(&url)
+                .bearer_auth(token)
+                .header("content-type", "application/octet-stream")
+                .body(streaming),
+        );
+        (body, upload)
+    };
+    let refused_with = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 429);
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry_after >= 1);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:udim:problem:too-many-requests");
+        problem["detail"].as_str().unwrap().to_owned()
+    };
+
+    let mut alices = vec![held(&alice), held(&alice)];
+    for (body, _) in &alices {
+        body.send(Ok(b"in flight ".to_vec())).await.unwrap();
+    }
+    // Each upload's package row exists from its first byte: both are in the service.
+    common::eventually("alice's two uploads are in flight", || async {
+        app.packages(&alice).await.len() == 2
+    })
+    .await;
+    let detail = refused_with(app.upload(&alice, "documents", "a third").await).await;
+    assert!(detail.contains("2 uploads of yours"), "{detail}");
+
+    let (bob_body, bob_upload) = held(&bob);
+    bob_body.send(Ok(b"bob's".to_vec())).await.unwrap();
+    common::eventually("bob's upload takes the last place", || async {
+        app.packages(&bob).await.len() == 1
+    })
+    .await;
+    let detail = refused_with(app.upload(&carol, "documents", "no room").await).await;
+    assert!(detail.contains("3 uploads in progress"), "{detail}");
+
+    let (body, upload) = alices.remove(0);
+    drop(body);
+    assert_eq!(upload.await.unwrap(), 201);
+    assert_eq!(app.upload(&carol, "documents", "room now").await.status(), 201);
+    for (body, upload) in alices.into_iter().chain([(bob_body, bob_upload)]) {
+        drop(body);
+        assert_eq!(upload.await.unwrap(), 201);
+    }
+    assert_eq!(app.packages(&alice).await.len(), 2, "the refused ones left nothing");
+    app.stop().await;
+}
+
+/// `limits.consent_changes_per_second_per_user`: a burst past the rate gets 429 with
+/// `Retry-After`, and another user's changes are not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_changes_past_the_rate_get_429() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| s.limits.consent_changes_per_second_per_user = 3)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    let grant = |token: &str| {
+        app.http
+            .post(format!("{}/v1/consents", app.base))
+            .bearer_auth(token)
+            .json(&json!({"purposes": ["model-training"], "data_categories": ["documents"], "policy_version": "1", "jurisdiction": "EU"}))
+    };
+    let statuses = common::concurrent_statuses((0..10).map(|_| grant(&alice))).await;
+    let granted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (3..=4).contains(&granted),
+        "a burst of three (and perhaps one refilled): {statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| matches!(s, 201 | 429)), "{statuses:?}");
+    let refused = grant(&alice).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(grant(&app.uploader("bob")).send().await.unwrap().status(), 201);
+    app.stop().await;
+}
+
+/// A JSON request body past the 64 KiB limit gets 413 as a problem, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_json_body_gets_413() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let alice = app.uploader("alice");
+    let huge = json!({
+        "purposes": ["model-training"], "data_categories": ["documents"], "policy_version": "1",
+        "jurisdiction": "x".repeat(100 * 1024),
+    });
+    let response = app
+        .http
+        .post(format!("{}/v1/consents", app.base))
+        .bearer_auth(&alice)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:payload-too-large");
+    let (status, consents) = app.get_json(&alice, "/v1/consents").await;
+    assert_eq!(status, 200);
+    assert!(
+        !consents.to_string().contains("xxxxxxxx"),
+        "nothing was recorded: {consents}"
+    );
+    app.stop().await;
 }

@@ -186,6 +186,7 @@ pub async fn grant(
     Json(req): Json<GrantRequest>,
 ) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
+    state.admission.consent_change(&principal.subject)?;
     let grant = parse_grant(req)?;
     state.packages.ensure_user(&principal.subject).await?;
     let appended = state.consents.grant(&principal.subject, grant).await?;
@@ -211,6 +212,7 @@ pub async fn withdraw(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
+    state.admission.consent_change(&principal.subject)?;
     let appended = state.consents.withdraw(&principal.subject, id).await?;
     Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))
 }
@@ -237,6 +239,7 @@ pub async fn update(
     Json(req): Json<GrantRequest>,
 ) -> Result<(StatusCode, Json<ConsentEntry>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
+    state.admission.consent_change(&principal.subject)?;
     let grant = parse_grant(req)?;
     let appended = state.consents.update(&principal.subject, id, grant).await?;
     Ok((StatusCode::CREATED, Json(ConsentEntry::from(appended))))

@@ -47,6 +47,7 @@ pub struct AppState {
     pub eraser: Arc<crate::pipeline::erasure::Eraser>,
     /// Renders `GET /metrics`; `None` when metrics are off.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub admission: Arc<crate::pipeline::admission::Admission>,
 }
 
 struct BearerAuth;
@@ -84,6 +85,9 @@ impl Modify for BearerAuth {
     )
 )]
 struct ApiDoc;
+
+/// The largest JSON request body accepted (413 beyond it).
+const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 /// The router and the OpenAPI document it implements.
 pub fn router(state: AppState) -> Router {
@@ -126,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // JSON request bodies (consents) are small; uploads stream and are not held to it.
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::ops::metrics::track))
         .with_state(state)
 }

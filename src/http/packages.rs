@@ -135,6 +135,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Package>), ApiError> {
     let principal = caller.require(Scope::Upload)?;
+    let _in_flight = state.admission.upload(&principal.subject)?;
     let data_category = DataCategory::parse(&params.data_category)
         .map_err(|why| ApiError::new(ProblemCode::InvalidDataCategory, format!("`data_category`: {why}")))?;
     let content_type = declared_content_type(&headers)?;

@@ -56,10 +56,11 @@ pub enum ProblemCode {
     ScannerUnavailable,
     IdentityProviderUnavailable,
     RequestTimeout,
+    TooManyRequests,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 38] = [
+    pub const ALL: [ProblemCode; 39] = [
         Self::InvalidBody,
         Self::InvalidQuery,
         Self::InvalidPath,
@@ -98,6 +99,7 @@ impl ProblemCode {
         Self::ScannerUnavailable,
         Self::IdentityProviderUnavailable,
         Self::RequestTimeout,
+        Self::TooManyRequests,
     ];
 
     /// The code as it appears in `code` and at the end of `type`.
@@ -141,6 +143,7 @@ impl ProblemCode {
             Self::ScannerUnavailable => "scanner-unavailable",
             Self::IdentityProviderUnavailable => "identity-provider-unavailable",
             Self::RequestTimeout => "request-timeout",
+            Self::TooManyRequests => "too-many-requests",
         }
     }
 
@@ -158,6 +161,7 @@ impl ProblemCode {
             | Self::InvalidTusHeader
             | Self::InvalidTusRequest
             | Self::UploadInterrupted => (StatusCode::BAD_REQUEST, "Bad request"),
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
             Self::InsufficientScope => (StatusCode::FORBIDDEN, "Insufficient scope"),
             Self::ConsentRequired => (StatusCode::FORBIDDEN, "Consent required"),
@@ -395,11 +399,26 @@ impl From<crate::consent::ConsentError> for ApiError {
     }
 }
 
+impl From<crate::pipeline::admission::Refused> for ApiError {
+    fn from(refused: crate::pipeline::admission::Refused) -> Self {
+        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+        let secs = refused.retry_after().as_millis().div_ceil(1000).max(1);
+        Self::new(ProblemCode::TooManyRequests, refused.to_string()).with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).expect("digits"),
+        )
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::MissingJsonContentType(_) => {
                 Self::new(ProblemCode::UnsupportedMediaType, "send the body as application/json")
+            }
+            // Bodies past the JSON limit (`DefaultBodyLimit` on the router).
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(ProblemCode::PayloadTooLarge, other.body_text())
             }
             other => Self::new(ProblemCode::InvalidBody, other.body_text()),
         }

@@ -123,6 +123,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let principal = caller.require(Scope::Upload)?;
+    let _in_flight = state.admission.upload(&principal.subject)?;
     if headers.contains_key("upload-defer-length") {
         return Err(ApiError::new(
             ProblemCode::InvalidTusHeader,
@@ -277,6 +278,7 @@ pub async fn patch(
 ) -> Result<Response, ApiError> {
     require_version(&headers)?;
     let principal = caller.require(Scope::Upload)?;
+    let _in_flight = state.admission.upload(&principal.subject)?;
     if !is_patch_body(&headers) {
         return Err(ApiError::new(
             ProblemCode::UnsupportedMediaType,

@@ -2,6 +2,7 @@
 //! of it), [`read`] (downstream reads), [`erasure`] (deletion and retention), the outbox
 //! [`relay`], and the versioned [`events`] the downstream pipeline consumes.
 
+pub mod admission;
 pub mod erasure;
 pub mod events;
 pub mod export;

@@ -222,6 +222,10 @@ pub async fn settings_for(db: Db, dir: &std::path::Path) -> (Settings, Option<Te
     settings.outbox.initial_backoff_ms = 100;
     settings.outbox.max_backoff_ms = 500;
     settings.database.max_connections = 5;
+    // Tests that send one user's uploads or consents as fast as they can are about other
+    // things; tests/limits.rs turns the rate limits on (the real binary runs with them).
+    settings.limits.uploads_per_second_per_user = 0;
+    settings.limits.consent_changes_per_second_per_user = 0;
     let mut pg_database = None;
     if db == Db::Postgres {
         let database = TestDatabase::create().await;

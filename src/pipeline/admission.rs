@@ -1,0 +1,189 @@
+//! Who may start work now: per-user and global bounds on uploads in flight, and per-user
+//! rates of uploads and consent changes, so one caller (or a crowd) cannot take the service's
+//! memory, connections or ledger for itself. A refusal says when to try again (429 with
+//! `Retry-After`).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::LimitSettings;
+
+/// Why work was not admitted, and when to ask again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("{user_limit} uploads of yours are already in progress; finish or end one first")]
+    UserUploads { user_limit: usize },
+    #[error("the service has {global_limit} uploads in progress, its limit; retry shortly")]
+    GlobalUploads { global_limit: usize },
+    #[error("too many {what} per second; slow down")]
+    Rate { what: &'static str, retry_after: Duration },
+}
+
+impl Refused {
+    /// When the caller may try again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::Rate { retry_after, .. } => *retry_after,
+            // An upload in progress ends when it ends: a second is a polite guess.
+            Self::UserUploads { .. } | Self::GlobalUploads { .. } => Duration::from_secs(1),
+        }
+    }
+}
+
+/// The admission bounds (`limits.*`), shared by every request of a replica.
+pub struct Admission {
+    user_uploads: usize,
+    global_uploads: usize,
+    in_flight: Arc<Mutex<InFlight>>,
+    upload_rate: Option<DefaultKeyedRateLimiter<String>>,
+    consent_rate: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("user_uploads", &self.user_uploads)
+            .field("global_uploads", &self.global_uploads)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    per_user: HashMap<String, usize>,
+}
+
+/// An upload in flight; dropping it (the request ending in any way) frees its place.
+#[must_use = "the upload counts as in flight only while its slot is held"]
+pub struct UploadSlot {
+    user: String,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.total -= 1;
+        if let Some(count) = in_flight.per_user.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+fn limiter(per_second: u32) -> Option<DefaultKeyedRateLimiter<String>> {
+    // A burst of a second's worth, refilled evenly.
+    NonZeroU32::new(per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)))
+}
+
+impl Admission {
+    pub fn new(limits: &LimitSettings) -> Self {
+        Self {
+            user_uploads: limits.uploads_in_flight_per_user,
+            global_uploads: limits.uploads_in_flight,
+            in_flight: Arc::default(),
+            upload_rate: limiter(limits.uploads_per_second_per_user),
+            consent_rate: limiter(limits.consent_changes_per_second_per_user),
+        }
+    }
+
+    fn check_rate(
+        limiter: Option<&DefaultKeyedRateLimiter<String>>,
+        user: &str,
+        what: &'static str,
+    ) -> Result<(), Refused> {
+        let Some(limiter) = limiter else { return Ok(()) };
+        let checked = limiter.check_key(&user.to_owned());
+        // Forget callers whose buckets are full again, so the map stays as large as the
+        // set of recent callers.
+        if limiter.len() > 10_000 {
+            limiter.retain_recent();
+        }
+        checked.map_err(|not_until| Refused::Rate {
+            what,
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
+    /// Admits an upload (a simple one, or a tus PATCH or creation with data) by `user`.
+    pub fn upload(&self, user: &str) -> Result<UploadSlot, Refused> {
+        Self::check_rate(self.upload_rate.as_ref(), user, "uploads")?;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.total >= self.global_uploads {
+            return Err(Refused::GlobalUploads {
+                global_limit: self.global_uploads,
+            });
+        }
+        let mine = in_flight.per_user.entry(user.to_owned()).or_default();
+        if *mine >= self.user_uploads {
+            return Err(Refused::UserUploads {
+                user_limit: self.user_uploads,
+            });
+        }
+        *mine += 1;
+        in_flight.total += 1;
+        Ok(UploadSlot {
+            user: user.to_owned(),
+            in_flight: self.in_flight.clone(),
+        })
+    }
+
+    /// Admits a consent change (grant, update, withdrawal) by `user`.
+    pub fn consent_change(&self, user: &str) -> Result<(), Refused> {
+        Self::check_rate(self.consent_rate.as_ref(), user, "consent changes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_user: usize, global: usize) -> LimitSettings {
+        LimitSettings {
+            uploads_in_flight_per_user: per_user,
+            uploads_in_flight: global,
+            uploads_per_second_per_user: 0,
+            consent_changes_per_second_per_user: 3,
+        }
+    }
+
+    #[test]
+    fn uploads_in_flight_are_bounded_per_user_and_in_all_and_freed_on_drop() {
+        let admission = Admission::new(&limits(2, 3));
+        let a1 = admission.upload("alice").unwrap();
+        let _a2 = admission.upload("alice").unwrap();
+        assert!(matches!(
+            admission.upload("alice"),
+            Err(Refused::UserUploads { user_limit: 2 })
+        ));
+        let _b1 = admission.upload("bob").unwrap();
+        assert!(matches!(
+            admission.upload("carol"),
+            Err(Refused::GlobalUploads { global_limit: 3 })
+        ));
+        drop(a1);
+        let _c1 = admission.upload("carol").expect("a place was freed");
+        assert!(admission.upload("alice").is_err(), "and taken");
+    }
+
+    #[test]
+    fn consent_changes_are_rate_limited_per_user_with_a_wait() {
+        let admission = Admission::new(&limits(1, 1));
+        for _ in 0..3 {
+            admission.consent_change("alice").unwrap();
+        }
+        let refused = admission.consent_change("alice").unwrap_err();
+        assert!(refused.retry_after() > Duration::ZERO && refused.retry_after() <= Duration::from_secs(1));
+        admission
+            .consent_change("bob")
+            .expect("another user has a bucket of their own");
+    }
+}
