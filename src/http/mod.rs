@@ -147,16 +147,17 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Whether a request streams a body in or out, or may run long by design (erasing or
-/// exporting everything): those are bounded by the body idle timeout and by their own work,
-/// every other request by the whole-request deadline.
+/// Whether a request streams a body in or out, or may run long by design (finishing a
+/// complete tus upload, which a HEAD may do; erasing or exporting everything): those are
+/// bounded by the body idle timeout and by their own work, every other request by the
+/// whole-request deadline.
 fn runs_long(method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     matches!(
         (method, segments.as_slice()),
         (&Method::POST, ["", "v1", "packages"] | ["", "v1", "uploads"])
-            | (&Method::PATCH, ["", "v1", "uploads", _])
+            | (&Method::PATCH | &Method::HEAD, ["", "v1", "uploads", _])
             | (
                 &Method::GET,
                 ["", "v1", "packages", _, "content"] | ["", "v1", "me", "export", ..]
@@ -196,6 +197,7 @@ mod tests {
             (Method::POST, "/v1/packages"),
             (Method::POST, "/v1/uploads"),
             (Method::PATCH, "/v1/uploads/0192"),
+            (Method::HEAD, "/v1/uploads/0192"),
             (Method::GET, "/v1/packages/0192/content"),
             (Method::GET, "/v1/me/export"),
             (Method::GET, "/v1/me/export/archive"),
@@ -208,7 +210,7 @@ mod tests {
             (Method::GET, "/v1/packages/0192"),
             (Method::DELETE, "/v1/packages/0192"),
             (Method::POST, "/v1/consents"),
-            (Method::HEAD, "/v1/uploads/0192"),
+            (Method::DELETE, "/v1/uploads/0192"),
             (Method::GET, "/v1/ledger/entries"),
             (Method::GET, "/v1/packages/0192/content/x"),
         ] {
