@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,9 +41,19 @@ pub struct Admission {
     user_uploads: usize,
     global_uploads: usize,
     in_flight: Arc<Mutex<InFlight>>,
-    upload_rate: Option<DefaultKeyedRateLimiter<String>>,
-    consent_rate: Option<DefaultKeyedRateLimiter<String>>,
+    upload_rate: Option<UserRate>,
+    consent_rate: Option<UserRate>,
 }
+
+/// A token bucket per user.
+struct UserRate {
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// The number of buckets at which the full ones are next forgotten.
+    prune_at: AtomicUsize,
+}
+
+/// Buckets kept before the first pass that forgets full ones.
+const PRUNE_AT: usize = 10_000;
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,9 +90,12 @@ impl Drop for UploadSlot {
     }
 }
 
-fn limiter(per_second: u32) -> Option<DefaultKeyedRateLimiter<String>> {
+fn limiter(per_second: u32) -> Option<UserRate> {
     // A burst of a second's worth, refilled evenly.
-    NonZeroU32::new(per_second).map(|rate| RateLimiter::keyed(Quota::per_second(rate)))
+    NonZeroU32::new(per_second).map(|rate| UserRate {
+        limiter: RateLimiter::keyed(Quota::per_second(rate)),
+        prune_at: AtomicUsize::new(PRUNE_AT),
+    })
 }
 
 impl Admission {
@@ -95,17 +109,17 @@ impl Admission {
         }
     }
 
-    fn check_rate(
-        limiter: Option<&DefaultKeyedRateLimiter<String>>,
-        user: &str,
-        what: &'static str,
-    ) -> Result<(), Refused> {
-        let Some(limiter) = limiter else { return Ok(()) };
+    fn check_rate(rate: Option<&UserRate>, user: &str, what: &'static str) -> Result<(), Refused> {
+        let Some(rate) = rate else { return Ok(()) };
+        let limiter = &rate.limiter;
         let checked = limiter.check_key(&user.to_owned());
-        // Forget callers whose buckets are full again, so the map stays as large as the
-        // set of recent callers.
-        if limiter.len() > 10_000 {
+        // Forget callers whose buckets are full again, so the map stays as large as the set
+        // of recent callers; only once it has doubled since the last pass, so a crowd of
+        // distinct callers does not make every request scan the map.
+        if limiter.len() > rate.prune_at.load(Ordering::Relaxed) {
             limiter.retain_recent();
+            rate.prune_at
+                .store((limiter.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
         }
         checked.map_err(|not_until| Refused::Rate {
             what,
