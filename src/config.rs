@@ -124,6 +124,10 @@ pub struct LimitSettings {
     pub uploads_per_second_per_user: u32,
     /// Consent grants, updates and withdrawals one user may make per second; 0: unlimited.
     pub consent_changes_per_second_per_user: u32,
+    /// Unfinished tus uploads one user may have at once.
+    pub open_uploads_per_user: usize,
+    /// Bytes one user's unfinished tus uploads may declare together (`Upload-Length`s).
+    pub staged_bytes_per_user: u64,
 }
 
 impl Default for LimitSettings {
@@ -133,6 +137,8 @@ impl Default for LimitSettings {
             uploads_in_flight: 512,
             uploads_per_second_per_user: 50,
             consent_changes_per_second_per_user: 20,
+            open_uploads_per_user: 100,
+            staged_bytes_per_user: 64 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -217,6 +217,8 @@ impl Application {
             ingest: ingest.clone(),
             expire_after: Duration::from_secs(settings.upload.resumable_expire_after_secs),
             draining: draining.clone(),
+            open_uploads_per_user: settings.limits.open_uploads_per_user,
+            staged_bytes_per_user: settings.limits.staged_bytes_per_user,
         });
         let eraser = Arc::new(crate::pipeline::erasure::Eraser {
             packages: database.packages.clone(),

@@ -373,3 +373,76 @@ async fn an_oversized_json_body_gets_413() {
     );
     app.stop().await;
 }
+
+/// Creates a tus upload of `length` bytes; returns the status and its URL when created.
+async fn tus_create(app: &TestApp, token: &str, length: u64, metadata: &str) -> (u16, Option<String>) {
+    let response = app
+        .http
+        .post(format!("{}/v1/uploads", app.base))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length.to_string())
+        .header("upload-metadata", metadata)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let url = (status == 201).then(|| format!("{}{}", app.base, response.headers()["location"].to_str().unwrap()));
+    if status == 429 {
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    (status, url)
+}
+
+/// `limits.open_uploads_per_user` and `limits.staged_bytes_per_user`: a user cannot stage
+/// more unfinished tus uploads, or more declared bytes, than allowed (429), and terminating
+/// one makes room; an `Upload-Metadata` past 4 KiB is refused (400) and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_user_can_stage_in_unfinished_uploads_is_bounded() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.limits.open_uploads_per_user = 2;
+                s.limits.staged_bytes_per_user = 1000;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let metadata = "filename YS50eHQ=,data_category ZG9jdW1lbnRz";
+    let (status, first) = tus_create(&app, &alice, 600, metadata).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        tus_create(&app, &alice, 500, metadata).await.0,
+        429,
+        "1,100 bytes staged"
+    );
+    let (status, _second) = tus_create(&app, &alice, 300, metadata).await;
+    assert_eq!(status, 201, "900 bytes staged");
+    assert_eq!(tus_create(&app, &alice, 50, metadata).await.0, 429, "a third upload");
+    let bob = app.uploader("bob");
+    app.grant(&bob, &["documents"]).await;
+    assert_eq!(tus_create(&app, &bob, 600, metadata).await.0, 201, "bob stages his own");
+
+    let terminated = app
+        .http
+        .delete(first.unwrap())
+        .bearer_auth(&alice)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(terminated.status(), 204);
+    assert_eq!(tus_create(&app, &alice, 650, metadata).await.0, 201, "room again");
+
+    let long = format!("{metadata},note {}", "QUFB".repeat(1100));
+    assert_eq!(
+        tus_create(&app, &bob, 10, &long).await.0,
+        400,
+        "Upload-Metadata past 4 KiB"
+    );
+    app.stop().await;
+}

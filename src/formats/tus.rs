@@ -45,9 +45,16 @@ pub fn parse_size(header: &'static str, value: &str) -> Result<u64, TusHeaderErr
     value.parse().map_err(|_| TusHeaderError::NotANumber(header))
 }
 
+/// The longest `Upload-Metadata` accepted: file names, types and a few client keys fit many
+/// times over, and it is stored with the upload.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
 /// Parses `Upload-Metadata`: comma-separated `key` or `key base64(value)` pairs. Keys are
 /// unique, non-empty and without spaces or commas; values must be valid base64 of UTF-8.
 pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, TusHeaderError> {
+    if value.len() > MAX_METADATA_BYTES {
+        return Err(TusHeaderError::BadMetadata("longer than 4 KiB"));
+    }
     let mut pairs = BTreeMap::new();
     if value.trim().is_empty() {
         return Ok(pairs);
@@ -168,6 +175,10 @@ mod tests {
         for bad in ["filename !!!", "a YQ==,a Yg==", ",a", "a YQ== extra", "a /w=="] {
             assert!(parse_metadata(bad).is_err(), "{bad:?}");
         }
+        let at_limit = format!("kk {}", "QUFB".repeat(1023));
+        assert!(at_limit.len() <= MAX_METADATA_BYTES && parse_metadata(&at_limit).is_ok());
+        let past = format!("kk {}", "QUFB".repeat(1024));
+        assert!(parse_metadata(&past).is_err(), "past 4 KiB");
     }
 
     #[test]

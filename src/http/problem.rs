@@ -238,6 +238,16 @@ impl ApiError {
         }
     }
 
+    /// 429 `too-many-requests`, asking to come back after `retry_after`.
+    pub fn too_many(detail: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+        let secs = retry_after.as_millis().div_ceil(1000).max(1);
+        Self::new(ProblemCode::TooManyRequests, detail).with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).expect("digits"),
+        )
+    }
+
     fn with_header(mut self, name: axum::http::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
@@ -401,12 +411,7 @@ impl From<crate::consent::ConsentError> for ApiError {
 
 impl From<crate::pipeline::admission::Refused> for ApiError {
     fn from(refused: crate::pipeline::admission::Refused) -> Self {
-        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
-        let secs = refused.retry_after().as_millis().div_ceil(1000).max(1);
-        Self::new(ProblemCode::TooManyRequests, refused.to_string()).with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&secs.to_string()).expect("digits"),
-        )
+        Self::too_many(refused.to_string(), refused.retry_after())
     }
 }
 

@@ -28,6 +28,10 @@ impl From<tus::TusHeaderError> for ApiError {
     }
 }
 
+/// A user past their staging limit can go on once an upload finishes or expires; a minute is
+/// a polite interval to ask again.
+const STAGING_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl From<TusError> for ApiError {
     fn from(e: TusError) -> Self {
         match e {
@@ -39,6 +43,7 @@ impl From<TusError> for ApiError {
             TusError::Complete => ApiError::new(ProblemCode::UploadComplete, e.to_string()),
             TusError::Invalid(_) => ApiError::new(ProblemCode::InvalidTusRequest, e.to_string()),
             TusError::NoConsent(_) => ApiError::consent_required(e.to_string()),
+            TusError::Staging { .. } => ApiError::too_many(e.to_string(), STAGING_RETRY_AFTER),
             TusError::Ingest(ingest) => ingest.into(),
             TusError::Port(port) => port.into(),
             TusError::Envelope(_) => ApiError::internal(&e),

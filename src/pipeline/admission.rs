@@ -166,6 +166,7 @@ mod tests {
             uploads_in_flight: global,
             uploads_per_second_per_user: 0,
             consent_changes_per_second_per_user: 3,
+            ..LimitSettings::default()
         }
     }
 

@@ -84,6 +84,16 @@ pub enum TusError {
     Invalid(String),
     #[error("no active consent covers data category `{0}`")]
     NoConsent(DataCategory),
+    #[error(
+        "your unfinished uploads would declare {staged} bytes in {count} uploads, past your limit of \
+         {bytes_limit} bytes in {count_limit}; finish or terminate one first"
+    )]
+    Staging {
+        count: usize,
+        staged: u64,
+        count_limit: usize,
+        bytes_limit: u64,
+    },
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -147,6 +157,9 @@ pub struct Resumable {
     /// has arrived, releases its lease and answers with its offset, so the client resumes on
     /// another replica at once instead of waiting out the lease.
     pub draining: CancellationToken,
+    /// Unfinished uploads, and the bytes they declare, one user may have (`limits.*`).
+    pub open_uploads_per_user: usize,
+    pub staged_bytes_per_user: u64,
 }
 
 /// Each chunk is bound to its upload, its owner and its offset, so chunks cannot be swapped
@@ -212,6 +225,22 @@ impl Resumable {
             .is_none()
         {
             return Err(TusError::NoConsent(creation.data_category));
+        }
+        // Unfinished uploads hold their data key and chunks until they expire: bound what one
+        // user can stage, whatever the category caps say. Concurrent creations can overshoot
+        // by at most the uploads one user may have in flight.
+        let open = self.uploads.open_uploads(user_id).await?;
+        let count = open.len() + 1;
+        let staged = open
+            .iter()
+            .fold(creation.length, |sum, upload| sum.saturating_add(upload.length));
+        if count > self.open_uploads_per_user || staged > self.staged_bytes_per_user {
+            return Err(TusError::Staging {
+                count,
+                staged,
+                count_limit: self.open_uploads_per_user,
+                bytes_limit: self.staged_bytes_per_user,
+            });
         }
         let id = Uuid::now_v7();
         let data_key = self
