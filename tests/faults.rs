@@ -1,13 +1,17 @@
-//! Real faults under load: PostgreSQL connections killed while uploads run. Requests fail
-//! fast with 503 and `Retry-After` (never 500, never a hang), and the service recovers by
-//! itself, without a restart.
+//! Real faults under load: PostgreSQL connections killed while uploads run (requests fail
+//! fast with 503 and `Retry-After`, never 500, and the service recovers by itself), and the
+//! real binary killed with a hundred uploads in flight (every acknowledged upload survives,
+//! the rest leave nothing).
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::Process;
 use common::{Db, TestApp};
+use secrecy::ExposeSecret as _;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// Terminates every connection to the app's database but the one asking.
@@ -117,4 +121,220 @@ async fn killed_database_connections_fail_fast_and_the_service_recovers() {
     );
     assert_eq!(unfinished, 0, "a refused upload leaves no package behind");
     app.stop().await;
+}
+
+const SECRET: &str = "faults-share-this-hs256-secret-of-32+bytes";
+
+/// `udim serve` on the local profile (PostgreSQL, RabbitMQ, the filesystem store) over `dir`.
+fn local_profile(
+    dir: &std::path::Path,
+    database: &common::TestDatabase,
+    queue: &common::TestQueue,
+    key: &str,
+) -> std::process::Command {
+    let q = &queue.settings;
+    let mut cmd = common::process::udim();
+    cmd.env("UDIM_CONFIG_DIR", dir.join("no-config"))
+        .env("UDIM_DATA_DIR", dir.join("data"))
+        .env("UDIM_DATABASE__URL", database.url())
+        .env("UDIM_STORAGE__TYPE", "filesystem")
+        .env("UDIM_STORAGE__PATH", dir.join("objects"))
+        .env("UDIM_KMS__TYPE", "local")
+        .env("UDIM_KMS__KEY_FILE", dir.join("kek.keys"))
+        .env("UDIM_AUTH__HS256_SECRET", SECRET)
+        .env("UDIM_LEDGER__SIGNING_KEY", key)
+        .env("UDIM_QUEUE__TYPE", "rabbitmq")
+        .env("UDIM_QUEUE__URL", q.url.expose_secret())
+        .env("UDIM_QUEUE__EXCHANGE", &q.exchange)
+        .env("UDIM_QUEUE__QUEUE", &q.queue)
+        .env("UDIM_QUEUE__DEAD_LETTER_EXCHANGE", &q.dead_letter_exchange)
+        .env("UDIM_QUEUE__DEAD_LETTER_QUEUE", &q.dead_letter_queue)
+        .env("UDIM_OUTBOX__POLL_INTERVAL_MS", "100")
+        .env("UDIM_UPLOAD__ABANDON_AFTER_SECS", "2")
+        .env("UDIM_UPLOAD__SWEEP_INTERVAL_SECS", "1");
+    cmd
+}
+
+/// kill -9 of the real binary with 100 uploads in flight (50 simple, 50 tus, each half sent),
+/// and 20 finished just before. After a restart every one is accounted for: each upload the
+/// service acknowledged is stored, with its object, and its event is delivered; each simple
+/// upload cut short is gone, with no object left once the sweeper has run; each tus upload
+/// resumes from the offset the new process reports and is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowledged() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::create().await;
+    let queue = common::TestQueue::new(&common::amqp_url());
+    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+        .unwrap()
+        .to_secret_string();
+    let first = Process::serve(|| local_profile(dir.path(), &database, &queue, &key)).await;
+    let http = reqwest::Client::new();
+    let users: Vec<String> = (0..25)
+        .map(|i| common::uploader_token(SECRET, &format!("user-{i}")))
+        .collect();
+    for token in &users {
+        common::grant_on(&http, &first.base, token, &["documents"]).await;
+    }
+    let simple_url = format!("{}/v1/packages?data_category=documents&filename=f.txt", first.base);
+
+    // 20 simple uploads acknowledged before the kill.
+    let mut acknowledged = BTreeSet::new();
+    for (i, token) in users.iter().cycle().take(20).enumerate() {
+        let response = http
+            .post(&simple_url)
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(format!("finished before the kill {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let package: Value = response.json().await.unwrap();
+        acknowledged.insert(package["id"].as_str().unwrap().to_owned());
+    }
+
+    // 50 simple and 50 tus uploads, each half sent when the process dies.
+    let mut bodies = Vec::new();
+    let mut simple = Vec::new();
+    for token in users.iter().cycle().take(50) {
+        let (body, streaming) = common::body_in_flight();
+        body.send(Ok(vec![b's'; 64 * 1024])).await.unwrap();
+        let request = http
+            .post(&simple_url)
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(streaming);
+        simple.push(tokio::spawn(async move {
+            request.send().await.map(|r| r.status().as_u16())
+        }));
+        bodies.push(body);
+    }
+    let mut tus_uploads = Vec::new();
+    for token in users.iter().cycle().take(50) {
+        let created = http
+            .post(format!("{}/v1/uploads", first.base))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", (256 * 1024).to_string())
+            .header("upload-metadata", "filename dC5iaW4=,data_category ZG9jdW1lbnRz")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let path = created.headers()["location"].to_str().unwrap().to_owned();
+        let (body, streaming) = common::body_in_flight();
+        body.send(Ok(vec![b't'; 64 * 1024])).await.unwrap();
+        let request = http
+            .patch(format!("{}{path}", first.base))
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(streaming);
+        tokio::spawn(async move { request.send().await });
+        bodies.push(body);
+        tus_uploads.push((token.clone(), path));
+    }
+    common::eventually("all 100 uploads are in the service", || async {
+        in_flight_packages(&database).await >= 50
+    })
+    .await;
+    first.kill_9();
+    drop(bodies);
+    for upload in simple {
+        assert!(
+            !matches!(upload.await.unwrap(), Ok(201)),
+            "a simple upload cut short was never acknowledged"
+        );
+    }
+
+    let second = Process::serve(|| local_profile(dir.path(), &database, &queue, &key)).await;
+    // Each tus upload resumes where the new process says it is, and is stored: once the dead
+    // process's lock on it lapses (423 until then), as a stock client retries.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    for (token, path) in &tus_uploads {
+        let url = format!("{}{path}", second.base);
+        loop {
+            let head = http
+                .head(&url)
+                .bearer_auth(token)
+                .header("tus-resumable", "1.0.0")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.status(), 200, "the upload outlived the process");
+            let offset: usize = head.headers()["upload-offset"].to_str().unwrap().parse().unwrap();
+            let rest = http
+                .patch(&url)
+                .bearer_auth(token)
+                .header("tus-resumable", "1.0.0")
+                .header("upload-offset", offset.to_string())
+                .header("content-type", "application/offset+octet-stream")
+                .body(vec![b't'; 256 * 1024 - offset])
+                .send()
+                .await
+                .unwrap();
+            if rest.status() == 204 {
+                acknowledged.insert(rest.headers()["udim-package-id"].to_str().unwrap().to_owned());
+                break;
+            }
+            assert_eq!(rest.status(), 423, "resumed at {offset}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dead process's lock never lapsed"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    // The cut-short simple uploads are swept away with their objects.
+    common::eventually("the cut-short uploads are swept away", || async {
+        in_flight_packages(&database).await == 0
+    })
+    .await;
+    let stored = stored_packages(&database).await;
+    assert_eq!(stored, acknowledged, "exactly the acknowledged uploads are stored");
+    let objects: Vec<_> = common::files_under(&dir.path().join("objects"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/uploads/"))
+        .collect();
+    assert_eq!(
+        objects.len(),
+        stored.len(),
+        "one object per stored package, no orphans: {objects:?}"
+    );
+    let events = queue
+        .take_until(common::PATIENCE, |taken| {
+            let arrived: BTreeSet<&str> = taken.iter().filter_map(|e| e["package_id"].as_str()).collect();
+            stored.iter().all(|id| arrived.contains(id.as_str()))
+        })
+        .await;
+    let arrived: BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| e["package_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(stored.is_subset(&arrived), "every stored package's event is delivered");
+    drop(second);
+}
+
+/// Packages of every user not (yet) stored.
+async fn in_flight_packages(database: &common::TestDatabase) -> i64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM packages WHERE status <> 'stored'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn stored_packages(database: &common::TestDatabase) -> std::collections::BTreeSet<String> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM packages WHERE status = 'stored'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    ids.into_iter().collect()
 }
