@@ -77,18 +77,24 @@ pub struct ServerSettings {
     /// Serve Prometheus metrics at `GET /metrics` (no authentication: restrict it to the
     /// scraper at the network layer).
     pub metrics: bool,
-    /// A connection must send a whole request head within this long (after it opens, and
-    /// between requests on a kept-alive connection), or it is closed.
+    /// A connection must send a whole request head within this long (from the moment it
+    /// opens, and between requests on a kept-alive connection), or it is closed.
     pub header_read_timeout_secs: u64,
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
     /// The most header fields a request may carry; more get 431.
     pub max_headers: usize,
-    /// A request body may pause this long between reads; a stalled upload is cut, a slow but
-    /// moving one is not.
+    /// A request body may pause this long between reads, and a client this long between
+    /// reading parts of a response; a stalled upload or download is cut.
     pub body_idle_timeout_secs: u64,
-    /// Every request that neither streams a body (uploads, content reads, exports) nor erases
-    /// everything must be answered within this long, or it gets 503 `request-timeout`.
+    /// A request body must bring at least this many bytes per second over each
+    /// `body_idle_timeout_secs` the service spends waiting for it (time the service spends
+    /// elsewhere does not count), so a trickle cannot hold an upload for ever; 0: any moving
+    /// body is kept.
+    pub body_min_bytes_per_sec: u64,
+    /// Every read that does not stream (uploads, tus PATCH and HEAD, content reads and
+    /// exports stream) must be answered within this long, or it gets 503 `request-timeout`.
+    /// Changes (consents, deletions, erasure) are not cut: they run to completion.
     pub request_timeout_secs: u64,
     /// Connections open at once; beyond it new ones wait in the listen backlog.
     pub max_connections: usize,
@@ -105,6 +111,7 @@ impl Default for ServerSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             body_idle_timeout_secs: 30,
+            body_min_bytes_per_sec: 500,
             request_timeout_secs: 30,
             max_connections: 10_000,
         }

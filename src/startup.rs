@@ -87,6 +87,7 @@ fn transport_limits(server: &crate::config::ServerSettings) -> anyhow::Result<ht
         max_header_bytes: server.max_header_bytes,
         max_headers: server.max_headers,
         body_idle_timeout: Duration::from_secs(server.body_idle_timeout_secs),
+        body_min_bytes_per_sec: server.body_min_bytes_per_sec,
         max_connections: server.max_connections,
     })
 }
@@ -96,6 +97,10 @@ fn admission(limits: &crate::config::LimitSettings) -> anyhow::Result<crate::pip
     anyhow::ensure!(
         limits.uploads_in_flight > 0 && limits.uploads_in_flight_per_user > 0,
         "configuration error: `limits.uploads_in_flight` and `limits.uploads_in_flight_per_user` must be greater than 0"
+    );
+    anyhow::ensure!(
+        limits.open_uploads_per_user > 0 && limits.staged_bytes_per_user > 0,
+        "configuration error: `limits.open_uploads_per_user` and `limits.staged_bytes_per_user` must be greater than 0"
     );
     Ok(crate::pipeline::admission::Admission::new(limits))
 }

@@ -119,6 +119,71 @@ async fn a_failed_finish_keeps_every_chunk_and_the_next_head_completes_it(db: Db
     app.stop().await;
 }
 
+/// Finishing is an upload's heaviest step, so a HEAD that finishes a complete upload takes a
+/// place in flight like the PATCH it completes: with the user's one place taken by an upload
+/// still streaming, the HEAD gets 429 with `Retry-After` and finishes nothing; once the place
+/// is free, it finishes the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_finishes_an_upload_takes_a_place_in_flight() {
+    let objects = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            storage: Some(FaultyStore::on(objects.path(), &faults)),
+            configure: Some(Box::new(|s| s.limits.uploads_in_flight_per_user = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["audio"]).await;
+    let body = common::distinctive_bytes(LENGTH);
+    faults.refuse_chunk_reads(true);
+    let (url, last) = upload_in_two_patches(&app, &alice, &body).await;
+    assert_unavailable_not_complete(&last, "the last PATCH while chunks cannot be read");
+    faults.refuse_chunk_reads(false);
+
+    let (streaming, in_flight) = common::body_in_flight();
+    streaming.send(Ok(b"a first piece".to_vec())).await.unwrap();
+    let holder = common::status_of(
+        app.http
+            .post(format!("{}/v1/packages?data_category=audio", app.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body(in_flight),
+    );
+    // A probe into a category alice has no consent for: refused for that once admitted, so
+    // 429 says the place is taken, and it can store nothing either way.
+    common::eventually("the streaming upload holds alice's place", || async {
+        let probe = app
+            .http
+            .post(format!("{}/v1/packages?data_category=video", app.base))
+            .bearer_auth(&alice)
+            .body("probe")
+            .send()
+            .await
+            .unwrap();
+        probe.status() == 429
+    })
+    .await;
+    let refused = head(&app, &alice, &url).await;
+    assert_eq!(refused.status(), 429, "the HEAD waits for a place");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        app.packages(&alice).await.iter().all(|p| p["status"] != "stored"),
+        "the refused HEAD finished nothing"
+    );
+
+    drop(streaming);
+    let _ = holder.await;
+    let done = head(&app, &alice, &url).await;
+    assert_eq!(done.status(), 200);
+    let id = done.headers()["udim-package-id"].to_str().unwrap().to_owned();
+    stored_package(&app, &alice, &id, &body).await;
+    app.stop().await;
+}
+
 /// A store that reports its failure as unclassified (not `Unavailable`) must not cost the
 /// upload either: only a refusal about the upload itself ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,9 @@ use common::{Db, Options, TestApp};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Thousands of connections that each send half a request line and then nothing: the
-/// service keeps answering honest clients at once, and closes every half-open connection
-/// once `server.header_read_timeout_secs` has passed.
+/// Thousands of connections that each send half a request line, or half an HTTP/2 preface,
+/// or nothing at all, and then wait: the service keeps answering honest clients at once, and
+/// closes every one of them once `server.header_read_timeout_secs` has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_served() {
     const CROWD: usize = 2000;
@@ -31,9 +31,10 @@ async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_s
     let addr = server.base.trim_start_matches("http://").to_owned();
 
     let mut crowd = Vec::with_capacity(CROWD);
-    for _ in 0..CROWD {
+    let openings: [&[u8]; 3] = [b"GET /v1/consents HTT", b"PRI * HTTP/2.0\r\n", b""];
+    for opening in openings.iter().cycle().take(CROWD) {
         let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        socket.write_all(b"GET /v1/consents HTT").await.unwrap();
+        socket.write_all(opening).await.unwrap();
         crowd.push(socket);
     }
     let opened = Instant::now();
@@ -124,14 +125,19 @@ async fn oversized_request_heads_get_431() {
     app.stop().await;
 }
 
-/// An upload whose body stops arriving is cut after `server.body_idle_timeout_secs` and
-/// leaves nothing behind; one that keeps moving, however slowly, is stored.
+/// An upload whose body stops arriving is cut after `server.body_idle_timeout_secs`, and one
+/// that trickles in below `server.body_min_bytes_per_sec` is cut once a window of waiting has
+/// passed; neither leaves anything behind. One that keeps a modest rate, however slowly its
+/// pieces come, is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_upload_is_cut_and_a_slow_one_is_not() {
+async fn a_stalled_upload_is_cut_and_a_trickle_is_cut_and_a_slow_one_is_not() {
     let app = TestApp::spawn_with(
         Db::Sqlite,
         Options {
-            configure: Some(Box::new(|s| s.server.body_idle_timeout_secs = 1)),
+            configure: Some(Box::new(|s| {
+                s.server.body_idle_timeout_secs = 1;
+                s.server.body_min_bytes_per_sec = 20;
+            })),
             ..Options::default()
         },
     )
@@ -139,15 +145,18 @@ async fn a_stalled_upload_is_cut_and_a_slow_one_is_not() {
     let alice = app.uploader("alice");
     app.grant(&alice, &["documents"]).await;
     let url = format!("{}/v1/packages?data_category=documents&filename=a.txt", app.base);
+    let send = |body: reqwest::Body| {
+        common::status_of(
+            app.http
+                .post(&url)
+                .bearer_auth(&alice)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+    };
 
     let (body, stalled) = common::body_in_flight();
-    let upload = common::status_of(
-        app.http
-            .post(&url)
-            .bearer_auth(&alice)
-            .header("content-type", "application/octet-stream")
-            .body(stalled),
-    );
+    let upload = send(stalled);
     body.send(Ok(b"the first words, and then nothing".to_vec()))
         .await
         .unwrap();
@@ -162,25 +171,91 @@ async fn a_stalled_upload_is_cut_and_a_slow_one_is_not() {
     );
     assert_eq!(status, 400, "upload-interrupted");
     drop(body);
+
+    // A byte every 300 ms: never idle for a second, but 3 bytes/s against the 20 required.
+    let (body, trickle) = common::body_in_flight();
+    let mut upload = send(trickle);
+    let started = Instant::now();
+    let status = loop {
+        tokio::select! {
+            status = &mut upload => break status.unwrap(),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {
+                assert!(started.elapsed() < Duration::from_secs(30), "the trickle is cut, not held");
+                // The service may already have cut it; its answer comes next.
+                let _ = body.send(Ok(b"t".to_vec())).await;
+            }
+        }
+    };
+    assert_eq!(status, 400, "upload-interrupted");
+    drop(body);
     assert!(app.packages(&alice).await.is_empty());
     assert!(app.object_files().is_empty());
 
-    // Half a second between pieces, three seconds in all: slow, never idle for a second.
+    // 48 bytes every half second, three seconds in all: slow, above the rate, never idle.
     let (body, slow) = common::body_in_flight();
-    let upload = common::status_of(
-        app.http
-            .post(&url)
-            .bearer_auth(&alice)
-            .header("content-type", "application/octet-stream")
-            .body(slow),
-    );
+    let upload = send(slow);
     for i in 0..6 {
-        body.send(Ok(format!("piece {i} ").into_bytes())).await.unwrap();
+        body.send(Ok(
+            format!("piece {i} of a slow but steady upload, at 96 B/s").into_bytes()
+        ))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(body);
     assert_eq!(upload.await.unwrap(), 201);
     assert_eq!(app.packages(&alice).await.len(), 1);
+    app.stop().await;
+}
+
+/// A client that stops reading a response (a download it never consumes) is cut once its
+/// connection has been unwritable for `server.body_idle_timeout_secs`, instead of holding
+/// the connection and the read for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_reads_is_cut() {
+    const SIZE: usize = 48 << 20;
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| s.server.body_idle_timeout_secs = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let stored = app.upload(&alice, "documents", vec![b'd'; SIZE]).await;
+    assert_eq!(stored.status(), 201);
+    let id = stored.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let reader = app.token("pipeline", &["udim:read"]);
+
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "GET /v1/packages/{id}/content?purpose=model-training HTTP/1.1\r\nhost: udim\r\nauthorization: Bearer {reader}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read nothing for a while: the socket buffers fill and the service's writes block.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), socket.read_to_end(&mut received)).await;
+    assert!(ended.is_ok(), "the connection ends");
+    assert!(
+        received.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&received[..received.len().min(100)])
+    );
+    assert!(
+        received.len() < SIZE,
+        "the service gave up on the reader after {} bytes instead of waiting for it",
+        received.len()
+    );
+    let answered = app.http.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(answered.status(), 200);
     app.stop().await;
 }
 
@@ -230,6 +305,107 @@ async fn a_request_past_its_deadline_gets_503_request_timeout() {
     assert!(response.headers().contains_key("retry-after"));
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "urn:udim:problem:request-timeout");
+    app.stop().await;
+}
+
+/// A change is never cut between its steps by the request deadline: with the consent ledger
+/// held up (a lock) well past `server.request_timeout_secs`, a consent grant and a package
+/// erasure wait and then answer with what they did (201 with the consent, 200 with the
+/// erasure receipt), and a grant whose client gave up waiting is made all the same; each is in
+/// the ledger once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_held_up_past_the_deadline_complete_and_answer() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_with(
+        Db::Postgres,
+        Options {
+            configure: Some(Box::new(|s| s.server.request_timeout_secs = 1)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let stored = app.upload(&alice, "documents", "a page").await;
+    assert_eq!(stored.status(), 201);
+    let id = stored.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let url = app.settings.database_url().expose_secret().to_owned();
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    let entries_before: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+
+    let mut hold = blocker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE consent_ledger IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let grant = tokio::spawn(
+        app.http
+            .post(format!("{}/v1/consents", app.base))
+            .bearer_auth(&alice)
+            .json(&json!({
+                "purposes": ["model-training"],
+                "data_categories": ["images"],
+                "policy_version": "2026-01",
+                "jurisdiction": "EU",
+            }))
+            .send(),
+    );
+    let erase = tokio::spawn(
+        app.http
+            .delete(format!("{}/v1/packages/{id}", app.base))
+            .bearer_auth(&alice)
+            .send(),
+    );
+    let abandoned = tokio::spawn(
+        app.http
+            .post(format!("{}/v1/consents", app.base))
+            .bearer_auth(&alice)
+            .json(&json!({
+                "purposes": ["model-training"],
+                "data_categories": ["text"],
+                "policy_version": "2026-01",
+                "jurisdiction": "EU",
+            }))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!grant.is_finished() && !erase.is_finished(), "both wait on the ledger");
+    // Its connection closes with the request in flight.
+    abandoned.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold.rollback().await.unwrap();
+
+    let granted = grant.await.unwrap().unwrap();
+    assert_eq!(granted.status(), 201, "the grant answers with what it did");
+    let erased = erase.await.unwrap().unwrap();
+    assert_eq!(erased.status(), 200, "the erasure answers with its receipt");
+    let receipt: Value = erased.json().await.unwrap();
+    assert!(receipt["record"]["packages"].to_string().contains(&id), "{receipt}");
+    common::eventually("the abandoned grant is made", || async {
+        let (_, consents) = app.get_json(&alice, "/v1/consents").await;
+        consents.to_string().contains("\"text\"")
+    })
+    .await;
+    let entries_after: i64 = sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    assert_eq!(
+        entries_after,
+        entries_before + 3,
+        "two grants and one erasure record, once each"
+    );
+    let again = app
+        .http
+        .delete(format!("{}/v1/packages/{id}", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204, "already erased and recorded");
     app.stop().await;
 }
 

@@ -7,6 +7,7 @@ pub mod extract;
 mod health;
 mod ledger;
 mod me;
+mod pace;
 mod packages;
 pub mod problem;
 pub mod serve;
@@ -147,14 +148,26 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Whether a request streams a body in or out, or may run long by design (finishing a
-/// complete tus upload, which a HEAD may do; erasing or exporting everything): those are
-/// bounded by the body idle timeout and by their own work, every other request by the
-/// whole-request deadline.
-fn runs_long(method: &axum::http::Method, path: &str) -> bool {
+/// How a request's time is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// It streams a body in or out, or may finish a complete tus upload (a HEAD may): bounded
+    /// by the body's idle timeout and minimum rate, and by its own work.
+    Streams,
+    /// A change that does not stream: it runs to completion on its own task, whatever the
+    /// client does, so that no deadline or dropped connection cuts it between two of its
+    /// steps (a package erased whose receipt is never recorded, a consent appended whose
+    /// answer is lost and is appended again on retry). Its steps are bounded by the
+    /// database's and the providers' own timeouts.
+    Completes,
+    /// Every other read: answered within the whole-request deadline.
+    Deadline,
+}
+
+fn budget(method: &axum::http::Method, path: &str) -> Budget {
     use axum::http::Method;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    matches!(
+    let streams = matches!(
         (method, segments.as_slice()),
         (&Method::POST, ["", "v1", "packages"] | ["", "v1", "uploads"])
             | (&Method::PATCH | &Method::HEAD, ["", "v1", "uploads", _])
@@ -162,28 +175,42 @@ fn runs_long(method: &axum::http::Method, path: &str) -> bool {
                 &Method::GET,
                 ["", "v1", "packages", _, "content"] | ["", "v1", "me", "export", ..]
             )
-            | (&Method::DELETE, ["", "v1", "me"])
-    )
+    );
+    if streams {
+        Budget::Streams
+    } else if matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        Budget::Completes
+    } else {
+        Budget::Deadline
+    }
 }
 
-/// The whole-request deadline (`server.request_timeout_secs`): a request that outlives it is
-/// answered 503 `request-timeout` (its work is dropped as if the client had gone away).
+/// The whole-request deadline (`server.request_timeout_secs`) for reads, and completion for
+/// changes (see [`Budget`]). A read that outlives the deadline is answered 503
+/// `request-timeout` (its work is dropped as if the client had gone away).
 pub async fn deadline(
     axum::extract::State(limit): axum::extract::State<std::time::Duration>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if runs_long(request.method(), request.uri().path()) {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            ProblemCode::RequestTimeout,
-            format!("the request took longer than {} s", limit.as_secs()),
-        )
-        .into_response(),
+    match budget(request.method(), request.uri().path()) {
+        Budget::Streams => next.run(request).await,
+        Budget::Completes => match tokio::spawn(next.run(request)).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "a request's task failed");
+                ApiError::new(ProblemCode::Internal, "the request failed").into_response()
+            }
+        },
+        Budget::Deadline => match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                ProblemCode::RequestTimeout,
+                format!("the request took longer than {} s", limit.as_secs()),
+            )
+            .into_response(),
+        },
     }
 }
 
@@ -192,29 +219,29 @@ mod tests {
     use axum::http::Method;
 
     #[test]
-    fn only_streaming_and_bulk_routes_escape_the_request_deadline() {
-        for (method, path) in [
-            (Method::POST, "/v1/packages"),
-            (Method::POST, "/v1/uploads"),
-            (Method::PATCH, "/v1/uploads/0192"),
-            (Method::HEAD, "/v1/uploads/0192"),
-            (Method::GET, "/v1/packages/0192/content"),
-            (Method::GET, "/v1/me/export"),
-            (Method::GET, "/v1/me/export/archive"),
-            (Method::DELETE, "/v1/me"),
+    fn streams_run_free_changes_complete_and_reads_have_a_deadline() {
+        use super::Budget;
+        for (method, path, expected) in [
+            (Method::POST, "/v1/packages", Budget::Streams),
+            (Method::POST, "/v1/uploads", Budget::Streams),
+            (Method::PATCH, "/v1/uploads/0192", Budget::Streams),
+            (Method::HEAD, "/v1/uploads/0192", Budget::Streams),
+            (Method::GET, "/v1/packages/0192/content", Budget::Streams),
+            (Method::GET, "/v1/me/export", Budget::Streams),
+            (Method::GET, "/v1/me/export/archive", Budget::Streams),
+            (Method::DELETE, "/v1/me", Budget::Completes),
+            (Method::DELETE, "/v1/packages/0192", Budget::Completes),
+            (Method::POST, "/v1/consents", Budget::Completes),
+            (Method::PUT, "/v1/consents/documents", Budget::Completes),
+            (Method::DELETE, "/v1/uploads/0192", Budget::Completes),
+            (Method::POST, "/v1/admin/rotate-key", Budget::Completes),
+            (Method::GET, "/v1/packages", Budget::Deadline),
+            (Method::GET, "/v1/packages/0192", Budget::Deadline),
+            (Method::GET, "/v1/ledger/entries", Budget::Deadline),
+            (Method::GET, "/v1/packages/0192/content/x", Budget::Deadline),
+            (Method::OPTIONS, "/v1/uploads", Budget::Deadline),
         ] {
-            assert!(super::runs_long(&method, path), "{method} {path}");
-        }
-        for (method, path) in [
-            (Method::GET, "/v1/packages"),
-            (Method::GET, "/v1/packages/0192"),
-            (Method::DELETE, "/v1/packages/0192"),
-            (Method::POST, "/v1/consents"),
-            (Method::DELETE, "/v1/uploads/0192"),
-            (Method::GET, "/v1/ledger/entries"),
-            (Method::GET, "/v1/packages/0192/content/x"),
-        ] {
-            assert!(!super::runs_long(&method, path), "{method} {path}");
+            assert_eq!(super::budget(&method, path), expected, "{method} {path}");
         }
     }
 }

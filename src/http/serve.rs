@@ -2,21 +2,25 @@
 //! limits a public endpoint needs before any handler or authentication runs.
 //!
 //! axum's own `serve` sets no timer on hyper, so a connection that sends half a request line
-//! is held forever. Here every connection has a deadline for its request head (which also
-//! closes idle keep-alive connections), a bounded head size and header count, request bodies
-//! that may pause between reads for at most `body_idle_timeout`, and a cap on connections
-//! open at once; non-streaming routes get a whole-request deadline in [`super::deadline`].
+//! is held forever. Here every connection is HTTP/1.1 (HTTP/2's protocol sniffing reads the
+//! preface with no timer at all, and nothing here needs it) and has a deadline for its request
+//! head from the moment it opens (which also closes idle keep-alive connections), a bounded
+//! head size and header count, request bodies that may pause between reads for at most
+//! `body_idle_timeout` and must keep a minimum rate, responses the client must keep reading,
+//! and a cap on connections open at once; non-streaming routes get a whole-request deadline
+//! in [`super::deadline`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::pace::{Pace, PacedBody, WriteIdle};
 
 /// hyper's smallest read buffer; a head must fit the buffer, so this bounds it from below.
 const MIN_HEAD_BYTES: usize = 8192;
@@ -28,6 +32,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub body_idle_timeout: Duration,
+    pub body_min_bytes_per_sec: u64,
     pub max_connections: usize,
 }
 
@@ -39,22 +44,17 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BYTES))
         .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
-    let builder = Arc::new(builder);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Owned here so that dropping `serve` (the grace period over) aborts every connection
+    // still open, releasing what its request holds (database connections, upload locks).
+    let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's backlog instead
@@ -76,18 +76,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let idle = limits.body_idle_timeout;
+        let (idle, min_rate) = (limits.body_idle_timeout, limits.body_min_bytes_per_sec);
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let request = request.map(|body| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
+            let request = request.map(|body| {
+                let idle_cut = tower_http::timeout::TimeoutBody::new(idle, body);
+                axum::body::Body::new(PacedBody::new(idle_cut, Pace::new(idle, min_rate)))
+            });
             tower::ServiceExt::oneshot(router.clone(), request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
+        let io = TokioIo::new(WriteIdle::new(stream, limits.body_idle_timeout));
+        let watched = graceful.watch(builder.serve_connection(io, service));
+        connections.spawn(async move {
             if let Err(e) = watched.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

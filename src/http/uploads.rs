@@ -234,7 +234,10 @@ pub async fn head(
     let mut upload = state.resumable.status(&principal.subject, id).await?;
     // Every byte arrived but no package yet (a failure or a crash cut finalization short):
     // finish it now, so the offset never says "complete" of an upload that is not stored.
+    // Finishing is an upload's heaviest step (scanning, sealing), so it takes a place in flight
+    // like the PATCH it completes.
     let package = if upload.offset == upload.length && upload.package_id.is_none() {
+        let _in_flight = state.admission.upload(&principal.subject)?;
         let package = state.resumable.finish(&principal.subject, id).await?;
         state.relay_wake.notify_one();
         upload = state.resumable.status(&principal.subject, id).await?;

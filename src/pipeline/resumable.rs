@@ -228,7 +228,7 @@ impl Resumable {
         }
         // Unfinished uploads hold their data key and chunks until they expire: bound what one
         // user can stage, whatever the category caps say. Concurrent creations can overshoot
-        // by at most the uploads one user may have in flight.
+        // by at most the uploads one user may have in flight, on each replica.
         let open = self.uploads.open_uploads(user_id).await?;
         let count = open.len() + 1;
         let staged = open
