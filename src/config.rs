@@ -135,6 +135,10 @@ pub struct LimitSettings {
     pub open_uploads_per_user: usize,
     /// Bytes one user's unfinished tus uploads may declare together (`Upload-Length`s).
     pub staged_bytes_per_user: u64,
+    /// Memory for upload buffers (storage parts being filled and in flight, each upload's
+    /// own buffers), shared by all uploads of the process. An upload that would pass it waits,
+    /// unread, for at most `server.body_idle_timeout_secs`, then gets 503.
+    pub upload_buffer_bytes: u64,
 }
 
 impl Default for LimitSettings {
@@ -146,6 +150,7 @@ impl Default for LimitSettings {
             consent_changes_per_second_per_user: 20,
             open_uploads_per_user: 100,
             staged_bytes_per_user: 64 * 1024 * 1024 * 1024,
+            upload_buffer_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -173,6 +173,11 @@ impl Application {
             Some(storage) => storage,
             None => factory::storage(&settings)?,
         };
+        let budget = crate::pipeline::budget::MemoryBudget::new(
+            settings.limits.upload_buffer_bytes,
+            Duration::from_secs(settings.server.body_idle_timeout_secs),
+        );
+        let blobs: Arc<dyn BlobStore> = Arc::new(crate::pipeline::budget::BudgetedBlobs::new(blobs, Arc::new(budget)));
         let kms = factory::kms(&settings).await?;
         let kms = match overrides.kms {
             Some(wrap) => wrap(kms),

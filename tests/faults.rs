@@ -1,7 +1,7 @@
 //! Real faults under load: PostgreSQL connections killed while uploads run (requests fail
 //! fast with 503 and `Retry-After`, never 500, and the service recovers by itself), and the
 //! real binary killed with a hundred uploads in flight (every acknowledged upload survives,
-//! the rest leave nothing).
+//! the rest leave nothing), and PostgreSQL itself stopped and started under load.
 
 mod common;
 
@@ -45,65 +45,86 @@ async fn stored_and_unfinished(app: &TestApp) -> (i64, i64) {
     .unwrap()
 }
 
+/// Four clients uploading small packages in a loop until stopped, keeping every answer: a
+/// status (a 503 must say when to retry), "hung" past 30 s, or a transport error.
+struct Load {
+    answers: Arc<Mutex<Vec<String>>>,
+    done: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(http: &reqwest::Client, base: &str, token: &str) -> Self {
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let done = CancellationToken::new();
+        let workers = (0..4)
+            .map(|worker| {
+                let (http, base, token) = (http.clone(), base.to_owned(), token.to_owned());
+                let (answers, done) = (answers.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !done.is_cancelled() {
+                        let sent = http
+                            .post(format!("{base}/v1/packages?data_category=documents&filename=f.txt"))
+                            .bearer_auth(&token)
+                            .header("content-type", "application/octet-stream")
+                            .body(format!("worker {worker} upload {n}"))
+                            .send();
+                        let answer = match tokio::time::timeout(Duration::from_secs(30), sent).await {
+                            Err(_) => "hung".to_owned(),
+                            Ok(Err(e)) => format!("transport error: {e}"),
+                            Ok(Ok(response)) => {
+                                let status = response.status().as_u16();
+                                if status == 503 {
+                                    assert!(response.headers().contains_key("retry-after"), "503 says when to retry");
+                                }
+                                status.to_string()
+                            }
+                        };
+                        answers.lock().unwrap().push(answer);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Self { answers, done, workers }
+    }
+
+    /// Stops the clients; checks that every answer was 201 or 503 and returns how many of
+    /// each there were.
+    async fn stop(self) -> (usize, usize) {
+        self.done.cancel();
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        let answers = self.answers.lock().unwrap().clone();
+        let unexpected: Vec<&String> = answers
+            .iter()
+            .filter(|a| !matches!(a.as_str(), "201" | "503"))
+            .collect();
+        assert!(unexpected.is_empty(), "every answer is 201 or 503: {unexpected:?}");
+        let refused = answers.iter().filter(|a| *a == "503").count();
+        (answers.len() - refused, refused)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_database_connections_fail_fast_and_the_service_recovers() {
     let app = TestApp::spawn(Db::Postgres).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["documents"]).await;
-
-    let answers = Arc::new(Mutex::new(Vec::new()));
-    let done = CancellationToken::new();
-    let load = (0..4)
-        .map(|worker| {
-            let (http, base, token) = (app.http.clone(), app.base.clone(), alice.clone());
-            let (answers, done) = (answers.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !done.is_cancelled() {
-                    let sent = http
-                        .post(format!("{base}/v1/packages?data_category=documents&filename=f.txt"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/octet-stream")
-                        .body(format!("worker {worker} upload {n}"))
-                        .send();
-                    let answer = match tokio::time::timeout(Duration::from_secs(30), sent).await {
-                        Err(_) => "hung".to_owned(),
-                        Ok(Err(e)) => format!("transport error: {e}"),
-                        Ok(Ok(response)) => {
-                            let status = response.status().as_u16();
-                            if status == 503 {
-                                assert!(response.headers().contains_key("retry-after"), "503 says when to retry");
-                            }
-                            status.to_string()
-                        }
-                    };
-                    answers.lock().unwrap().push(answer);
-                    n += 1;
-                }
-            })
-        })
-        .collect::<Vec<_>>();
+    let load = Load::start(&app.http, &app.base, &alice);
 
     let mut killed = 0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         killed += kill_connections(&app).await;
     }
-    done.cancel();
-    for worker in load {
-        worker.await.unwrap();
-    }
-    let answers = answers.lock().unwrap().clone();
+    let (acknowledged, failed) = load.stop().await;
     assert!(killed > 0, "connections were killed");
-    let unexpected: Vec<&String> = answers
-        .iter()
-        .filter(|a| !matches!(a.as_str(), "201" | "503"))
-        .collect();
-    assert!(unexpected.is_empty(), "every answer is 201 or 503: {unexpected:?}");
-    let failed = answers.iter().filter(|a| *a == "503").count();
     eprintln!(
         "{} uploads, {failed} answered 503, {killed} connections killed",
-        answers.len()
+        acknowledged + failed
     );
 
     // No restart: the pool reconnects and uploads are stored again.
@@ -113,7 +134,7 @@ async fn killed_database_connections_fail_fast_and_the_service_recovers() {
     .await;
     // Every package the service acknowledged is stored, and nothing is left half-made for
     // longer than the upload it belonged to.
-    let acknowledged = answers.iter().filter(|a| *a == "201").count() as i64 + 1;
+    let acknowledged = acknowledged as i64 + 1;
     let (stored, unfinished) = stored_and_unfinished(&app).await;
     assert_eq!(
         stored, acknowledged,
@@ -128,7 +149,7 @@ const SECRET: &str = "faults-share-this-hs256-secret-of-32+bytes";
 /// `udim serve` on the local profile (PostgreSQL, RabbitMQ, the filesystem store) over `dir`.
 fn local_profile(
     dir: &std::path::Path,
-    database: &common::TestDatabase,
+    database_url: &str,
     queue: &common::TestQueue,
     key: &str,
 ) -> std::process::Command {
@@ -136,7 +157,7 @@ fn local_profile(
     let mut cmd = common::process::udim();
     cmd.env("UDIM_CONFIG_DIR", dir.join("no-config"))
         .env("UDIM_DATA_DIR", dir.join("data"))
-        .env("UDIM_DATABASE__URL", database.url())
+        .env("UDIM_DATABASE__URL", database_url)
         .env("UDIM_STORAGE__TYPE", "filesystem")
         .env("UDIM_STORAGE__PATH", dir.join("objects"))
         .env("UDIM_KMS__TYPE", "local")
@@ -169,7 +190,7 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
     let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
         .unwrap()
         .to_secret_string();
-    let first = Process::serve(|| local_profile(dir.path(), &database, &queue, &key)).await;
+    let first = Process::serve(|| local_profile(dir.path(), database.url(), &queue, &key)).await;
     let http = reqwest::Client::new();
     let users: Vec<String> = (0..25)
         .map(|i| common::uploader_token(SECRET, &format!("user-{i}")))
@@ -238,7 +259,7 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
         tus_uploads.push((token.clone(), path));
     }
     common::eventually("all 100 uploads are in the service", || async {
-        in_flight_packages(&database).await >= 50
+        in_flight_packages(database.url()).await >= 50
     })
     .await;
     first.kill_9();
@@ -250,7 +271,7 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
         );
     }
 
-    let second = Process::serve(|| local_profile(dir.path(), &database, &queue, &key)).await;
+    let second = Process::serve(|| local_profile(dir.path(), database.url(), &queue, &key)).await;
     // Each tus upload resumes where the new process says it is, and is stored: once the dead
     // process's lock on it lapses (423 until then), as a stock client retries.
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
@@ -291,10 +312,10 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
 
     // The cut-short simple uploads are swept away with their objects.
     common::eventually("the cut-short uploads are swept away", || async {
-        in_flight_packages(&database).await == 0
+        in_flight_packages(database.url()).await == 0
     })
     .await;
-    let stored = stored_packages(&database).await;
+    let stored = stored_packages(database.url()).await;
     assert_eq!(stored, acknowledged, "exactly the acknowledged uploads are stored");
     let objects: Vec<_> = common::files_under(&dir.path().join("objects"))
         .into_iter()
@@ -320,21 +341,114 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
 }
 
 /// Packages of every user not (yet) stored.
-async fn in_flight_packages(database: &common::TestDatabase) -> i64 {
+async fn in_flight_packages(database_url: &str) -> i64 {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
     sqlx::query_scalar("SELECT count(*) FROM packages WHERE status <> 'stored'")
         .fetch_one(&mut conn)
         .await
         .unwrap()
 }
 
-async fn stored_packages(database: &common::TestDatabase) -> std::collections::BTreeSet<String> {
+async fn stored_packages(database_url: &str) -> std::collections::BTreeSet<String> {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
     let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM packages WHERE status = 'stored'")
         .fetch_all(&mut conn)
         .await
         .unwrap();
     ids.into_iter().collect()
+}
+
+/// PostgreSQL stopped for a few seconds under load and started again (a cluster of the test's
+/// own, with the real binary on the local profile): while it is down every upload fails fast
+/// with 503 and `Retry-After` (never 500, never a hang past the pool's acquire timeout); once
+/// it is back the same process stores uploads again, every acknowledged upload is stored and
+/// its event delivered, and nothing refused is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_fails_fast_and_the_binary_recovers() {
+    let cluster = tokio::task::spawn_blocking(udim_testkit::cluster::Cluster::start)
+        .await
+        .unwrap();
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = common::TestQueue::new(&common::amqp_url());
+    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+        .unwrap()
+        .to_secret_string();
+    let server = Process::serve(|| {
+        let mut command = local_profile(dir.path(), &url, &queue, &key);
+        // Refusals come fast while the database is down: no upload rate to trip over.
+        command
+            .env("UDIM_DATABASE__ACQUIRE_TIMEOUT_SECS", "2")
+            .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0");
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+
+    let load = Load::start(&http, &server.base, &alice);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        std::thread::sleep(Duration::from_secs(4));
+        cluster.resume();
+        cluster
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acknowledged, refused) = load.stop().await;
+    eprintln!(
+        "{} uploads, {refused} answered 503 while PostgreSQL was down",
+        acknowledged + refused
+    );
+    assert!(refused > 0, "the outage was seen");
+
+    common::eventually("uploads are stored again", || async {
+        let response = http
+            .post(format!("{}/v1/packages?data_category=documents", server.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body("after the restart")
+            .send()
+            .await
+            .unwrap();
+        response.status() == 201
+    })
+    .await;
+    let stored = stored_packages(&url).await;
+    assert_eq!(
+        stored.len(),
+        acknowledged + 1,
+        "every acknowledged upload, and only those, is stored"
+    );
+    // An upload refused half-way leaves a row the outage kept it from removing: the sweeper
+    // takes it, and its object.
+    common::eventually("nothing refused is left behind", || async {
+        in_flight_packages(&url).await == 0
+    })
+    .await;
+    let objects = common::files_under(&dir.path().join("objects"));
+    assert_eq!(
+        objects.len(),
+        stored.len(),
+        "one object per stored package: {objects:?}"
+    );
+    let events = queue
+        .take_until(common::PATIENCE, |taken| {
+            let arrived: std::collections::BTreeSet<&str> =
+                taken.iter().filter_map(|e| e["package_id"].as_str()).collect();
+            stored.iter().all(|id| arrived.contains(id.as_str()))
+        })
+        .await;
+    let arrived: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| e["package_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(stored.is_subset(&arrived), "every stored package's event is delivered");
+    drop(server);
+    drop(cluster);
 }

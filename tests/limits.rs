@@ -259,6 +259,120 @@ async fn a_download_nobody_reads_is_cut() {
     app.stop().await;
 }
 
+/// The process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(server: &Process) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A thousand uploads that each send 1 MiB and then stall, against the real binary (embedded
+/// default, filesystem store, whose writer buffers a 16 MiB part) with a 64 MiB budget for
+/// upload buffers: the process's peak memory stays within the budget and a margin per open
+/// connection (the same crowd without the budget holds over a GiB), the crowd is cut at the
+/// idle timeout or refused with 503 after waiting that long for room, and an honest upload
+/// then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
+    const CROWD: usize = 1000;
+    const BUDGET: u64 = 64 << 20;
+    // What each open connection holds besides upload buffers (its read buffer and the frame
+    // in hand, its task): about 150 KiB measured here, so 192 KiB for each of the crowd.
+    const MARGIN: u64 = CROWD as u64 * (192 << 10);
+    const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(|| {
+        let mut command = udim();
+        command
+            .env("UDIM_DATA_DIR", dir.path())
+            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("UDIM_AUTH__HS256_SECRET", SECRET)
+            .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES", BUDGET.to_string())
+            .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT", "5000")
+            .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT_PER_USER", "5000")
+            .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0")
+            .env("UDIM_SERVER__BODY_IDLE_TIMEOUT_SECS", "15");
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let token = common::uploader_token(SECRET, "crowd");
+    common::grant_on(&http, &server.base, &token, &["documents"]).await;
+    let url = format!("{}/v1/packages?data_category=documents&filename=f.txt", server.base);
+    let before = peak_rss(&server);
+
+    // Each sends 1 MiB, then nothing until the service answers.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let crowd: Vec<_> = (0..CROWD)
+        .map(|_| {
+            let (body, streaming) = common::body_in_flight();
+            let request = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/octet-stream")
+                .body(streaming);
+            tokio::spawn(async move {
+                let feed = async {
+                    for _ in 0..16 {
+                        if body.send(Ok(vec![b'v'; 64 * 1024])).await.is_err() {
+                            break;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    answer = request.send() => answer.map(|r| r.status().as_u16()).map_err(|e| e.to_string()),
+                    () = feed => unreachable!(),
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let answers: Vec<Result<u16, String>> = futures::future::join_all(crowd)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let peak = peak_rss(&server);
+    assert!(
+        peak <= before + BUDGET + MARGIN,
+        "peak RSS {} MiB, from {} MiB before the crowd",
+        peak >> 20,
+        before >> 20
+    );
+    // Cut at the idle timeout (400, or the connection closed under a body still being sent),
+    // or refused after waiting that long for room (503).
+    let count = |wanted: fn(&Result<u16, String>) -> bool| answers.iter().filter(|a| wanted(a)).count();
+    let (cut, refused, closed) = (
+        count(|a| a == &Ok(400)),
+        count(|a| a == &Ok(503)),
+        count(Result::is_err),
+    );
+    eprintln!(
+        "peak RSS {} MiB ({} MiB before); {cut} cut, {refused} refused, {closed} closed, in {:?}",
+        peak >> 20,
+        before >> 20,
+        started.elapsed()
+    );
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(s) if ![400, 503].contains(s)))
+        .collect();
+    assert!(other.is_empty(), "every stalled upload is cut or refused: {other:?}");
+    assert!(refused > 0, "the budget, not the crowd, decided how many were read");
+
+    let honest = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .body(vec![b'h'; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(honest.status(), 201, "an honest upload completes once the crowd is cut");
+}
+
 /// A request that outlives `server.request_timeout_secs` (here: waiting on an identity
 /// provider that takes 3 s to answer) gets 503 `request-timeout` with `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

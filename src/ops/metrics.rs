@@ -27,6 +27,7 @@ pub const LEDGER_FAILURES: &str = "udim_ledger_append_failures_total";
 pub const LEDGER_BATCH: &str = "udim_ledger_batch_entries";
 pub const LEDGER_APPEND_DURATION: &str = "udim_ledger_append_duration_seconds";
 pub const LEDGER_SIZE: &str = "udim_ledger_size";
+pub const UPLOAD_BUFFER_WAITS_EXPIRED: &str = "udim_upload_buffer_waits_expired_total";
 
 /// Seconds: from a health probe to a multi-gigabyte upload.
 const SECONDS: &[f64] = &[
@@ -93,6 +94,10 @@ fn describe() {
         "Outbox event publications that failed and will be retried"
     );
     describe_counter!(LEDGER_ENTRIES, "Consent ledger entries appended");
+    describe_counter!(
+        UPLOAD_BUFFER_WAITS_EXPIRED,
+        "Uploads refused (503) because the upload buffer budget stayed full past the body idle timeout"
+    );
     describe_counter!(LEDGER_FAILURES, "Consent ledger batches that failed to append");
     describe_histogram!(LEDGER_BATCH, "Entries per appended ledger batch");
     describe_histogram!(

@@ -3,6 +3,7 @@
 //! [`relay`], and the versioned [`events`] the downstream pipeline consumes.
 
 pub mod admission;
+pub mod budget;
 pub mod erasure;
 pub mod events;
 pub mod export;

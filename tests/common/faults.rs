@@ -105,6 +105,9 @@ impl BlobWriter for Writer {
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
     }
+    fn buffer_bound(&self) -> u64 {
+        self.inner.buffer_bound()
+    }
 }
 
 #[async_trait]

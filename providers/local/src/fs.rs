@@ -137,6 +137,10 @@ impl BlobWriter for DurableWriter {
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
     }
+
+    fn buffer_bound(&self) -> u64 {
+        self.inner.buffer_bound()
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub trait BlobWriter: Send {
     async fn finish(self: Box<Self>) -> Result<u64>;
     /// Abandons the object and removes any uploaded parts.
     async fn abort(self: Box<Self>) -> Result<()>;
+    /// The most bytes of what it was given this writer may hold in memory at once (a part
+    /// being filled and the parts in flight), so the service can budget upload buffers.
+    fn buffer_bound(&self) -> u64;
 }
 
 /// Object storage port.
@@ -126,8 +129,12 @@ fn write_error(provider: &'static str, key: &str, e: object_store::Error) -> Por
     }
 }
 
+/// Parts uploading at once besides the one being filled (see `write`).
+const PARTS_IN_FLIGHT: usize = 2;
+
 struct MultipartWriter {
     inner: WriteMultipart,
+    part_size: usize,
     provider: &'static str,
     key: String,
     written: u64,
@@ -138,7 +145,7 @@ impl BlobWriter for MultipartWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         // Bounds memory: at most two parts in flight besides the one being filled.
         self.inner
-            .wait_for_capacity(2)
+            .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(|e| write_error(self.provider, &self.key, e))?;
         self.written += data.len() as u64;
@@ -162,6 +169,10 @@ impl BlobWriter for MultipartWriter {
             .await
             .map_err(|e| map_object_store_error(this.provider, &this.key, e))
     }
+
+    fn buffer_bound(&self) -> u64 {
+        ((PARTS_IN_FLIGHT + 1) * self.part_size) as u64
+    }
 }
 
 #[async_trait]
@@ -169,8 +180,10 @@ impl BlobStore for ObjectStoreBlobs {
     async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
         let path = self.path(key)?;
         let upload = self.store.put_multipart(&path).await.map_err(|e| self.map(key, e))?;
+        let part_size = self.part_size_for(size_hint);
         Ok(Box::new(MultipartWriter {
-            inner: WriteMultipart::new_with_chunk_size(upload, self.part_size_for(size_hint)),
+            inner: WriteMultipart::new_with_chunk_size(upload, part_size),
+            part_size,
             provider: self.provider,
             key: key.to_owned(),
             written: 0,

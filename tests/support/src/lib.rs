@@ -1,5 +1,6 @@
-//! What the workspace's tests share: fresh PostgreSQL databases ([`postgres`]), a real clamd
-//! ([`clamd`]) and moto ([`moto`]) started per test, free ports ([`free_listener`]) and test
+//! What the workspace's tests share: fresh PostgreSQL databases ([`postgres`]), a private
+//! PostgreSQL cluster to restart ([`cluster`]), a real clamd ([`clamd`]) and moto ([`moto`])
+//! started per test, free ports ([`free_listener`]) and test
 //! logs ([`log`]).
 //!
 //! Every stand-in is the real program on loopback; a test that cannot start one fails with
@@ -8,6 +9,8 @@
 
 #[cfg(feature = "clamd")]
 pub mod clamd;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod log;
 #[cfg(feature = "moto")]
 pub mod moto;
@@ -55,5 +58,5 @@ pub fn port_for_child() -> u16 {
 }
 
 /// How often a launcher tries a fresh port before giving up.
-#[cfg(any(feature = "clamd", feature = "moto"))]
+#[cfg(any(feature = "clamd", feature = "moto", feature = "cluster"))]
 const START_ATTEMPTS: usize = 3;
