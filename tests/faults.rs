@@ -452,3 +452,118 @@ async fn a_postgresql_restart_under_load_fails_fast_and_the_binary_recovers() {
     drop(server);
     drop(cluster);
 }
+
+/// A tmpfs of `size` mounted over `dir` for one test (root only: the test fails, never skips,
+/// without it), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Self(dir.to_owned())
+    }
+
+    fn remount(&self, mode: &str) {
+        let remounted = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(remounted.success(), "remount {mode}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The object store failing under the real binary (its storage path on a 4 MiB tmpfs): an
+/// upload that fills the filesystem, then uploads while it is read-only, each answer 503 with
+/// `Retry-After` and a problem document; nothing is marked stored and no object, part or
+/// temporary file is left; once there is room and writes are allowed again, uploads are
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_object_store_answers_503_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let store = Tmpfs::mount(&objects, "4m");
+    let server = Process::serve(|| {
+        let mut command = common::process::udim();
+        command
+            .env("UDIM_DATA_DIR", dir.path().join("data"))
+            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("UDIM_STORAGE__PATH", &objects)
+            .env("UDIM_AUTH__HS256_SECRET", SECRET);
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+    let upload = |body: Vec<u8>| {
+        http.post(format!(
+            "{}/v1/packages?data_category=documents&filename=f.txt",
+            server.base
+        ))
+        .bearer_auth(&alice)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+    };
+    let stored = || async {
+        let listed: Value = http
+            .get(format!("{}/v1/packages", server.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed.to_string().matches("\"stored\"").count()
+    };
+    let assert_refused = |response: reqwest::Response, what: &'static str| async move {
+        assert_eq!(response.status(), 503, "{what}");
+        assert!(response.headers().contains_key("retry-after"), "{what}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 503, "{what}: {problem}");
+    };
+
+    assert_refused(
+        upload(vec![b'f'; 8 << 20]).await.unwrap(),
+        "an upload that fills the store",
+    )
+    .await;
+    assert_eq!(stored().await, 0, "nothing is marked stored");
+    assert!(
+        common::files_under(&objects).is_empty(),
+        "nothing is left: {:?}",
+        common::files_under(&objects)
+    );
+    assert_eq!(
+        upload(b"a small one".to_vec()).await.unwrap().status(),
+        201,
+        "room again"
+    );
+
+    store.remount("ro");
+    assert_refused(
+        upload(b"while read-only".to_vec()).await.unwrap(),
+        "an upload to a read-only store",
+    )
+    .await;
+    assert_eq!(stored().await, 1);
+    store.remount("rw");
+    assert_eq!(upload(b"writable again".to_vec()).await.unwrap().status(), 201);
+    assert_eq!(stored().await, 2);
+    assert_eq!(common::files_under(&objects).len(), 2, "one object per stored package");
+    drop(server);
+}

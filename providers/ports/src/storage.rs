@@ -105,8 +105,28 @@ impl ObjectStoreBlobs {
     }
 }
 
+/// Whether a store's failure comes from a filesystem that is full or read-only (a disk that
+/// filled up, a volume remounted read-only after an error): conditions an operator mends,
+/// after which the same request succeeds, so they are worth a retry rather than a 500.
+fn storage_refuses_writes_for_now(e: &object_store::Error) -> bool {
+    use std::io::ErrorKind as K;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded)
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Error) -> PortError {
     use object_store::Error as E;
+    if storage_refuses_writes_for_now(&e) {
+        return PortError::unavailable(provider, format!("{key}: {e}"));
+    }
     match e {
         E::NotFound { .. } => PortError::NotFound(key.to_owned()),
         E::AlreadyExists { .. } => PortError::AlreadyExists(key.to_owned()),
@@ -122,6 +142,9 @@ fn map_object_store_error(provider: &'static str, key: &str, e: object_store::Er
 /// permissions are a misconfiguration that a retry will not mend.
 fn write_error(provider: &'static str, key: &str, e: object_store::Error) -> PortError {
     use object_store::Error as E;
+    if storage_refuses_writes_for_now(&e) {
+        return PortError::unavailable(provider, format!("writing {key} failed: {e}"));
+    }
     match e {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => PortError::generic(provider, e),
         E::NotSupported { .. } | E::NotImplemented { .. } => PortError::Unsupported(format!("{provider}: {e}")),
@@ -242,6 +265,26 @@ impl BlobStore for ObjectStoreBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_or_read_only_filesystem_is_unavailable_and_other_failures_are_not() {
+        let failure = |kind: std::io::ErrorKind| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(kind)),
+        };
+        for kind in [std::io::ErrorKind::StorageFull, std::io::ErrorKind::ReadOnlyFilesystem] {
+            assert!(matches!(
+                write_error("fs", "k", failure(kind)),
+                PortError::Unavailable { .. }
+            ));
+            assert!(matches!(
+                map_object_store_error("fs", "k", failure(kind)),
+                PortError::Unavailable { .. }
+            ));
+        }
+        let other = map_object_store_error("fs", "k", failure(std::io::ErrorKind::InvalidData));
+        assert!(!matches!(other, PortError::Unavailable { .. }), "{other:?}");
+    }
 
     #[test]
     fn parts_grow_so_five_tebibytes_fit_in_ten_thousand() {
