@@ -99,12 +99,7 @@ async fn cross_user_ids_reach_nothing(db: Db) {
                 allowed.contains(&status),
                 "{method} {path} with alice's id: {status} {body}"
             );
-            for private in [
-                SECRET,
-                "alice",
-                "alice-diary",
-                &package["sha256"].as_str().unwrap().to_owned(),
-            ] {
+            for private in [SECRET, "alice", "alice-diary", package["sha256"].as_str().unwrap()] {
                 assert!(
                     !body.contains(private) && !headers.contains(private),
                     "{method} {path} shows {private:?}: {headers} {body}"
