@@ -406,9 +406,11 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
     );
 
     // A flood of random kids, all at once, when a refresh is due: every one refused, and
-    // the identity provider asked once however many there are.
+    // the identity provider asked once however many there are (once more for every 2 s the
+    // flood lasts on a loaded machine: the bound is one refresh per 2 s).
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = idp.fetches();
+    let flooded = std::time::Instant::now();
     let flood = (0..300).map(|i| {
         let forged = with_kid(&rsa, &format!("random-{i}"));
         app.http
@@ -418,7 +420,12 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
     let statuses = common::concurrent_statuses(flood).await;
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
     let asked = idp.fetches() - before;
-    assert!(asked <= 1, "300 unknown kids made {asked} JWKS fetches");
+    let allowed = 1 + flooded.elapsed().as_secs() / 2;
+    assert!(
+        asked <= allowed,
+        "300 unknown kids made {asked} JWKS fetches in {:?}",
+        flooded.elapsed()
+    );
     assert_eq!(
         status_with(&app, &good).await,
         200,
