@@ -99,8 +99,9 @@ fn admission(limits: &crate::config::LimitSettings) -> anyhow::Result<crate::pip
         "configuration error: `limits.uploads_in_flight` and `limits.uploads_in_flight_per_user` must be greater than 0"
     );
     anyhow::ensure!(
-        limits.open_uploads_per_user > 0 && limits.staged_bytes_per_user > 0,
-        "configuration error: `limits.open_uploads_per_user` and `limits.staged_bytes_per_user` must be greater than 0"
+        limits.open_uploads_per_user > 0 && limits.staged_bytes_per_user > 0 && limits.upload_buffer_bytes > 0,
+        "configuration error: `limits.open_uploads_per_user`, `limits.staged_bytes_per_user` and \
+         `limits.upload_buffer_bytes` must be greater than 0"
     );
     Ok(crate::pipeline::admission::Admission::new(limits))
 }

@@ -241,11 +241,11 @@ mod tests {
     async fn a_write_blocked_past_the_limit_fails_and_a_moving_one_does_not() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (near, mut far) = tokio::io::duplex(16);
-        let mut guarded = WriteIdle::new(near, Duration::from_millis(500));
+        let mut guarded = WriteIdle::new(near, Duration::from_secs(2));
         let mut reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             for _ in 0..4 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 far.read_exact(&mut buf).await.unwrap();
             }
             far

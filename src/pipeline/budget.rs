@@ -217,7 +217,11 @@ mod tests {
     }
 
     fn store(budget: u64) -> (BudgetedBlobs, Arc<MemoryBudget>) {
-        let budget = Arc::new(MemoryBudget::new(budget, Duration::from_millis(200)));
+        store_waiting(budget, Duration::from_millis(200))
+    }
+
+    fn store_waiting(budget: u64, wait: Duration) -> (BudgetedBlobs, Arc<MemoryBudget>) {
+        let budget = Arc::new(MemoryBudget::new(budget, wait));
         (BudgetedBlobs::new(Arc::new(Holding), budget.clone()), budget)
     }
 
@@ -252,6 +256,11 @@ mod tests {
         let refused = second.write(Bytes::from(vec![0; 1024])).await.unwrap_err();
         assert!(matches!(refused, PortError::Unavailable { .. }), "{refused:?}");
 
+        // Patient enough that a stalled test thread cannot make it give up.
+        let (blobs, _) = store_waiting(PER_UPLOAD * 2 + (1 << 20), Duration::from_secs(30));
+        let mut first = blobs.create("a", None).await.unwrap();
+        first.write(Bytes::from(vec![0; 1 << 20])).await.unwrap();
+        let mut second = blobs.create("b", None).await.unwrap();
         let waiting = tokio::spawn(async move { second.write(Bytes::from(vec![0; 1024])).await.map(|()| second) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "it waits while the budget is taken");
