@@ -178,7 +178,12 @@ impl Application {
             settings.limits.upload_buffer_bytes,
             Duration::from_secs(settings.server.body_idle_timeout_secs),
         );
-        let blobs: Arc<dyn BlobStore> = Arc::new(crate::pipeline::budget::BudgetedBlobs::new(blobs, Arc::new(budget)));
+        let largest = settings.upload.max_bytes;
+        let blobs: Arc<dyn BlobStore> = Arc::new(crate::pipeline::budget::BudgetedBlobs::new(
+            blobs,
+            budget,
+            crate::formats::envelope::stored_size_bound(largest),
+        )?);
         let kms = factory::kms(&settings).await?;
         let kms = match overrides.kms {
             Some(wrap) => wrap(kms),

@@ -268,7 +268,7 @@ fn peak_rss(server: &Process) -> u64 {
 }
 
 /// A thousand uploads that each send 1 MiB and then stall, against the real binary (embedded
-/// default, filesystem store, whose writer buffers a 16 MiB part) with a 64 MiB budget for
+/// default, filesystem store, whose writers buffer up to three 4 MiB parts) with a 64 MiB budget for
 /// upload buffers: the process's peak memory stays within the budget and a margin per open
 /// connection (the same crowd without the budget holds over a GiB), the crowd is cut at the
 /// idle timeout or refused with 503 after waiting that long for room, and an honest upload

@@ -40,6 +40,14 @@ const NONCE_PREFIX_LEN: usize = 7;
 const FIXED_HEADER_LEN: usize = 4 + 1 + 1 + 4 + NONCE_PREFIX_LEN;
 /// Default plaintext bytes per segment.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 64 * 1024;
+/// At least the size of the object that holds `plaintext` bytes in default segments: a tag
+/// per segment, and a header under 4 KiB for any key id under 4,000 bytes (KMS key ARNs and
+/// resource names are a few hundred). What a storage writer is told to expect.
+pub fn stored_size_bound(plaintext: u64) -> u64 {
+    let per_segment = u64::from(DEFAULT_SEGMENT_SIZE) / TAG_LEN as u64;
+    plaintext.saturating_add(plaintext / per_segment).saturating_add(4096)
+}
+
 /// Segments larger than this are refused when reading, so a hostile header cannot make the
 /// reader allocate without bound.
 const MAX_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;

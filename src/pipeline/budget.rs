@@ -3,12 +3,17 @@
 //! A storage writer holds what it was given until its part is uploaded (object_store buffers
 //! a whole part, 16 MiB and more, and keeps a few in flight), so without a bound a crowd of
 //! uploads that each send a few MiB and stall holds that many parts in memory. Here every
-//! writer reserves what it may hold before it is handed bytes: its share grows with what it
-//! was written, up to the most its provider buffers (`BlobWriter::buffer_bound`), plus a fixed
-//! amount for the upload's own buffers (a segment being sealed, the sniffing prefix), and is
-//! given back when the writer finishes or is dropped. An upload that would pass the budget
-//! waits, and while it waits its body is not read (the socket applies back-pressure to the
-//! client); if it waits longer than `wait`, it fails as unavailable (503, retry later).
+//! writer reserves, before it is created, the most it may hold: its object's size when that
+//! is known and smaller, else what its provider buffers at most
+//! ([`BlobStore::buffer_bound`]), plus a fixed amount for the upload's own buffers (a segment
+//! being sealed, the sniffing prefix), and gives it back when it finishes or is dropped.
+//!
+//! A reservation is taken whole, once, before the writer holds anything: a writer never
+//! waits for more while it holds a share, so uploads cannot each hold a share and wait on
+//! one another for ever (waiters are served in order, the first gathering what is freed).
+//! An upload that would pass the budget waits, and while it waits its body is not read (the
+//! socket applies back-pressure to the client); if it waits longer than `wait`, it fails as
+//! unavailable (503, retry later).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,24 +27,21 @@ use udim_ports::{PortError, Result};
 /// The budget is counted in KiB, so a semaphore's permits can count any sensible size.
 const UNIT: u64 = 1024;
 
-/// Reserved by every writer from its creation: the upload's own buffers besides the writer's.
+/// Reserved by every writer besides its own buffers: the upload's buffers.
 pub const PER_UPLOAD: u64 = 128 * 1024;
 
 #[derive(Debug)]
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
-    units: u32,
     wait: Duration,
 }
 
 impl MemoryBudget {
-    /// A budget of `bytes` (at least one upload's fixed share); a reservation waits at most
-    /// `wait`.
+    /// A budget of `bytes`; a reservation waits at most `wait`.
     pub fn new(bytes: u64, wait: Duration) -> Self {
-        let units = u32::try_from(bytes.max(PER_UPLOAD) / UNIT).unwrap_or(u32::MAX);
+        let units = u32::try_from(bytes / UNIT).unwrap_or(u32::MAX);
         Self {
             permits: Arc::new(Semaphore::new(units as usize)),
-            units,
             wait,
         }
     }
@@ -49,18 +51,10 @@ impl MemoryBudget {
         self.permits.available_permits() as u64 * UNIT
     }
 
-    /// Reserves `units` more for `held`, waiting for them at most `wait`. A reservation larger
-    /// than the whole budget is cut to the budget, so it waits for all of it rather than for
-    /// ever.
-    async fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, units: u32) -> Result<()> {
-        let units = units.min(
-            self.units
-                .saturating_sub(held.as_ref().map_or(0, |p| p.num_permits() as u32)),
-        );
-        if units == 0 {
-            return Ok(());
-        }
-        let acquired = tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(units))
+    /// Reserves `bytes` whole, waiting for them at most `wait`.
+    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
+        tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(units))
             .await
             .map_err(|_| {
                 metrics::counter!(crate::ops::metrics::UPLOAD_BUFFER_WAITS_EXPIRED).increment(1);
@@ -68,18 +62,17 @@ impl MemoryBudget {
                     "upload buffers",
                     format!("the server's upload buffers stayed full for {} s", self.wait.as_secs()),
                 )
-            })?
-            .expect("the budget's semaphore is never closed");
-        match held {
-            Some(permit) => permit.merge(acquired),
-            None => *held = Some(acquired),
-        }
-        Ok(())
+            })
+            .map(|acquired| acquired.expect("the budget's semaphore is never closed"))
     }
 }
 
-fn units_for(bytes: u64) -> u32 {
-    u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX)
+/// What a writer created with `size_hint` reserves.
+fn reservation(blobs: &dyn BlobStore, size_hint: Option<u64>) -> u64 {
+    let bound = blobs.buffer_bound(size_hint);
+    size_hint
+        .map_or(bound, |size| size.min(bound))
+        .saturating_add(PER_UPLOAD)
 }
 
 /// A store whose writers stay within a shared [`MemoryBudget`].
@@ -90,23 +83,32 @@ pub struct BudgetedBlobs {
 }
 
 impl BudgetedBlobs {
-    pub fn new(inner: Arc<dyn BlobStore>, budget: Arc<MemoryBudget>) -> Self {
-        Self { inner, budget }
+    /// Refuses a budget too small for the writer of the largest object the service takes
+    /// (`largest` bytes, as stored): such an upload could never be admitted.
+    pub fn new(inner: Arc<dyn BlobStore>, budget: MemoryBudget, largest: u64) -> anyhow::Result<Self> {
+        let needed = reservation(inner.as_ref(), Some(largest));
+        let units = u64::try_from(budget.permits.available_permits()).unwrap_or(u64::MAX);
+        anyhow::ensure!(
+            units * UNIT >= needed,
+            "`limits.upload_buffer_bytes` ({} bytes) is smaller than what one upload of the \
+             largest size `upload.max_bytes` allows may buffer ({needed} bytes): raise it, or \
+             lower the storage part size",
+            units * UNIT
+        );
+        Ok(Self {
+            inner,
+            budget: Arc::new(budget),
+        })
     }
 }
 
 #[async_trait]
 impl BlobStore for BudgetedBlobs {
     async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
-        let mut held = None;
-        self.budget.reserve(&mut held, units_for(PER_UPLOAD)).await?;
-        let inner = self.inner.create(key, size_hint).await?;
+        let held = self.budget.reserve(reservation(self.inner.as_ref(), size_hint)).await?;
         Ok(Box::new(BudgetedWriter {
-            bound: inner.buffer_bound().saturating_add(PER_UPLOAD),
-            inner,
-            budget: self.budget.clone(),
-            held,
-            charged: PER_UPLOAD,
+            inner: self.inner.create(key, size_hint).await?,
+            _held: held,
         }))
     }
 
@@ -129,29 +131,21 @@ impl BlobStore for BudgetedBlobs {
     fn uri(&self, key: &str) -> String {
         self.inner.uri(key)
     }
+
+    fn buffer_bound(&self, size_hint: Option<u64>) -> u64 {
+        self.inner.buffer_bound(size_hint)
+    }
 }
 
-/// A writer that reserves, before each write, what the writer may hold after it: everything
-/// written so far, up to its bound. What it cannot see (when a part's upload frees its
-/// buffer) it does not guess: the reservation only grows, and is given back whole at the end.
+/// A writer and its reservation, given back when the writer finishes or is dropped.
 struct BudgetedWriter {
     inner: Box<dyn BlobWriter>,
-    budget: Arc<MemoryBudget>,
-    held: Option<OwnedSemaphorePermit>,
-    /// Bytes reserved so far (the fixed share included).
-    charged: u64,
-    bound: u64,
+    _held: OwnedSemaphorePermit,
 }
 
 #[async_trait]
 impl BlobWriter for BudgetedWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        let wanted = self.charged.saturating_add(data.len() as u64).min(self.bound);
-        if wanted > self.charged {
-            let more = units_for(wanted).saturating_sub(units_for(self.charged));
-            self.budget.reserve(&mut self.held, more).await?;
-            self.charged = wanted;
-        }
         self.inner.write(data).await
     }
 
@@ -162,21 +156,19 @@ impl BlobWriter for BudgetedWriter {
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
     }
-
-    fn buffer_bound(&self) -> u64 {
-        self.inner.buffer_bound()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A writer that holds everything it is given, up to its bound, as object_store's does.
+    /// A store whose writers may hold up to 1 MiB, as object_store's hold a few parts.
     #[derive(Debug)]
     struct Holding;
 
     struct HoldingWriter;
+
+    const BOUND: u64 = 1 << 20;
 
     #[async_trait]
     impl BlobWriter for HoldingWriter {
@@ -188,9 +180,6 @@ mod tests {
         }
         async fn abort(self: Box<Self>) -> Result<()> {
             Ok(())
-        }
-        fn buffer_bound(&self) -> u64 {
-            1 << 20
         }
     }
 
@@ -214,65 +203,90 @@ mod tests {
         fn uri(&self, key: &str) -> String {
             key.into()
         }
+        fn buffer_bound(&self, _size_hint: Option<u64>) -> u64 {
+            BOUND
+        }
     }
 
-    fn store(budget: u64) -> (BudgetedBlobs, Arc<MemoryBudget>) {
-        store_waiting(budget, Duration::from_millis(200))
-    }
-
-    fn store_waiting(budget: u64, wait: Duration) -> (BudgetedBlobs, Arc<MemoryBudget>) {
-        let budget = Arc::new(MemoryBudget::new(budget, wait));
-        (BudgetedBlobs::new(Arc::new(Holding), budget.clone()), budget)
+    fn store(budget: u64, wait: Duration) -> BudgetedBlobs {
+        BudgetedBlobs::new(Arc::new(Holding), MemoryBudget::new(budget, wait), 1 << 30).unwrap()
     }
 
     #[tokio::test]
-    async fn a_writer_reserves_what_it_was_given_up_to_its_bound_and_gives_it_back() {
-        let (blobs, budget) = store(8 << 20);
-        let mut writer = blobs.create("a", None).await.unwrap();
-        assert_eq!(budget.available(), (8 << 20) - PER_UPLOAD);
-        writer.write(Bytes::from(vec![0; 300 * 1024])).await.unwrap();
-        assert_eq!(budget.available(), (8 << 20) - PER_UPLOAD - 300 * 1024);
-        for _ in 0..10 {
-            writer.write(Bytes::from(vec![0; 300 * 1024])).await.unwrap();
-        }
+    async fn a_writer_reserves_its_size_up_to_its_bound_at_creation_and_gives_it_back() {
+        let blobs = store(8 << 20, Duration::from_millis(200));
+        let available = || blobs.budget.available();
+        let unsized_writer = blobs.create("a", None).await.unwrap();
         assert_eq!(
-            budget.available(),
-            (8 << 20) - PER_UPLOAD - (1 << 20),
+            available(),
+            (8 << 20) - BOUND - PER_UPLOAD,
+            "the bound when no size is known"
+        );
+        let small = blobs.create("b", Some(300 * 1024)).await.unwrap();
+        assert_eq!(
+            available(),
+            (8 << 20) - BOUND - 300 * 1024 - 2 * PER_UPLOAD,
+            "a small object's size"
+        );
+        let large = blobs.create("c", Some(1 << 30)).await.unwrap();
+        assert_eq!(
+            available(),
+            (8 << 20) - 2 * BOUND - 300 * 1024 - 3 * PER_UPLOAD,
             "never past the bound"
         );
-        writer.finish().await.unwrap();
-        assert_eq!(budget.available(), 8 << 20);
-        drop(blobs.create("b", None).await.unwrap());
-        assert_eq!(budget.available(), 8 << 20, "a dropped writer gives its share back");
+        unsized_writer.finish().await.unwrap();
+        small.abort().await.unwrap();
+        drop(large);
+        assert_eq!(
+            available(),
+            8 << 20,
+            "finished, aborted and dropped writers give it back"
+        );
     }
 
     #[tokio::test]
-    async fn past_the_budget_a_writer_waits_for_room_and_gives_up_after_the_wait() {
-        let (blobs, budget) = store(PER_UPLOAD * 2 + (1 << 20));
-        let mut first = blobs.create("a", None).await.unwrap();
-        first.write(Bytes::from(vec![0; 1 << 20])).await.unwrap();
-        let mut second = blobs.create("b", None).await.unwrap();
-        assert_eq!(budget.available(), 0);
-        let refused = second.write(Bytes::from(vec![0; 1024])).await.unwrap_err();
+    async fn past_the_budget_a_writer_waits_and_gives_up_after_the_wait() {
+        let budget = BOUND + PER_UPLOAD + (BOUND + PER_UPLOAD) / 2;
+        let blobs = store(budget, Duration::from_millis(200));
+        let first = blobs.create("a", None).await.unwrap();
+        let Err(refused) = blobs.create("b", None).await else {
+            panic!("no room for a second writer")
+        };
         assert!(matches!(refused, PortError::Unavailable { .. }), "{refused:?}");
+        drop(first);
 
         // Patient enough that a stalled test thread cannot make it give up.
-        let (blobs, _) = store_waiting(PER_UPLOAD * 2 + (1 << 20), Duration::from_secs(30));
-        let mut first = blobs.create("a", None).await.unwrap();
-        first.write(Bytes::from(vec![0; 1 << 20])).await.unwrap();
-        let mut second = blobs.create("b", None).await.unwrap();
-        let waiting = tokio::spawn(async move { second.write(Bytes::from(vec![0; 1024])).await.map(|()| second) });
+        let blobs = Arc::new(store(budget, Duration::from_secs(30)));
+        let first = blobs.create("a", None).await.unwrap();
+        let waiting = tokio::spawn({
+            let blobs = blobs.clone();
+            async move { blobs.create("b", None).await.map(drop) }
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "it waits while the budget is taken");
         first.finish().await.unwrap();
         waiting.await.unwrap().expect("room once the first writer is done");
+        assert_eq!(
+            blobs.budget.available(),
+            budget,
+            "a refused or finished wait holds nothing"
+        );
     }
 
-    #[tokio::test]
-    async fn a_writer_bigger_than_the_whole_budget_waits_for_all_of_it_not_for_ever() {
-        let (blobs, budget) = store(512 * 1024);
-        let mut writer = blobs.create("a", None).await.unwrap();
-        writer.write(Bytes::from(vec![0; 4 << 20])).await.unwrap();
-        assert_eq!(budget.available(), 0);
+    #[test]
+    fn a_budget_smaller_than_one_upload_of_the_largest_size_is_refused() {
+        let refused = BudgetedBlobs::new(
+            Arc::new(Holding),
+            MemoryBudget::new(BOUND, Duration::from_secs(1)),
+            1 << 30,
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("limits.upload_buffer_bytes"), "{refused}");
+        BudgetedBlobs::new(
+            Arc::new(Holding),
+            MemoryBudget::new(BOUND + PER_UPLOAD, Duration::from_secs(1)),
+            1 << 30,
+        )
+        .expect("room for one");
     }
 }

@@ -211,8 +211,7 @@ impl Ingestor {
         S: Stream<Item = Result<Bytes, IngestError>> + Unpin + Send,
     {
         let final_key = object_key(id);
-        // The envelope adds 16 bytes per 64 KiB segment and a small header.
-        let object_hint = request.size_hint.map(|n| n + n / 4096 + 4096);
+        let object_hint = request.size_hint.map(crate::formats::envelope::stored_size_bound);
         let mut writer = self.blobs.create(&final_key, object_hint).await?;
         // The verdict is known before the object completes: infected or unscannable data is
         // never committed to storage.

@@ -426,7 +426,10 @@ impl Resumable {
         let remaining = upload.length - offset;
         let mut writer = self
             .blobs
-            .create(&object_key, Some(remaining + remaining / 4096 + 4096))
+            .create(
+                &object_key,
+                Some(crate::formats::envelope::stored_size_bound(remaining)),
+            )
             .await?;
         let mut digest = checksum.as_ref().map(|c| Digest::new(c.algorithm));
         let mut received: u64 = 0;

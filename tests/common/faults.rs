@@ -105,9 +105,6 @@ impl BlobWriter for Writer {
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
     }
-    fn buffer_bound(&self) -> u64 {
-        self.inner.buffer_bound()
-    }
 }
 
 #[async_trait]
@@ -145,6 +142,10 @@ impl BlobStore for FaultyStore {
     }
     fn uri(&self, key: &str) -> String {
         self.inner.uri(key)
+    }
+
+    fn buffer_bound(&self, size_hint: Option<u64>) -> u64 {
+        self.inner.buffer_bound(size_hint)
     }
 }
 

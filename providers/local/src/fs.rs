@@ -103,6 +103,10 @@ impl BlobStore for FsBlobs {
     fn uri(&self, key: &str) -> String {
         self.inner.uri(key)
     }
+
+    fn buffer_bound(&self, size_hint: Option<u64>) -> u64 {
+        self.inner.buffer_bound(size_hint)
+    }
 }
 
 /// A writer whose `finish` returns only once the object survives a power cut.
@@ -136,10 +140,6 @@ impl BlobWriter for DurableWriter {
 
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
-    }
-
-    fn buffer_bound(&self) -> u64 {
-        self.inner.buffer_bound()
     }
 }
 

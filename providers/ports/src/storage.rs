@@ -32,9 +32,6 @@ pub trait BlobWriter: Send {
     async fn finish(self: Box<Self>) -> Result<u64>;
     /// Abandons the object and removes any uploaded parts.
     async fn abort(self: Box<Self>) -> Result<()>;
-    /// The most bytes of what it was given this writer may hold in memory at once (a part
-    /// being filled and the parts in flight), so the service can budget upload buffers.
-    fn buffer_bound(&self) -> u64;
 }
 
 /// Object storage port.
@@ -58,6 +55,10 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<()>;
     /// The URI recorded as a package's storage URI (e.g. `file:///…`, `s3://bucket/…`).
     fn uri(&self, key: &str) -> String;
+    /// The most bytes a writer created with `size_hint` may hold in memory at once of what it
+    /// was given (a part being filled and the parts in flight), so the service can budget
+    /// upload buffers before it creates one.
+    fn buffer_bound(&self, size_hint: Option<u64>) -> u64;
 }
 
 /// [`BlobStore`] over any `object_store` backend.
@@ -157,7 +158,6 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 struct MultipartWriter {
     inner: WriteMultipart,
-    part_size: usize,
     provider: &'static str,
     key: String,
     written: u64,
@@ -192,10 +192,6 @@ impl BlobWriter for MultipartWriter {
             .await
             .map_err(|e| map_object_store_error(this.provider, &this.key, e))
     }
-
-    fn buffer_bound(&self) -> u64 {
-        ((PARTS_IN_FLIGHT + 1) * self.part_size) as u64
-    }
 }
 
 #[async_trait]
@@ -206,7 +202,6 @@ impl BlobStore for ObjectStoreBlobs {
         let part_size = self.part_size_for(size_hint);
         Ok(Box::new(MultipartWriter {
             inner: WriteMultipart::new_with_chunk_size(upload, part_size),
-            part_size,
             provider: self.provider,
             key: key.to_owned(),
             written: 0,
@@ -259,6 +254,10 @@ impl BlobStore for ObjectStoreBlobs {
 
     fn uri(&self, key: &str) -> String {
         format!("{}/{}", self.uri_prefix.trim_end_matches('/'), key)
+    }
+
+    fn buffer_bound(&self, size_hint: Option<u64>) -> u64 {
+        ((PARTS_IN_FLIGHT + 1) * self.part_size_for(size_hint)) as u64
     }
 }
 
