@@ -87,13 +87,12 @@ impl BudgetedBlobs {
     /// (`largest` bytes, as stored): such an upload could never be admitted.
     pub fn new(inner: Arc<dyn BlobStore>, budget: MemoryBudget, largest: u64) -> anyhow::Result<Self> {
         let needed = reservation(inner.as_ref(), Some(largest));
-        let units = u64::try_from(budget.permits.available_permits()).unwrap_or(u64::MAX);
+        let bytes = budget.available();
         anyhow::ensure!(
-            units * UNIT >= needed,
-            "`limits.upload_buffer_bytes` ({} bytes) is smaller than what one upload of the \
+            bytes >= needed,
+            "`limits.upload_buffer_bytes` ({bytes} bytes) is smaller than what one upload of the \
              largest size `upload.max_bytes` allows may buffer ({needed} bytes): raise it, or \
-             lower the storage part size",
-            units * UNIT
+             lower the storage part size"
         );
         Ok(Self {
             inner,
