@@ -1,7 +1,8 @@
 //! Real faults under load: PostgreSQL connections killed while uploads run (requests fail
 //! fast with 503 and `Retry-After`, never 500, and the service recovers by itself), and the
 //! real binary killed with a hundred uploads in flight (every acknowledged upload survives,
-//! the rest leave nothing), and PostgreSQL itself stopped and started under load.
+//! the rest leave nothing), PostgreSQL itself stopped and started under load, and RabbitMQ
+//! killed and started under load (every event delivered, at least once and no more).
 
 mod common;
 
@@ -451,6 +452,101 @@ async fn a_postgresql_restart_under_load_fails_fast_and_the_binary_recovers() {
     assert!(stored.is_subset(&arrived), "every stored package's event is delivered");
     drop(server);
     drop(cluster);
+}
+
+/// Outbox rows not yet confirmed by the broker.
+async fn unsent_events(database_url: &str) -> i64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// RabbitMQ killed (SIGKILL, a node of the test's own) under load and started again a few
+/// seconds later, with the real binary on the local profile and its default back-off: uploads
+/// go on being acknowledged while the broker is down, since their events wait in the outbox;
+/// once it is back the same process delivers every stored package's event, with no restart.
+/// Delivery is at least once and no more: the relay has one publish awaiting its confirm at a
+/// time, so the kill can leave at most one event both queued and unconfirmed, sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_outage_under_load_delays_events_and_loses_none() {
+    use std::collections::BTreeMap;
+    let mut node = tokio::task::spawn_blocking(udim_testkit::rabbitmq::Node::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::create().await;
+    let queue = common::TestQueue::new(&node.url());
+    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+        .unwrap()
+        .to_secret_string();
+    let server = Process::serve(|| {
+        let mut command = local_profile(dir.path(), database.url(), &queue, &key);
+        command.env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0");
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+
+    let load = Load::start(&http, &server.base, &alice);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = unsent_events(database.url()).await;
+    let node = tokio::task::spawn_blocking(move || {
+        node.resume();
+        node
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acknowledged, refused) = load.stop().await;
+    eprintln!("{acknowledged} uploads acknowledged, {refused} refused; {held} events waited in the outbox");
+    assert_eq!(refused, 0, "an upload never waits on the broker");
+    assert!(held > 0, "the outage was seen: events waited in the outbox");
+
+    let back = std::time::Instant::now();
+    common::eventually("every event is confirmed by the broker", || async {
+        unsent_events(database.url()).await == 0
+    })
+    .await;
+    eprintln!("the outbox drained {:?} after the broker was back", back.elapsed());
+    let stored = stored_packages(database.url()).await;
+    assert_eq!(stored.len(), acknowledged, "every acknowledged upload is stored");
+    // Everything confirmed is on the queue now; what is still taken after the last stored
+    // package's event has arrived would be a late duplicate.
+    let mut events = queue
+        .take_until(common::PATIENCE, |taken| {
+            let arrived: std::collections::BTreeSet<&str> =
+                taken.iter().filter_map(|e| e["package_id"].as_str()).collect();
+            stored.iter().all(|id| arrived.contains(id.as_str()))
+        })
+        .await;
+    events.extend(queue.take_until(Duration::from_secs(2), |_| false).await);
+    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &events {
+        assert_eq!(event["event_type"], "package.stored", "{event}");
+        *deliveries
+            .entry(event["package_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let delivered: std::collections::BTreeSet<String> = deliveries.keys().cloned().collect();
+    assert_eq!(
+        delivered, stored,
+        "an event for every stored package, and for nothing else"
+    );
+    let again: Vec<_> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        again.iter().map(|(_, n)| **n - 1).sum::<usize>() <= 1,
+        "at most the one unconfirmed event is sent twice: {again:?}"
+    );
+    drop(server);
+    drop(queue);
+    drop(node);
 }
 
 /// A tmpfs of `size` mounted over `dir` for one test (root only: the test fails, never skips,

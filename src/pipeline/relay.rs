@@ -15,6 +15,9 @@ use crate::config::OutboxSettings;
 /// Lease on claimed rows: long enough for a slow publish, short enough that a crashed
 /// relay's rows are retried soon.
 const LEASE: Duration = Duration::from_secs(60);
+/// The longest pause between two tries of a broker that is down, so that events flow again
+/// within seconds of its return however long it was away.
+const BROKER_PROBE_MAX: Duration = Duration::from_secs(5);
 /// A batch's publish must end well inside its lease: one that outlived it could land after
 /// another relay had re-claimed and sent the same events and the package's later ones,
 /// breaking per-package order. Past this, the batch is given back to be retried.
@@ -32,11 +35,23 @@ pub struct Relay {
 /// Delay before attempt `attempts + 1`: `initial · 2^(attempts-1)`, capped, with up to 20 %
 /// random jitter so that many failed rows do not retry in lockstep.
 pub fn backoff(settings: &OutboxSettings, attempts: u32) -> Duration {
+    jittered(doubling(settings.initial_backoff_ms, attempts, settings.max_backoff_ms))
+}
+
+/// The relay's pause after `failures` passes in a row that found the broker down:
+/// doubling from `initial_backoff_ms` up to [`BROKER_PROBE_MAX`] (or `max_backoff_ms`, if
+/// lower), with the same jitter.
+pub fn broker_pause(settings: &OutboxSettings, failures: u32) -> Duration {
+    let cap = settings.max_backoff_ms.min(BROKER_PROBE_MAX.as_millis() as u64);
+    jittered(doubling(settings.initial_backoff_ms, failures, cap))
+}
+
+fn doubling(initial_ms: u64, attempts: u32, cap_ms: u64) -> u64 {
     let exp = attempts.saturating_sub(1).min(30);
-    let base = settings
-        .initial_backoff_ms
-        .saturating_mul(1u64 << exp)
-        .min(settings.max_backoff_ms);
+    initial_ms.saturating_mul(1u64 << exp).min(cap_ms)
+}
+
+fn jittered(base: u64) -> Duration {
     let mut r = [0u8; 2];
     let jitter = match aws_lc_rs::rand::fill(&mut r) {
         Ok(()) => base * u64::from(u16::from_be_bytes(r) % 200) / 1000,
@@ -47,7 +62,13 @@ pub fn backoff(settings: &OutboxSettings, attempts: u32) -> Duration {
 
 impl Relay {
     /// Publishes everything due once. Returns how many were sent, and whether the broker
-    /// failed (then the caller waits before the next pass).
+    /// failed (then the caller pauses before the next pass).
+    ///
+    /// A broker that cannot be reached is no fault of the event that found it down: that
+    /// event, and the rest of the batch, stay due, and the relay's own pause spaces the tries
+    /// out. Charging the outage to each event instead would leave the events that happened to
+    /// be tried during it waiting up to `max_backoff_ms` after the broker was back. Only an
+    /// error of the event's own (unroutable, refused) backs that event off.
     pub async fn drain_once(&self) -> (usize, bool) {
         let batch = match self.outbox.claim_due(Utc::now(), LEASE, self.settings.batch_size).await {
             Ok(batch) => batch,
@@ -74,10 +95,9 @@ impl Relay {
             let Some(result) = results.next() else {
                 // The broker failed part-way; give the rest of the batch back untried.
                 failed = true;
-                let retry_at = Utc::now() + chrono::Duration::from_std(backoff(&self.settings, 1)).unwrap_or_default();
                 let _ = self
                     .outbox
-                    .mark_failed(message.id, "not attempted: broker failing", retry_at)
+                    .mark_failed(message.id, "not attempted: broker failing", Utc::now())
                     .await;
                 continue;
             };
@@ -93,7 +113,11 @@ impl Relay {
                 Err(e) => {
                     failed = true;
                     metrics::counter!(crate::ops::metrics::EVENT_FAILURES).increment(1);
-                    let delay = backoff(&self.settings, entry.attempts);
+                    let delay = if e.is_transient() {
+                        Duration::ZERO
+                    } else {
+                        backoff(&self.settings, entry.attempts)
+                    };
                     tracing::warn!(event_id = %message.id, attempts = entry.attempts, retry_in = ?delay, error = %e, "publishing an event failed");
                     let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     if let Err(e) = self.outbox.mark_failed(message.id, &e.to_string(), retry_at).await {
@@ -108,15 +132,24 @@ impl Relay {
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let mut failures = 0;
         loop {
             let (sent, failed) = self.drain_once().await;
-            if sent as u32 == self.settings.batch_size && !failed {
+            if !failed && sent as u32 == self.settings.batch_size {
+                failures = 0;
                 continue;
             }
+            let pause = if failed {
+                failures += 1;
+                broker_pause(&self.settings, failures)
+            } else {
+                failures = 0;
+                poll
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.wake.notified(), if !failed => {}
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -137,5 +170,26 @@ mod tests {
             let d = backoff(&s, attempts).as_millis() as u64;
             assert!(d >= base && d < base + base / 5 + 1, "attempt {attempts}: {d}");
         }
+    }
+
+    #[test]
+    fn a_down_broker_is_tried_at_least_every_five_seconds_however_long_it_is_away() {
+        let s = OutboxSettings {
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            ..OutboxSettings::default()
+        };
+        for (failures, base) in [(1, 500), (2, 1000), (4, 4000), (5, 5000), (1000, 5000)] {
+            let d = broker_pause(&s, failures).as_millis() as u64;
+            assert!(d >= base && d < base + base / 5 + 1, "failure {failures}: {d}");
+        }
+        let low = OutboxSettings {
+            max_backoff_ms: 2000,
+            ..s
+        };
+        assert!(
+            broker_pause(&low, 1000).as_millis() < 2401,
+            "a lower max_backoff_ms wins"
+        );
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -88,11 +89,15 @@ impl TestQueue {
         name
     }
 
+    async fn connect(&self) -> Connection {
+        Connection::connect(self.settings.url.expose_secret(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must be running for the tests (UDIM_TEST_AMQP_URL)")
+    }
+
     /// Waits up to `timeout` for the next message on the test's queue (acknowledging it).
     pub async fn next_event(&self, timeout: Duration) -> Option<(lapin::BasicProperties, Value)> {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ must be running for the tests (UDIM_TEST_AMQP_URL)");
+        let conn = self.connect().await;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut channel = conn.create_channel().await.unwrap();
         while tokio::time::Instant::now() < deadline {
@@ -120,9 +125,7 @@ impl TestQueue {
     /// each), until `done` holds for what was taken or `timeout` passes; one connection for
     /// all of them.
     pub async fn take_until(&self, timeout: Duration, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ must be running for the tests (UDIM_TEST_AMQP_URL)");
+        let conn = self.connect().await;
         let mut channel = conn.create_channel().await.unwrap();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut taken = Vec::new();
@@ -151,8 +154,7 @@ impl Drop for TestQueue {
         let mut queues = vec![s.queue.clone(), s.dead_letter_queue.clone()];
         queues.extend(self.extra.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
         udim_testkit::clean_up_aside(&format!("RabbitMQ queue {}", s.queue), async move {
-            let url = amqp_url();
-            let connecting = Connection::connect(&url, ConnectionProperties::default());
+            let connecting = Connection::connect(s.url.expose_secret(), ConnectionProperties::default());
             let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
                 .await
                 .map_err(|_| "RabbitMQ did not answer within 10 s".to_owned())?
@@ -524,11 +526,16 @@ pub async fn grant_on(http: &reqwest::Client, base: &str, token: &str, categorie
 
 /// An uploader's token for `sub`, signed with the HS256 `secret` a service process was given.
 pub fn uploader_token(secret: &str, sub: &str) -> String {
+    token_on(secret, sub, &["udim:upload"])
+}
+
+/// A token for `sub` with `scopes`, signed with the HS256 `secret` a service process was given.
+pub fn token_on(secret: &str, sub: &str, scopes: &[&str]) -> String {
     let mut settings = Settings::default();
     settings.auth.hs256_secret = Some(secret.to_owned().into());
     udim::auth::Authenticator::from_settings(&settings)
         .unwrap()
-        .mint(sub, &["udim:upload".to_owned()])
+        .mint(sub, &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .unwrap()
 }
 

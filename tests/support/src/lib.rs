@@ -1,7 +1,7 @@
 //! What the workspace's tests share: fresh PostgreSQL databases ([`postgres`]), a private
-//! PostgreSQL cluster to restart ([`cluster`]), a real clamd ([`clamd`]) and moto ([`moto`])
-//! started per test, free ports ([`free_listener`]) and test
-//! logs ([`log`]).
+//! PostgreSQL cluster to restart ([`cluster`]), a private RabbitMQ node to kill
+//! ([`rabbitmq`]), a real clamd ([`clamd`]) and moto ([`moto`]) started per test, free ports
+//! ([`free_listener`]) and test logs ([`log`]).
 //!
 //! Every stand-in is the real program on loopback; a test that cannot start one fails with
 //! the override to set, it never skips. Each launcher is a feature (all on by default) so a
@@ -16,6 +16,8 @@ pub mod log;
 pub mod moto;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 use std::net::TcpListener;
 
@@ -58,5 +60,5 @@ pub fn port_for_child() -> u16 {
 }
 
 /// How often a launcher tries a fresh port before giving up.
-#[cfg(any(feature = "clamd", feature = "moto", feature = "cluster"))]
+#[cfg(any(feature = "clamd", feature = "moto", feature = "cluster", feature = "rabbitmq"))]
 const START_ATTEMPTS: usize = 3;
