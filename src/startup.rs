@@ -318,11 +318,13 @@ impl Application {
             stop.clone(),
         ));
 
+        let changes = tokio_util::task::TaskTracker::new();
+        let deadlines = http::Deadlines {
+            limit: self.request_timeout,
+            changes: changes.clone(),
+        };
         let mut router = http::router(self.state)
-            .layer(axum::middleware::from_fn_with_state(
-                self.request_timeout,
-                http::deadline,
-            ))
+            .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
             .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);
@@ -341,6 +343,12 @@ impl Application {
                 tracing::warn!(?grace, "in-flight requests outlived the grace period");
             }
         };
+        // A change whose client has gone still runs on its own task: it ends before the
+        // database closes under it, within a grace period of its own.
+        changes.close();
+        if tokio::time::timeout(grace, changes.wait()).await.is_err() {
+            tracing::warn!(?grace, running = changes.len(), "changes outlived the grace period");
+        }
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         self.database.close().await;

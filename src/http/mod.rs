@@ -185,18 +185,30 @@ fn budget(method: &axum::http::Method, path: &str) -> Budget {
     }
 }
 
+/// What [`deadline`] needs: the read deadline, and the tracker of change tasks, which
+/// shutdown closes and waits for before it closes the database under them.
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    pub limit: std::time::Duration,
+    pub changes: tokio_util::task::TaskTracker,
+}
+
 /// The whole-request deadline (`server.request_timeout_secs`) for reads, and completion for
 /// changes (see [`Budget`]). A read that outlives the deadline is answered 503
 /// `request-timeout` (its work is dropped as if the client had gone away).
 pub async fn deadline(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    axum::extract::State(Deadlines { limit, changes }): axum::extract::State<Deadlines>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use tracing::Instrument as _;
     match budget(request.method(), request.uri().path()) {
         Budget::Streams => next.run(request).await,
-        Budget::Completes => match tokio::spawn(next.run(request)).await {
+        Budget::Completes => match changes
+            .spawn(next.run(request).instrument(tracing::Span::current()))
+            .await
+        {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, "a request's task failed");
