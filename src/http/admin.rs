@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{Caller, Json, Query};
-use super::problem::ApiError;
+use super::problem::{ApiError, ProblemCode};
 use crate::auth::Scope;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -16,7 +16,8 @@ use crate::auth::Scope;
 pub struct OutboxQuery {
     /// Only events not yet delivered (default true).
     pub pending: Option<bool>,
-    /// At most this many, newest first (default 100, max 1000).
+    /// At most this many, newest first: 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -71,7 +72,10 @@ pub async fn outbox(
     Query(q): Query<OutboxQuery>,
 ) -> Result<Json<Vec<OutboxEvent>>, ApiError> {
     caller.require(Scope::Admin)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(ProblemCode::InvalidQuery, "`limit` must be 1-1000"));
+    }
     let entries = state.outbox.list(q.pending.unwrap_or(true), limit).await?;
     Ok(Json(entries.into_iter().map(OutboxEvent::from).collect()))
 }

@@ -22,8 +22,10 @@ use udim_ledger::proof::RecordProof;
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// Purposes of processing, e.g. `model-training`.
+    #[schema(min_items = 1)]
     pub purposes: Vec<String>,
     /// Data categories covered, e.g. `audio`, `documents`.
+    #[schema(min_items = 1)]
     pub data_categories: Vec<String>,
     /// Version of the policy or notice the person saw.
     pub policy_version: String,
@@ -177,6 +179,7 @@ fn parse_grant(req: GrantRequest) -> Result<Grant, ApiError> {
         (status = 400, body = Problem),
         (status = 401, body = Problem),
         (status = 403, body = Problem),
+        (status = 429, body = Problem, description = "too many consent changes per second; retry after `Retry-After`"),
     ),
     security(("bearer" = []))
 )]
@@ -203,6 +206,7 @@ pub async fn grant(
         (status = 201, body = ConsentEntry),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "already withdrawn"),
+        (status = 429, body = Problem, description = "too many consent changes per second; retry after `Retry-After`"),
     ),
     security(("bearer" = []))
 )]
@@ -229,6 +233,7 @@ pub async fn withdraw(
         (status = 400, body = Problem),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "the consent is withdrawn"),
+        (status = 429, body = Problem, description = "too many consent changes per second; retry after `Retry-After`"),
     ),
     security(("bearer" = []))
 )]

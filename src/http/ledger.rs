@@ -20,6 +20,8 @@ use crate::auth::Scope;
 pub async fn checkpoint_for(state: &AppState, size: Option<u64>) -> Result<StoredCheckpoint, ApiError> {
     let ledger = state.consents.ledger();
     let found = match size {
+        // Past what any ledger can hold (and what its store can look up): no such checkpoint.
+        Some(size) if i64::try_from(size).is_err() => None,
         Some(size) => ledger.checkpoint_at(size).await?,
         None => ledger.latest_checkpoint().await?,
     };
@@ -59,7 +61,8 @@ pub async fn key(State(state): State<AppState>) -> impl IntoResponse {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyParams {
-    /// The older tree size (a checkpointed size).
+    /// The older tree size (a checkpointed size; RFC 9162 defines no proof from the empty tree).
+    #[param(minimum = 1)]
     pub from: u64,
     /// The newer tree size (default: the latest checkpoint).
     pub to: Option<u64>,
@@ -86,6 +89,9 @@ pub async fn consistency(
     State(state): State<AppState>,
     Query(params): Query<ConsistencyParams>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
+    if params.from == 0 {
+        return Err(ApiError::new(ProblemCode::InvalidQuery, "`from` must be at least 1"));
+    }
     let old = checkpoint_for(&state, Some(params.from)).await?;
     let new = checkpoint_for(&state, params.to).await?;
     if old.size > new.size {

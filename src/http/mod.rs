@@ -92,7 +92,7 @@ const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 /// The router and the OpenAPI document it implements.
 pub fn router(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(consents::grant, consents::list))
@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(uploads::head, uploads::patch, uploads::terminate))
         .routes(routes!(admin::outbox))
         .split_for_parts();
+    problem::document_problems(&mut api);
     let api = Arc::new(api);
     let router = match state.metrics.clone() {
         Some(handle) => router.route(

@@ -25,6 +25,7 @@ use crate::pipeline::ingest::{IngestError, UploadRequest};
 #[serde(deny_unknown_fields)]
 pub struct UploadParams {
     /// The data category; an active consent must cover it.
+    #[param(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub data_category: String,
     /// The original file name (sanitized before it is stored).
     pub filename: Option<String>,
@@ -123,6 +124,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         (status = 413, body = Problem),
         (status = 415, body = Problem, description = "the content's type is not accepted for the data category"),
         (status = 422, body = Problem, description = "malware detected; the upload is quarantined"),
+        (status = 429, body = Problem, description = "too many uploads at once or per second; retry after `Retry-After`"),
         (status = 503, body = Problem),
     ),
     security(("bearer" = []))
@@ -249,8 +251,10 @@ pub struct ListParams {
     /// Only packages in this status.
     pub status: Option<String>,
     /// Only packages of this data category.
+    #[param(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub data_category: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -297,6 +301,15 @@ pub async fn list(
                 .ok_or_else(|| ApiError::new(ProblemCode::InvalidQuery, format!("unknown status `{s}`")))
         })
         .transpose()?;
+    let data_category = params
+        .data_category
+        .as_deref()
+        .map(|c| {
+            DataCategory::parse(c)
+                .map(String::from)
+                .map_err(|why| ApiError::new(ProblemCode::InvalidDataCategory, format!("`data_category`: {why}")))
+        })
+        .transpose()?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::new(ProblemCode::InvalidQuery, "`limit` must be 1-200"));
@@ -312,7 +325,7 @@ pub async fn list(
             &principal.subject,
             &PackageQuery {
                 status,
-                data_category: params.data_category,
+                data_category,
                 before,
                 limit: limit + 1,
             },
@@ -333,6 +346,7 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct ContentParams {
     /// The purpose of this read; the owner's consent must name it.
+    #[param(min_length = 1, max_length = 256)]
     pub purpose: String,
 }
 

@@ -202,6 +202,9 @@ impl ProblemCode {
     }
 }
 
+/// The media type of every problem body (RFC 9457).
+const PROBLEM_JSON: &str = "application/problem+json";
+
 /// An RFC 9457 `application/problem+json` body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
@@ -309,10 +312,7 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             headers.insert(name, value);
         }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -440,4 +440,89 @@ impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         Self::new(ProblemCode::InvalidPath, r.body_text())
     }
+}
+
+/// Completes the served document's error answers, which no route lists alone: every error
+/// body is `application/problem+json` (the routes name it as a [`Problem`] body), and every
+/// operation lists the problems the layers around every handler can answer with: 401 and
+/// 403 where a token is required, 400 where a path, query, header or body can be malformed,
+/// 413 and 415 for a JSON body too large or of another type, and 503 for an unavailable
+/// dependency or a read past its deadline.
+pub fn document_problems(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::HttpMethod;
+    for (path, item) in &mut api.paths.paths {
+        let operations = [
+            (HttpMethod::Get, &mut item.get),
+            (HttpMethod::Put, &mut item.put),
+            (HttpMethod::Post, &mut item.post),
+            (HttpMethod::Delete, &mut item.delete),
+            (HttpMethod::Options, &mut item.options),
+            (HttpMethod::Head, &mut item.head),
+            (HttpMethod::Patch, &mut item.patch),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                complete_problems(path, method == HttpMethod::Head, operation);
+            }
+        }
+    }
+}
+
+fn complete_problems(path: &str, head: bool, operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::RefOr;
+    let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+        || operation.request_body.is_some()
+        || path.contains('{');
+    let takes_json = matches!(
+        &operation.request_body,
+        Some(RefOr::T(body)) if body.content.contains_key("application/json")
+    );
+    let layers = [
+        (secured, "401", "no valid bearer token"),
+        (secured, "403", "the token lacks the scope this needs"),
+        (takes_input, "400", "a malformed path, query, header or body"),
+        (takes_json, "413", "the JSON body is over its limit"),
+        (takes_json, "415", "the body is not `application/json`"),
+        (
+            path.starts_with("/v1/"),
+            "503",
+            "a dependency is unavailable, or a read outlived its deadline; retry after `Retry-After`",
+        ),
+    ];
+    let responses = &mut operation.responses.responses;
+    for (applies, status, description) in layers {
+        if applies && !responses.contains_key(status) {
+            responses.insert(status.to_owned(), problem_response(description, head));
+        }
+    }
+    for (status, response) in responses.iter_mut() {
+        if !status.starts_with(['4', '5']) {
+            continue;
+        }
+        if let RefOr::T(response) = response {
+            if head {
+                response.content.clear();
+            } else if let Some(json) = response.content.shift_remove("application/json") {
+                response.content.insert(PROBLEM_JSON.to_owned(), json);
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str, head: bool) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let response = ResponseBuilder::new().description(description);
+    if head {
+        return response.build().into();
+    }
+    response
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
 }

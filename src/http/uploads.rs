@@ -111,12 +111,18 @@ pub async fn options(State(state): State<AppState>) -> Response {
     post,
     path = "/v1/uploads",
     tag = "uploads",
+    params(
+        ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)"),
+        ("Upload-Length" = Option<u64>, Header, description = "the upload's size; or send `Upload-Defer-Length: 1`"),
+        ("Upload-Metadata" = Option<String>, Header, description = "comma-separated `key base64value` pairs; `data_category` is required"),
+    ),
     responses(
         (status = 201, description = "created; `Location` is the upload URL"),
         (status = 400, body = Problem),
         (status = 403, body = Problem),
         (status = 412, body = Problem),
         (status = 413, body = Problem),
+        (status = 429, body = Problem, description = "too many uploads in flight or staged; retry after `Retry-After`"),
     ),
     security(("bearer" = []))
 )]
@@ -214,11 +220,15 @@ pub async fn create(
     head,
     path = "/v1/uploads/{id}",
     tag = "uploads",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)")),
     responses(
         (status = 200, description = "`Upload-Offset` equals `Upload-Length` only once the package is stored"),
         (status = 404, body = Problem),
+        (status = 412, body = Problem),
+        (status = 415, body = Problem, description = "finished: the content's type is not accepted for the data category"),
+        (status = 422, body = Problem, description = "finished: malware detected; the upload is quarantined"),
         (status = 423, body = Problem, description = "being finished by another request; retry"),
+        (status = 429, body = Problem, description = "finishing it would take a place in flight and none is free; retry after `Retry-After`"),
         (status = 503, body = Problem, description = "finishing failed for now; every byte is kept, retry after `Retry-After`"),
     ),
     security(("bearer" = []))
@@ -264,15 +274,23 @@ pub async fn head(
     patch,
     path = "/v1/uploads/{id}",
     tag = "uploads",
-    params(("id" = Uuid, Path)),
+    params(
+        ("id" = Uuid, Path),
+        ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)"),
+        ("Upload-Offset" = u64, Header, description = "where this body starts: the upload's current offset (409 otherwise)"),
+    ),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "appended; `Upload-Offset` is the new offset"),
         (status = 400, body = Problem),
         (status = 404, body = Problem),
         (status = 409, body = Problem),
+        (status = 412, body = Problem),
+        (status = 413, body = Problem, description = "past the upload's length"),
         (status = 415, body = Problem),
+        (status = 422, body = Problem, description = "finished: malware detected; the upload is quarantined"),
         (status = 423, body = Problem),
+        (status = 429, body = Problem, description = "too many uploads in flight; retry after `Retry-After`"),
         (status = 460, body = Problem),
     ),
     security(("bearer" = []))
@@ -320,8 +338,13 @@ pub async fn patch(
     delete,
     path = "/v1/uploads/{id}",
     tag = "uploads",
-    params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = Problem), (status = 423, body = Problem)),
+    params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)")),
+    responses(
+        (status = 204),
+        (status = 404, body = Problem),
+        (status = 412, body = Problem),
+        (status = 423, body = Problem),
+    ),
     security(("bearer" = []))
 )]
 pub async fn terminate(
