@@ -427,6 +427,96 @@ async fn a_request_past_its_deadline_gets_503_request_timeout() {
 /// erasure wait and then answer with what they did (201 with the consent, 200 with the
 /// erasure receipt), and a grant whose client gave up waiting is made all the same; each is in
 /// the ledger once.
+/// A change whose client has gone, still waiting on the database when the process is told
+/// to stop (SIGTERM), is made before the process exits: shutdown waits for it, within the
+/// grace period, before it closes the database under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_client_left_is_made_before_the_process_exits() {
+    use sqlx::Connection as _;
+    const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
+    let dir = tempfile::tempdir().unwrap();
+    let database = common::TestDatabase::create().await;
+    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+        .unwrap()
+        .to_secret_string();
+    let mut server = Process::serve(|| {
+        let mut command = udim();
+        command
+            .env("UDIM_DATA_DIR", dir.path())
+            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .env("UDIM_DATABASE__URL", database.url())
+            .env("UDIM_LEDGER__SIGNING_KEY", &key)
+            .env("UDIM_AUTH__HS256_SECRET", SECRET);
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+    let mut blocker = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let entries = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM consent_ledger")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    let before = entries(&mut blocker).await;
+
+    let mut hold = blocker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE consent_ledger IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let abandoned = tokio::spawn(
+        http.post(format!("{}/v1/consents", server.base))
+            .bearer_auth(&alice)
+            .json(&json!({
+                "purposes": ["model-training"],
+                "data_categories": ["text"],
+                "policy_version": "2026-01",
+                "jurisdiction": "EU",
+            }))
+            .send(),
+    );
+    let mut watcher = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let mut waiting = false;
+    for _ in 0..200 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the grant waits on the ledger");
+    abandoned.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the process waits for the change"
+    );
+    hold.rollback().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the process exits once the change is made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        entries(&mut watcher).await,
+        before + 1,
+        "the abandoned grant was appended before the process exited"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_held_up_past_the_deadline_complete_and_answer() {
     use sqlx::Connection as _;
