@@ -142,7 +142,8 @@ impl FileName {
         while !cleaned.is_char_boundary(end) {
             end -= 1;
         }
-        Self(cleaned[..end].to_owned())
+        // The cut may end on a space; `cleaned` starts with none, so something is left.
+        Self(cleaned[..end].trim_end().to_owned())
     }
 }
 
