@@ -492,6 +492,12 @@ impl Settings {
         if self.outbox.batch_size == 0 {
             return Err(ConfigError::new("`outbox.batch_size` must be at least 1"));
         }
+        // A zero back-off would make every failing pass start the next at once.
+        if self.outbox.initial_backoff_ms == 0 || self.outbox.max_backoff_ms < self.outbox.initial_backoff_ms {
+            return Err(ConfigError::new(
+                "`outbox.initial_backoff_ms` must be at least 1, and `outbox.max_backoff_ms` at least that",
+            ));
+        }
         Ok(())
     }
 

@@ -314,3 +314,84 @@ async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
     .await;
     app.stop().await;
 }
+
+/// Events the broker refuses for good (here `package.deleted`, which no queue is bound to
+/// receive) back off alone: every other event, older or newer, is still delivered. Before,
+/// a batch stopped at its first refused event and the relay paused, so sixteen refused
+/// events kept the head of every batch and nothing behind them went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_backs_off_alone_while_the_others_go_on() {
+    let app = TestApp::spawn_with(
+        Db::Postgres,
+        Options {
+            rabbitmq: true,
+            configure: Some(Box::new(|settings| {
+                if let udim::config::QueueSettings::Rabbitmq(rabbitmq) = &mut settings.queue {
+                    rabbitmq.binding_key = "package.stored".into();
+                }
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let queue = app.queue.as_ref().unwrap();
+    let mut first = Vec::new();
+    for i in 0..16 {
+        let package: Value = app
+            .upload(&alice, "documents", format!("erased {i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        first.push(package["id"].as_str().unwrap().to_owned());
+    }
+    let delivered = queue
+        .take_until(common::PATIENCE, |taken| taken.len() >= first.len())
+        .await;
+    assert_eq!(delivered.len(), first.len(), "the first packages' events arrive");
+    for id in &first {
+        let erased = app
+            .http
+            .delete(format!("{}/v1/packages/{id}", app.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(erased.status(), 200);
+    }
+
+    let mut later = BTreeSet::new();
+    for i in 0..10 {
+        let package: Value = app
+            .upload(&alice, "documents", format!("later {i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        later.insert(package["id"].as_str().unwrap().to_owned());
+    }
+    let events = queue
+        .take_until(common::PATIENCE, |taken| {
+            let arrived: BTreeSet<&str> = taken.iter().filter_map(|e| e["package_id"].as_str()).collect();
+            later.iter().all(|id| arrived.contains(id.as_str()))
+        })
+        .await;
+    let arrived: BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| e["package_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        later.is_subset(&arrived),
+        "the later packages' events arrive past the refused ones"
+    );
+    let refused = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "package.deleted" && e["sent_at"].is_null() && !e["last_error"].is_null())
+        .count();
+    assert_eq!(refused, first.len(), "every erasure's event was refused, and waits");
+    app.stop().await;
+}

@@ -15,8 +15,8 @@ use crate::config::OutboxSettings;
 /// Lease on claimed rows: long enough for a slow publish, short enough that a crashed
 /// relay's rows are retried soon.
 const LEASE: Duration = Duration::from_secs(60);
-/// The longest pause between two tries of a broker that is down, so that events flow again
-/// within seconds of its return however long it was away.
+/// The longest pause (before jitter) between two tries of a broker that is down, so that
+/// events flow again within seconds of its return however long it was away.
 const BROKER_PROBE_MAX: Duration = Duration::from_secs(5);
 /// A batch's publish must end well inside its lease: one that outlived it could land after
 /// another relay had re-claimed and sent the same events and the package's later ones,
@@ -62,13 +62,15 @@ fn jittered(base: u64) -> Duration {
 
 impl Relay {
     /// Publishes everything due once. Returns how many were sent, and whether the broker
-    /// failed (then the caller pauses before the next pass).
+    /// was down (then the caller pauses before the next pass).
     ///
     /// A broker that cannot be reached is no fault of the event that found it down: that
     /// event, and the rest of the batch, stay due, and the relay's own pause spaces the tries
     /// out. Charging the outage to each event instead would leave the events that happened to
-    /// be tried during it waiting up to `max_backoff_ms` after the broker was back. Only an
-    /// error of the event's own (unroutable, refused) backs that event off.
+    /// be tried during it waiting up to `max_backoff_ms` after the broker was back. An error
+    /// of the event's own (unroutable, too large, or a transient error while the broker still
+    /// answers a ping: a nack, a channel closed over that message) backs that event off, and
+    /// the others go on.
     pub async fn drain_once(&self) -> (usize, bool) {
         let batch = match self.outbox.claim_due(Utc::now(), LEASE, self.settings.batch_size).await {
             Ok(batch) => batch,
@@ -89,15 +91,22 @@ impl Relay {
             }
         };
         let mut sent = 0;
-        let mut failed = false;
+        // Whether the broker answers a ping, asked once per pass and only after a transient
+        // error.
+        let mut broker_answers = None;
+        let mut broker_down = false;
         for entry in &batch {
             let message = &entry.message;
             let Some(result) = results.next() else {
                 // The broker failed part-way; give the rest of the batch back untried.
-                failed = true;
+                broker_down = true;
                 let _ = self
                     .outbox
-                    .mark_failed(message.id, "not attempted: broker failing", Utc::now())
+                    .mark_failed(
+                        message.id,
+                        "not attempted: the broker failed earlier in its batch",
+                        Utc::now(),
+                    )
                     .await;
                 continue;
             };
@@ -111,9 +120,14 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    failed = true;
                     metrics::counter!(crate::ops::metrics::EVENT_FAILURES).increment(1);
-                    let delay = if e.is_transient() {
+                    let brokers_fault = e.is_transient()
+                        && !match broker_answers {
+                            Some(answers) => answers,
+                            None => *broker_answers.insert(self.notifier.ping().await.is_ok()),
+                        };
+                    broker_down |= brokers_fault;
+                    let delay = if brokers_fault {
                         Duration::ZERO
                     } else {
                         backoff(&self.settings, entry.attempts)
@@ -126,7 +140,7 @@ impl Relay {
                 }
             }
         }
-        (sent, failed)
+        (sent, broker_down)
     }
 
     /// Runs until `stop` is cancelled.
@@ -134,12 +148,12 @@ impl Relay {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         let mut failures = 0;
         loop {
-            let (sent, failed) = self.drain_once().await;
-            if !failed && sent as u32 == self.settings.batch_size {
+            let (sent, broker_down) = self.drain_once().await;
+            if !broker_down && sent as u32 == self.settings.batch_size {
                 failures = 0;
                 continue;
             }
-            let pause = if failed {
+            let pause = if broker_down {
                 failures += 1;
                 broker_pause(&self.settings, failures)
             } else {
@@ -148,7 +162,7 @@ impl Relay {
             };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.wake.notified(), if !failed => {}
+                () = self.wake.notified(), if !broker_down => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -173,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn a_down_broker_is_tried_at_least_every_five_seconds_however_long_it_is_away() {
+    fn the_pause_for_a_down_broker_doubles_up_to_five_seconds_and_jitter_however_long_it_is_away() {
         let s = OutboxSettings {
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,

@@ -18,19 +18,21 @@ use crate::metadata::OutboxMessage;
 ///   reconnects by itself on a later call.
 /// - `publish_batch` gives one result per message, in order, with the same meaning as
 ///   `publish`'s; a result list shorter than the input means the rest were not attempted
-///   (the broker was failing). Brokers with a batch call override it to save round trips.
+///   (the broker was failing). A message's own failure does not stop the others: a batch
+///   holds at most one message per package, so none can overtake an earlier one of its own
+///   package. Brokers with a batch call override it to save round trips.
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     async fn publish(&self, message: &OutboxMessage) -> Result<()>;
 
-    /// Publishes `messages` in order, stopping at the first failure.
+    /// Publishes `messages` in order, stopping at the first transient failure.
     async fn publish_batch(&self, messages: &[&OutboxMessage]) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(messages.len());
         for message in messages {
             let result = self.publish(message).await;
-            let failed = result.is_err();
+            let broker_failing = result.as_ref().is_err_and(crate::PortError::is_transient);
             results.push(result);
-            if failed {
+            if broker_failing {
                 break;
             }
         }

@@ -5,11 +5,11 @@
 //! The node runs as the calling user from `/usr/lib/rabbitmq/bin/rabbitmq-server`
 //! (`UDIM_TEST_RABBITMQ_SERVER`); `/usr/sbin/rabbitmq-server` would switch to the `rabbitmq`
 //! user and that user's shared directories. With `detached` set the script `exec`s the Erlang
-//! VM, so the child is the broker itself and a signal to its process group reaches all of it.
+//! VM, so the child is the broker itself: killing it takes the node down at once (its helper
+//! processes end with it).
 //! Its state (durable queues, persisted messages) lives in the directory and survives a kill.
 
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,7 +61,11 @@ impl Node {
                 return node;
             }
         }
-        panic!("the private RabbitMQ node did not start: {}", node.log_text());
+        panic!(
+            "the private RabbitMQ node did not start ({}; UDIM_TEST_RABBITMQ_SERVER): {}",
+            server(),
+            node.log_text()
+        );
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
@@ -69,15 +73,10 @@ impl Node {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// SIGKILL to the whole node: nothing is flushed or closed cleanly, as in a crash.
+    /// SIGKILL to the node: nothing is flushed or closed cleanly, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // `--` before the negative id: without it procps' kill reads `-<pgid>` as an
-            // option and signals nothing.
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", "--"])
-                .arg(format!("-{}", child.id()))
-                .status();
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -133,29 +132,31 @@ impl Node {
             .current_dir(d)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log, twice"))
-            .stderr(log)
-            .process_group(0);
-        let Ok(child) = command.spawn() else {
-            return false;
-        };
+            .stderr(log);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} (set UDIM_TEST_RABBITMQ_SERVER): {e}", server()));
         self.child = Some(child);
         let deadline = Instant::now() + BOOT;
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-            if exited {
+            if !self.running() {
                 self.child = None;
                 return false;
+            }
+            // The listener opens once the node has booted.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         self.kill();
         false
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     fn log_text(&self) -> String {
