@@ -24,6 +24,10 @@ use crate::pipeline::ingest::Ingestor;
 use crate::pipeline::relay::Relay;
 
 /// Wraps a configured provider in another (a test's faults).
+
+/// After the grace period, how long shutdown waits for background work to end its step and
+/// for the database pool to close.
+const AFTER_GRACE: Duration = Duration::from_secs(5);
 pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
 
 /// Replacements for configured providers, for tests that inject faults.
@@ -337,21 +341,30 @@ impl Application {
             drain_signal.cancel();
         });
         let grace = self.grace;
+        // One deadline for all of it: the requests in flight, then the changes whose clients
+        // have gone (they still run on their own tasks, and end before the database closes
+        // under them).
+        let drained = async {
+            server.await;
+            changes.close();
+            changes.wait().await;
+        };
         tokio::select! {
-            () = server => {}
+            () = drained => {}
             () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "in-flight requests outlived the grace period");
+                tracing::warn!(?grace, changes = changes.len(), "in-flight requests outlived the grace period");
             }
         };
-        // A change whose client has gone still runs on its own task: it ends before the
-        // database closes under it, within a grace period of its own.
-        changes.close();
-        if tokio::time::timeout(grace, changes.wait()).await.is_err() {
-            tracing::warn!(?grace, running = changes.len(), "changes outlived the grace period");
-        }
         stop.cancel();
-        while tasks.join_next().await.is_some() {}
-        self.database.close().await;
+        // The relay and the sweeper stop between two steps; the end of a step, and closing
+        // the pool, get a bound of their own, so that shutdown always ends.
+        let background = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(AFTER_GRACE, background).await.is_err() {
+            tracing::warn!("background work was cut short at shutdown");
+        }
+        if tokio::time::timeout(AFTER_GRACE, self.database.close()).await.is_err() {
+            tracing::warn!("database connections still in use at shutdown were dropped");
+        }
         Ok(())
     }
 }

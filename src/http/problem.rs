@@ -462,14 +462,25 @@ pub fn document_problems(api: &mut utoipa::openapi::OpenApi) {
         ];
         for (method, operation) in operations {
             if let Some(operation) = operation {
-                complete_problems(path, method == HttpMethod::Head, operation);
+                complete_problems(path, &method, operation);
             }
         }
     }
 }
 
-fn complete_problems(path: &str, head: bool, operation: &mut utoipa::openapi::path::Operation) {
+/// Routes answered from memory alone: no dependency, no deadline can make them 503.
+const ANSWERED_FROM_MEMORY: [&str; 1] = ["/v1/ledger/key"];
+
+fn complete_problems(
+    path: &str,
+    method: &utoipa::openapi::path::HttpMethod,
+    operation: &mut utoipa::openapi::path::Operation,
+) {
     use utoipa::openapi::RefOr;
+    use utoipa::openapi::path::HttpMethod;
+    let head = *method == HttpMethod::Head;
+    let reaches_a_dependency =
+        path.starts_with("/v1/") && *method != HttpMethod::Options && !ANSWERED_FROM_MEMORY.contains(&path);
     let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
         || operation.request_body.is_some()
@@ -485,7 +496,7 @@ fn complete_problems(path: &str, head: bool, operation: &mut utoipa::openapi::pa
         (takes_json, "413", "the JSON body is over its limit"),
         (takes_json, "415", "the body is not `application/json`"),
         (
-            path.starts_with("/v1/"),
+            reaches_a_dependency,
             "503",
             "a dependency is unavailable, or a read outlived its deadline; retry after `Retry-After`",
         ),
@@ -500,12 +511,17 @@ fn complete_problems(path: &str, head: bool, operation: &mut utoipa::openapi::pa
         if !status.starts_with(['4', '5']) {
             continue;
         }
-        if let RefOr::T(response) = response {
-            if head {
-                response.content.clear();
-            } else if let Some(json) = response.content.shift_remove("application/json") {
-                response.content.insert(PROBLEM_JSON.to_owned(), json);
-            }
+        let RefOr::T(response) = response else { continue };
+        if head {
+            response.content.clear();
+            continue;
+        }
+        // Only a problem is a problem: `/readyz` answers 503 with its own JSON report.
+        let is_problem = |content: &RefOr<utoipa::openapi::Content>| matches!(content, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")));
+        if response.content.get("application/json").is_some_and(is_problem)
+            && let Some(json) = response.content.shift_remove("application/json")
+        {
+            response.content.insert(PROBLEM_JSON.to_owned(), json);
         }
     }
 }

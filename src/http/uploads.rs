@@ -113,8 +113,8 @@ pub async fn options(State(state): State<AppState>) -> Response {
     tag = "uploads",
     params(
         ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)"),
-        ("Upload-Length" = Option<u64>, Header, description = "the upload's size; or send `Upload-Defer-Length: 1`"),
-        ("Upload-Metadata" = Option<String>, Header, description = "comma-separated `key base64value` pairs; `data_category` is required"),
+        ("Upload-Length" = u64, Header, description = "the upload's size in bytes (deferring it is not supported)"),
+        ("Upload-Metadata" = String, Header, description = "comma-separated `key base64value` pairs: `data_category` (required), `filename`, `filetype`"),
     ),
     responses(
         (status = 201, description = "created; `Location` is the upload URL"),
