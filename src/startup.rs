@@ -23,11 +23,11 @@ use crate::http::{self, AppState};
 use crate::pipeline::ingest::Ingestor;
 use crate::pipeline::relay::Relay;
 
-/// Wraps a configured provider in another (a test's faults).
-
 /// After the grace period, how long shutdown waits for background work to end its step and
 /// for the database pool to close.
 const AFTER_GRACE: Duration = Duration::from_secs(5);
+
+/// Wraps a configured provider in another (a test's faults).
 pub type Wrap<T> = Box<dyn FnOnce(Arc<T>) -> Arc<T> + Send>;
 
 /// Replacements for configured providers, for tests that inject faults.
