@@ -386,12 +386,15 @@ async fn a_refused_event_backs_off_alone_while_the_others_go_on() {
         later.is_subset(&arrived),
         "the later packages' events arrive past the refused ones"
     );
-    let refused = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e["event_type"] == "package.deleted" && e["sent_at"].is_null() && !e["last_error"].is_null())
-        .count();
-    assert_eq!(refused, first.len(), "every erasure's event was refused, and waits");
+    common::eventually("every erasure's event was refused, and waits", || async {
+        let refused = app
+            .outbox()
+            .await
+            .into_iter()
+            .filter(|e| e["event_type"] == "package.deleted" && e["sent_at"].is_null() && !e["last_error"].is_null())
+            .count();
+        refused == first.len()
+    })
+    .await;
     app.stop().await;
 }

@@ -98,8 +98,9 @@ impl Relay {
         for entry in &batch {
             let message = &entry.message;
             let Some(result) = results.next() else {
-                // The broker failed part-way; give the rest of the batch back untried.
-                broker_down = true;
+                // The batch stopped part-way; give the rest back untried. The relay pauses
+                // unless the broker answered a ping: then the stop was one event's own fault.
+                broker_down |= broker_answers != Some(true);
                 let _ = self
                     .outbox
                     .mark_failed(
