@@ -15,6 +15,11 @@ use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// Each test here loads this 2-core machine on its own (the real binary under load, and for
+/// some a database or a broker of its own booting): they take turns, so that no test's
+/// patience rests on what the others happen to be doing at the same moment.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Terminates every connection to the app's database but the one asking.
 async fn kill_connections(app: &TestApp) -> i64 {
     use sqlx::Connection as _;
@@ -111,6 +116,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_database_connections_fail_fast_and_the_service_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let app = TestApp::spawn(Db::Postgres).await;
     let alice = app.uploader("alice");
     app.grant(&alice, &["documents"]).await;
@@ -184,6 +190,7 @@ fn local_profile(
 /// resumes from the offset the new process reports and is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowledged() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     use std::collections::BTreeSet;
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::create().await;
@@ -368,6 +375,7 @@ async fn stored_packages(database_url: &str) -> std::collections::BTreeSet<Strin
 /// its event delivered, and nothing refused is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_restart_under_load_fails_fast_and_the_binary_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = tokio::task::spawn_blocking(udim_testkit::cluster::Cluster::start)
         .await
         .unwrap();
@@ -473,6 +481,7 @@ async fn unsent_events(database_url: &str) -> i64 {
 /// time, so the kill can leave at most one event both queued and unconfirmed, sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_outage_under_load_delays_events_and_loses_none() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     use std::collections::BTreeMap;
     let mut node = tokio::task::spawn_blocking(udim_testkit::rabbitmq::Node::start)
         .await
@@ -590,6 +599,7 @@ impl Drop for Tmpfs {
 /// stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_or_read_only_object_store_answers_503_and_leaves_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects");
     let store = Tmpfs::mount(&objects, "4m");
