@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::process::{Process, udim};
+use common::process::{Process, embedded};
 
 const SECRET: &str = "api-fuzzing-shares-this-hs256-secret";
 
@@ -27,10 +27,8 @@ fn schemathesis() -> String {
 async fn schemathesis_finds_nothing_the_document_does_not_describe() {
     let dir = tempfile::tempdir().unwrap();
     let server = Process::serve(|| {
-        let mut command = udim();
+        let mut command = embedded(dir.path());
         command
-            .env("UDIM_DATA_DIR", dir.path())
-            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
             .env("UDIM_AUTH__HS256_SECRET", SECRET)
             // The fuzzer sends as fast as it can; the limits have tests of their own.
             .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0")

@@ -195,9 +195,7 @@ async fn a_binary_killed_with_a_hundred_uploads_in_flight_loses_none_it_acknowle
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::create().await;
     let queue = common::TestQueue::new(&common::amqp_url());
-    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
-        .unwrap()
-        .to_secret_string();
+    let key = common::ledger_key();
     let first = Process::serve(|| local_profile(dir.path(), database.url(), &queue, &key)).await;
     let http = reqwest::Client::new();
     let users: Vec<String> = (0..25)
@@ -382,9 +380,7 @@ async fn a_postgresql_restart_under_load_fails_fast_and_the_binary_recovers() {
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
     let queue = common::TestQueue::new(&common::amqp_url());
-    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
-        .unwrap()
-        .to_secret_string();
+    let key = common::ledger_key();
     let server = Process::serve(|| {
         let mut command = local_profile(dir.path(), &url, &queue, &key);
         // Refusals come fast while the database is down: no upload rate to trip over.
@@ -489,9 +485,7 @@ async fn a_rabbitmq_outage_under_load_delays_events_and_loses_none() {
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::create().await;
     let queue = common::TestQueue::new(&node.url());
-    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
-        .unwrap()
-        .to_secret_string();
+    let key = common::ledger_key();
     let server = Process::serve(|| {
         let mut command = local_profile(dir.path(), database.url(), &queue, &key);
         command.env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0");
@@ -604,10 +598,8 @@ async fn a_full_or_read_only_object_store_answers_503_and_leaves_nothing() {
     let objects = dir.path().join("objects");
     let store = Tmpfs::mount(&objects, "4m");
     let server = Process::serve(|| {
-        let mut command = common::process::udim();
+        let mut command = common::process::embedded(&dir.path().join("data"));
         command
-            .env("UDIM_DATA_DIR", dir.path().join("data"))
-            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
             .env("UDIM_STORAGE__PATH", &objects)
             .env("UDIM_AUTH__HS256_SECRET", SECRET);
         command

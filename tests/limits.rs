@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{Process, udim};
+use common::process::{Process, embedded};
 use common::{Db, Options, TestApp};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,11 +20,8 @@ async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_s
     const CROWD: usize = 2000;
     let dir = tempfile::tempdir().unwrap();
     let server = Process::serve(|| {
-        let mut command = udim();
-        command
-            .env("UDIM_DATA_DIR", dir.path())
-            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
-            .env("UDIM_SERVER__HEADER_READ_TIMEOUT_SECS", "3");
+        let mut command = embedded(dir.path());
+        command.env("UDIM_SERVER__HEADER_READ_TIMEOUT_SECS", "3");
         command
     })
     .await;
@@ -283,10 +280,8 @@ async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
     const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
     let dir = tempfile::tempdir().unwrap();
     let server = Process::serve(|| {
-        let mut command = udim();
+        let mut command = embedded(dir.path());
         command
-            .env("UDIM_DATA_DIR", dir.path())
-            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
             .env("UDIM_AUTH__HS256_SECRET", SECRET)
             .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES", BUDGET.to_string())
             .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT", "5000")
@@ -436,14 +431,10 @@ async fn a_change_whose_client_left_is_made_before_the_process_exits() {
     const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::create().await;
-    let key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
-        .unwrap()
-        .to_secret_string();
+    let key = common::ledger_key();
     let mut server = Process::serve(|| {
-        let mut command = udim();
+        let mut command = embedded(dir.path());
         command
-            .env("UDIM_DATA_DIR", dir.path())
-            .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
             .env("UDIM_DATABASE__URL", database.url())
             .env("UDIM_LEDGER__SIGNING_KEY", &key)
             .env("UDIM_AUTH__HS256_SECRET", SECRET);

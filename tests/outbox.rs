@@ -315,6 +315,21 @@ async fn every_event_arrives_through_a_cut_a_hang_a_return_and_a_nack() {
     app.stop().await;
 }
 
+/// The ids of `n` documents uploaded one after another, each body `prefix` and its number.
+async fn upload_many(app: &TestApp, token: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let package: Value = app
+            .upload(token, "documents", format!("{prefix} {i}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(package["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
 /// Events the broker refuses for good (here `package.deleted`, which no queue is bound to
 /// receive) back off alone: every other event, older or newer, is still delivered. Before,
 /// a batch stopped at its first refused event and the relay paused, so sixteen refused
@@ -337,41 +352,16 @@ async fn a_refused_event_backs_off_alone_while_the_others_go_on() {
     let alice = app.uploader("alice");
     app.grant(&alice, &["documents"]).await;
     let queue = app.queue.as_ref().unwrap();
-    let mut first = Vec::new();
-    for i in 0..16 {
-        let package: Value = app
-            .upload(&alice, "documents", format!("erased {i}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        first.push(package["id"].as_str().unwrap().to_owned());
-    }
+    let first = upload_many(&app, &alice, "erased", 16).await;
     let delivered = queue
         .take_until(common::PATIENCE, |taken| taken.len() >= first.len())
         .await;
     assert_eq!(delivered.len(), first.len(), "the first packages' events arrive");
     for id in &first {
-        let erased = app
-            .http
-            .delete(format!("{}/v1/packages/{id}", app.base))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(erased.status(), 200);
+        app.erase_package(&alice, id.parse().unwrap()).await;
     }
 
-    let mut later = BTreeSet::new();
-    for i in 0..10 {
-        let package: Value = app
-            .upload(&alice, "documents", format!("later {i}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        later.insert(package["id"].as_str().unwrap().to_owned());
-    }
+    let later: BTreeSet<String> = upload_many(&app, &alice, "later", 10).await.into_iter().collect();
     let events = queue
         .take_until(common::PATIENCE, |taken| {
             let arrived: BTreeSet<&str> = taken.iter().filter_map(|e| e["package_id"].as_str()).collect();

@@ -33,9 +33,7 @@ impl Shared {
     async fn new() -> Self {
         let database = TestDatabase::create().await;
         let queue = TestQueue::new(&common::amqp_url());
-        let signing_key = udim_ledger::note::Signer::generate("udim.local/consent-ledger")
-            .unwrap()
-            .to_secret_string();
+        let signing_key = common::ledger_key();
         Self {
             database,
             queue,

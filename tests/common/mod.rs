@@ -524,6 +524,14 @@ pub async fn grant_on(http: &reqwest::Client, base: &str, token: &str, categorie
     response.json().await.unwrap()
 }
 
+/// A fresh ledger signing key, as `ledger.signing_key` takes it: what the binary needs on
+/// PostgreSQL, where it will not generate one.
+pub fn ledger_key() -> String {
+    udim_ledger::note::Signer::generate("udim.local/consent-ledger")
+        .unwrap()
+        .to_secret_string()
+}
+
 /// An uploader's token for `sub`, signed with the HS256 `secret` a service process was given.
 pub fn uploader_token(secret: &str, sub: &str) -> String {
     token_on(secret, sub, &["udim:upload"])

@@ -115,6 +115,15 @@ impl Process {
     }
 }
 
+/// The binary on the embedded default over `data_dir`, with the repository's `config/`.
+pub fn embedded(data_dir: &std::path::Path) -> Command {
+    let mut command = udim();
+    command
+        .env("UDIM_DATA_DIR", data_dir)
+        .env("UDIM_CONFIG_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+    command
+}
+
 /// A command for the binary with nothing from the test's environment but `PATH`.
 pub fn udim() -> Command {
     let mut command = Command::new(UDIM);
