@@ -11,6 +11,10 @@ use common::process::{Process, embedded};
 use common::{Db, Options, TestApp};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use udim_testkit::moto;
+
+/// The HS256 secret of the tests that start the binary.
+const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
 
 /// Thousands of connections that each send half a request line, or half an HTTP/2 preface,
 /// or nothing at all, and then wait: the service keeps answering honest clients at once, and
@@ -264,38 +268,34 @@ fn peak_rss(server: &Process) -> u64 {
     kib * 1024
 }
 
-/// A thousand uploads that each send 1 MiB and then stall, against the real binary (embedded
-/// default, filesystem store, whose writers buffer up to three 4 MiB parts) with a 64 MiB budget for
-/// upload buffers: the process's peak memory stays within the budget and a margin per open
-/// connection (the same crowd without the budget holds over a GiB), the crowd is cut at the
-/// idle timeout or refused with 503 after waiting that long for room, and an honest upload
-/// then completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
+/// The binary on the embedded default with `budget` bytes for upload buffers, room for a
+/// thousand uploads in flight from one user, and a 15 s idle timeout.
+fn crowd_server(data_dir: &std::path::Path, budget: u64) -> std::process::Command {
+    let mut command = embedded(data_dir);
+    command
+        .env("UDIM_AUTH__HS256_SECRET", SECRET)
+        .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES", budget.to_string())
+        .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT", "5000")
+        .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT_PER_USER", "5000")
+        .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0")
+        .env("UDIM_SERVER__BODY_IDLE_TIMEOUT_SECS", "15");
+    command
+}
+
+/// A thousand uploads that each send 1 MiB and then stall, against a [`crowd_server`] with
+/// `budget`: the process's peak memory stays within the budget and a margin per open
+/// connection, the crowd is cut at the idle timeout or refused with 503 after waiting that long
+/// for room, and an honest upload then completes.
+async fn a_stalled_crowd_stays_within(server: &Process, budget: u64) {
     const CROWD: usize = 1000;
-    const BUDGET: u64 = 64 << 20;
     // What each open connection holds besides upload buffers (its read buffer and the frame
     // in hand, its task): about 150 KiB measured here, so 192 KiB for each of the crowd.
     const MARGIN: u64 = CROWD as u64 * (192 << 10);
-    const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
-    let dir = tempfile::tempdir().unwrap();
-    let server = Process::serve(|| {
-        let mut command = embedded(dir.path());
-        command
-            .env("UDIM_AUTH__HS256_SECRET", SECRET)
-            .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES", BUDGET.to_string())
-            .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT", "5000")
-            .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT_PER_USER", "5000")
-            .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0")
-            .env("UDIM_SERVER__BODY_IDLE_TIMEOUT_SECS", "15");
-        command
-    })
-    .await;
     let http = reqwest::Client::new();
     let token = common::uploader_token(SECRET, "crowd");
     common::grant_on(&http, &server.base, &token, &["documents"]).await;
     let url = format!("{}/v1/packages?data_category=documents&filename=f.txt", server.base);
-    let before = peak_rss(&server);
+    let before = peak_rss(server);
 
     // Each sends 1 MiB, then nothing until the service answers.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -329,9 +329,9 @@ async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let peak = peak_rss(&server);
+    let peak = peak_rss(server);
     assert!(
-        peak <= before + BUDGET + MARGIN,
+        peak <= before + budget + MARGIN,
         "peak RSS {} MiB, from {} MiB before the crowd",
         peak >> 20,
         before >> 20
@@ -366,6 +366,54 @@ async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
         .await
         .unwrap();
     assert_eq!(honest.status(), 201, "an honest upload completes once the crowd is cut");
+}
+
+/// On the filesystem store, whose writers buffer up to three 4 MiB parts, with a 64 MiB
+/// budget (the same crowd without the budget holds over a GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_uploads_stay_within_the_memory_budget() {
+    const BUDGET: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(|| crowd_server(dir.path(), BUDGET)).await;
+    a_stalled_crowd_stays_within(&server, BUDGET).await;
+}
+
+/// On S3 (moto), whose writers buffer up to three 16 MiB parts, with a budget of three such
+/// writers: the crowd is held to the budget there too, and every cut upload's multipart
+/// upload is aborted, so the bucket holds the honest object and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_uploads_to_s3_stay_within_the_memory_budget() {
+    const BUDGET: u64 = 3 * (48 << 20) + (1 << 20);
+    let moto = moto::start().await;
+    let bucket = format!("udim-{}", uuid::Uuid::new_v4().simple());
+    let s3 = reqwest::Client::new();
+    let created = s3.put(format!("{}/{bucket}", moto.endpoint)).send().await.unwrap();
+    assert!(created.status().is_success(), "the bucket is created");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::serve(|| {
+        let mut command = crowd_server(dir.path(), BUDGET);
+        command
+            .env("UDIM_STORAGE__TYPE", "s3")
+            .env("UDIM_STORAGE__BUCKET", &bucket)
+            .env("UDIM_STORAGE__REGION", moto::REGION)
+            .env("UDIM_STORAGE__ENDPOINT", &moto.endpoint)
+            .env("UDIM_STORAGE__ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", moto::SECRET_ACCESS_KEY);
+        command
+    })
+    .await;
+    a_stalled_crowd_stays_within(&server, BUDGET).await;
+
+    let listing = |query: &'static str| {
+        let url = format!("{}/{bucket}?{query}", moto.endpoint);
+        let s3 = s3.clone();
+        async move { s3.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let objects = listing("list-type=2").await;
+    assert_eq!(objects.matches("<Key>").count(), 1, "only the honest object: {objects}");
+    let uploads = listing("uploads").await;
+    assert_eq!(uploads.matches("<UploadId>").count(), 0, "no multipart upload left: {uploads}");
 }
 
 /// A request that outlives `server.request_timeout_secs` (here: waiting on an identity
@@ -417,18 +465,12 @@ async fn a_request_past_its_deadline_gets_503_request_timeout() {
     app.stop().await;
 }
 
-/// A change is never cut between its steps by the request deadline: with the consent ledger
-/// held up (a lock) well past `server.request_timeout_secs`, a consent grant and a package
-/// erasure wait and then answer with what they did (201 with the consent, 200 with the
-/// erasure receipt), and a grant whose client gave up waiting is made all the same; each is in
-/// the ledger once.
 /// A change whose client has gone, still waiting on the database when the process is told
 /// to stop (SIGTERM), is made before the process exits: shutdown waits for it, within the
 /// grace period, before it closes the database under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_client_left_is_made_before_the_process_exits() {
     use sqlx::Connection as _;
-    const SECRET: &str = "limits-share-this-hs256-secret-of-32+bytes";
     let dir = tempfile::tempdir().unwrap();
     let database = common::TestDatabase::create().await;
     let key = common::ledger_key();
@@ -508,6 +550,11 @@ async fn a_change_whose_client_left_is_made_before_the_process_exits() {
     );
 }
 
+/// A change is never cut between its steps by the request deadline: with the consent ledger
+/// held up (a lock) well past `server.request_timeout_secs`, a consent grant and a package
+/// erasure wait and then answer with what they did (201 with the consent, 200 with the
+/// erasure receipt), and a grant whose client gave up waiting is made all the same; each is in
+/// the ledger once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_held_up_past_the_deadline_complete_and_answer() {
     use sqlx::Connection as _;
