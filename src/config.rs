@@ -297,6 +297,9 @@ pub struct OutboxSettings {
     /// First retry delay; doubles per failed attempt up to `max_backoff_ms`.
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// How long publishing one batch may take; past it, the events not yet confirmed are
+    /// given back and retried.
+    pub batch_timeout_secs: u64,
     /// Days a sent event stays in the outbox (for `udim admin outbox`) before the sweeper
     /// deletes it; 0 keeps them forever.
     pub keep_sent_days: u32,
@@ -309,6 +312,7 @@ impl Default for OutboxSettings {
             batch_size: 64,
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
+            batch_timeout_secs: 30,
             keep_sent_days: 30,
         }
     }
@@ -497,6 +501,13 @@ impl Settings {
             return Err(ConfigError::new(
                 "`outbox.initial_backoff_ms` must be at least 1, and `outbox.max_backoff_ms` at least that",
             ));
+        }
+        let max_batch_timeout = crate::pipeline::relay::MAX_BATCH_TIMEOUT.as_secs();
+        if !(1..=max_batch_timeout).contains(&self.outbox.batch_timeout_secs) {
+            return Err(ConfigError::new(format!(
+                "`outbox.batch_timeout_secs` must be 1-{max_batch_timeout}: a batch must be published \
+                 well inside the relay's lease on it"
+            )));
         }
         Ok(())
     }

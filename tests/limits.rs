@@ -413,7 +413,11 @@ async fn a_thousand_stalled_uploads_to_s3_stay_within_the_memory_budget() {
     let objects = listing("list-type=2").await;
     assert_eq!(objects.matches("<Key>").count(), 1, "only the honest object: {objects}");
     let uploads = listing("uploads").await;
-    assert_eq!(uploads.matches("<UploadId>").count(), 0, "no multipart upload left: {uploads}");
+    assert_eq!(
+        uploads.matches("<UploadId>").count(),
+        0,
+        "no multipart upload left: {uploads}"
+    );
 }
 
 /// A request that outlives `server.request_timeout_secs` (here: waiting on an identity

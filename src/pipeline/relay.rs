@@ -18,10 +18,10 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The longest pause (before jitter) between two tries of a broker that is down, so that
 /// events flow again within seconds of its return however long it was away.
 const BROKER_PROBE_MAX: Duration = Duration::from_secs(5);
-/// A batch's publish must end well inside its lease: one that outlived it could land after
-/// another relay had re-claimed and sent the same events and the package's later ones,
-/// breaking per-package order. Past this, the batch is given back to be retried.
-const PUBLISH_BUDGET: Duration = Duration::from_secs(30);
+/// The most `outbox.batch_timeout_secs` may be: a batch's publish must end well inside its
+/// lease, since one that outlived it could land after another relay had re-claimed and sent
+/// the same events and the package's later ones, breaking per-package order.
+pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(LEASE.as_secs() * 3 / 4);
 
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -80,16 +80,21 @@ impl Relay {
             }
         };
         let messages: Vec<&OutboxMessage> = batch.iter().map(|entry| &entry.message).collect();
-        let mut results = match tokio::time::timeout(PUBLISH_BUDGET, self.notifier.publish_batch(&messages)).await {
-            Ok(results) => results.into_iter(),
-            Err(_) => {
-                tracing::warn!(
-                    events = messages.len(),
-                    "publishing a batch outlasted its budget; it is retried"
-                );
-                Vec::new().into_iter()
-            }
-        };
+        let mut results = Vec::with_capacity(messages.len());
+        let timeout = Duration::from_secs(self.settings.batch_timeout_secs);
+        // On time-out the events confirmed so far are kept as sent; only the rest is retried,
+        // so a slow broker still makes progress instead of being sent the same batch again.
+        if tokio::time::timeout(timeout, self.notifier.publish_batch(&messages, &mut results))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                events = messages.len(),
+                confirmed = results.len(),
+                "publishing a batch outlasted outbox.batch_timeout_secs; the rest is retried"
+            );
+        }
+        let mut results = results.into_iter();
         let mut sent = 0;
         // Whether the broker answers a ping, asked once per pass and only after a transient
         // error.
@@ -101,13 +106,7 @@ impl Relay {
                 // The batch stopped part-way; give the rest back untried. The relay pauses
                 // unless the broker answered a ping: then the stop was one event's own fault.
                 broker_down |= broker_answers != Some(true);
-                let _ = self
-                    .outbox
-                    .mark_failed(
-                        message.id,
-                        "not attempted: the broker failed earlier in its batch",
-                        Utc::now(),
-                    )
+                self.give_back(message, "not attempted: the broker failed earlier in its batch")
                     .await;
                 continue;
             };
@@ -128,11 +127,12 @@ impl Relay {
                             None => *broker_answers.insert(self.notifier.ping().await.is_ok()),
                         };
                     broker_down |= brokers_fault;
-                    let delay = if brokers_fault {
-                        Duration::ZERO
-                    } else {
-                        backoff(&self.settings, entry.attempts)
-                    };
+                    if brokers_fault {
+                        tracing::warn!(event_id = %message.id, error = %e, "publishing an event failed: the broker is down");
+                        self.give_back(message, &e.to_string()).await;
+                        continue;
+                    }
+                    let delay = backoff(&self.settings, entry.attempts);
                     tracing::warn!(event_id = %message.id, attempts = entry.attempts, retry_in = ?delay, error = %e, "publishing an event failed");
                     let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     if let Err(e) = self.outbox.mark_failed(message.id, &e.to_string(), retry_at).await {
@@ -142,6 +142,15 @@ impl Relay {
             }
         }
         (sent, broker_down)
+    }
+
+    /// Gives an event back untried, not counting the claim: only its own failures grow its
+    /// back-off, so an event held up by an outage starts from `initial_backoff_ms` if it then
+    /// fails for a reason of its own. If this fails, the lease runs out and it is retried.
+    async fn give_back(&self, message: &OutboxMessage, reason: &str) {
+        if let Err(e) = self.outbox.give_back(message.id, reason).await {
+            tracing::warn!(event_id = %message.id, error = %e, "giving an event back failed");
+        }
     }
 
     /// Runs until `stop` is cancelled.

@@ -263,18 +263,21 @@ struct Pending {
 #[async_trait]
 impl Notifier for SqsNotifier {
     async fn publish(&self, message: &OutboxMessage) -> Result<()> {
-        self.publish_batch(&[message])
-            .await
+        let mut results = Vec::with_capacity(1);
+        self.publish_batch(&[message], &mut results).await;
+        results
             .pop()
             .unwrap_or_else(|| Err(PortError::unavailable(PROVIDER, "the event was not sent")))
     }
 
-    async fn publish_batch(&self, messages: &[&OutboxMessage]) -> Vec<Result<()>> {
+    async fn publish_batch(&self, messages: &[&OutboxMessage], results: &mut Vec<Result<()>>) {
         let max_message = match self.max_message().await {
             Ok(max) => max,
-            Err(e) => return vec![Err(e)],
+            Err(e) => {
+                results.push(Err(e));
+                return;
+            }
         };
-        let mut results = Vec::with_capacity(messages.len());
         // Runs of sendable messages, each cut into batch calls; a message that can never be
         // sent fails alone and holds up only its own package's later events.
         let mut run = Vec::new();
@@ -300,16 +303,15 @@ impl Notifier for SqsNotifier {
                     package: message.aggregate_id,
                 }),
                 Err(e) => {
-                    if !self.send_run(&mut run, &mut failed, &mut results).await {
-                        return results;
+                    if !self.send_run(&mut run, &mut failed, results).await {
+                        return;
                     }
                     failed.insert(message.aggregate_id);
                     results.push(Err(e));
                 }
             }
         }
-        self.send_run(&mut run, &mut failed, &mut results).await;
-        results
+        self.send_run(&mut run, &mut failed, results).await;
     }
 
     async fn ping(&self) -> Result<()> {

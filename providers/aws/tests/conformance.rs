@@ -190,7 +190,8 @@ async fn sqs_notifier_sends_batches_within_the_batch_size_limit() {
         .map(|n| udim_ports::conformance::message(serde_json::json!({"n": n, "pad": "x".repeat(200 * 1024)})))
         .collect();
     let refs: Vec<_> = events.iter().collect();
-    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &refs).await;
+    let mut results = Vec::new();
+    udim_ports::queue::Notifier::publish_batch(&notifier, &refs, &mut results).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let mut arrived = 0;
     while take_one(&sqs, &queue).await.is_some() {
@@ -212,7 +213,8 @@ async fn an_event_over_the_queue_limit_holds_back_only_its_package_and_the_rest_
     // The same package's next event must not overtake the one that failed.
     let mut same_package = udim_ports::conformance::message(serde_json::json!({"n": 4}));
     same_package.aggregate_id = huge.aggregate_id;
-    let results = udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after, &same_package]).await;
+    let mut results = Vec::new();
+    udim_ports::queue::Notifier::publish_batch(&notifier, &[&small, &huge, &after, &same_package], &mut results).await;
     assert_eq!(results.len(), 4);
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert!(

@@ -313,11 +313,15 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
 ///   runs out, so several relays can run at once. Delivery is at least once, and in order
 ///   per aggregate: no message is handed out while an earlier one of its aggregate is unsent.
 /// - `mark_sent` and `mark_failed` end the lease; `mark_failed` schedules the next attempt.
+/// - `give_back` ends the lease and takes back the attempt its claim counted: the message was
+///   not tried, or failed for no fault of its own (the broker was down). It is due again at
+///   once, and `last_error` says why it was given back.
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn claim_due(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> Result<Vec<OutboxEntry>>;
     async fn mark_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<()>;
     async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()>;
+    async fn give_back(&self, id: Uuid, reason: &str) -> Result<()>;
     /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
     /// Deletes messages sent before `before` (their payloads name users and packages, and

@@ -16,18 +16,19 @@ use crate::metadata::OutboxMessage;
 ///   message metadata where the broker has any.
 /// - A broker that cannot be reached gives [`crate::PortError::Unavailable`]; the notifier
 ///   reconnects by itself on a later call.
-/// - `publish_batch` gives one result per message, in order, with the same meaning as
-///   `publish`'s; a result list shorter than the input means the rest were not attempted
-///   (the broker was failing). A message's own failure does not stop the others: a batch
-///   holds at most one message per package, so none can overtake an earlier one of its own
-///   package. Brokers with a batch call override it to save round trips.
+/// - `publish_batch` pushes one result per message onto `results`, in order, each as soon as
+///   it is known, with the same meaning as `publish`'s: a caller that stops waiting keeps the
+///   results known by then (and only those messages were confirmed). Fewer results than
+///   messages means the rest were not attempted (the broker was failing). A message's own
+///   failure does not stop the others: a batch holds at most one message per package, so none
+///   can overtake an earlier one of its own package. Brokers with a batch call override it to
+///   save round trips.
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     async fn publish(&self, message: &OutboxMessage) -> Result<()>;
 
     /// Publishes `messages` in order, stopping at the first transient failure.
-    async fn publish_batch(&self, messages: &[&OutboxMessage]) -> Vec<Result<()>> {
-        let mut results = Vec::with_capacity(messages.len());
+    async fn publish_batch(&self, messages: &[&OutboxMessage], results: &mut Vec<Result<()>>) {
         for message in messages {
             let result = self.publish(message).await;
             let broker_failing = result.as_ref().is_err_and(crate::PortError::is_transient);
@@ -36,7 +37,6 @@ pub trait Notifier: Send + Sync + std::fmt::Debug {
                 break;
             }
         }
-        results
     }
 
     /// Checks that the broker is reachable now (for readiness probes).

@@ -9,6 +9,7 @@
 //! processes end with it).
 //! Its state (durable queues, persisted messages) lives in the directory and survives a kill.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -143,8 +144,7 @@ impl Node {
                 self.child = None;
                 return false;
             }
-            // The listener opens once the node has booted.
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if answers_amqp(self.port) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -162,6 +162,19 @@ impl Node {
     fn log_text(&self) -> String {
         std::fs::read_to_string(Path::new(self.dir.path()).join("node.log")).unwrap_or_default()
     }
+}
+
+/// Whether the broker on `port` answers the AMQP 0-9-1 protocol header with a method frame
+/// (its `Connection.Start`): not only is the listener open, the broker behind it serves.
+fn answers_amqp(port: u16) -> bool {
+    let Ok(mut socket) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut frame_type = [0u8; 1];
+    socket.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+        && socket.write_all(b"AMQP\x00\x00\x09\x01").is_ok()
+        && socket.read_exact(&mut frame_type).is_ok()
+        && frame_type[0] == 1
 }
 
 impl Drop for Node {

@@ -29,7 +29,8 @@ where
         .map(|n| message(serde_json::json!({"conformance": "batch", "n": n})))
         .collect();
     let refs: Vec<&OutboxMessage> = messages.iter().collect();
-    let results = notifier.publish_batch(&refs).await;
+    let mut results = Vec::new();
+    notifier.publish_batch(&refs, &mut results).await;
     assert_eq!(results.len(), messages.len(), "one result per message");
     for (n, result) in results.iter().enumerate() {
         assert!(result.is_ok(), "message {n} of the batch failed: {result:?}");

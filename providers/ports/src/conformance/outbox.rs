@@ -21,6 +21,8 @@ const ALL: u32 = 10_000;
 /// - `claim_due` hands out due messages oldest first, counting an attempt each time, and
 ///   never one while an earlier unsent message of its aggregate exists;
 /// - a leased message is not handed out again until its lease runs out, then it is;
+/// - `give_back` ends the lease without counting the claim: the message is due again at once,
+///   with its attempts as before the claim and the reason recorded;
 /// - `mark_sent` ends the lease for good; `mark_failed` ends it, records the error and holds
 ///   the message (and its aggregate's later ones) until the next attempt is due;
 /// - `limit` caps a claim, and successive claims continue oldest first;
@@ -83,6 +85,16 @@ pub async fn outbox(store: &dyn PackageStore, outbox: &dyn Outbox) {
         "a message whose lease ran out is handed out again"
     );
     assert_attempts(&reclaimed, 2, "every claim counts an attempt");
+
+    outbox.give_back(y1.id, "not attempted").await.expect("give_back");
+    let given_back = claim(outbox, &mine, t2, ALL).await;
+    assert_eq!(ids(&given_back), [y1.id], "a message given back is due again at once");
+    assert_attempts(&given_back, 2, "a claim given back is not counted as an attempt");
+    assert_eq!(
+        given_back[0].last_error.as_deref(),
+        Some("not attempted"),
+        "give_back records why"
+    );
 
     let long_ago = long_ago();
     outbox.mark_sent(y1.id, long_ago).await.expect("mark_sent");

@@ -73,6 +73,22 @@ impl Outbox for SqlStore {
         Ok(())
     }
 
+    async fn give_back(&self, id: Uuid, reason: &str) -> Result<()> {
+        on_pool!(&self.pool, |pool| {
+            sqlx::query(
+                "UPDATE outbox SET last_error = $2, lease_until = NULL, attempts = attempts - 1 \
+                 WHERE id = $1 AND sent_at IS NULL AND attempts > 0",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>> {
         let rows: Vec<OutboxRow> = on_pool!(&self.pool, |pool| {
             sqlx::query_as(concat!(
