@@ -14,7 +14,7 @@ use udim_ports::queue::Notifier;
 use udim_ports::storage::BlobStore;
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{ScannerSettings, Settings};
 use crate::consent::ConsentService;
 use crate::consent::sequencer::Sequencer;
 use crate::consent::signer::LedgerSigner;
@@ -199,6 +199,14 @@ impl Application {
             (notifier, _) => notifier,
         };
         let (scanner, scan_policy) = factory::scanner(&settings);
+        let probes = Arc::new(crate::http::health::Probes::new(
+            database.packages.clone(),
+            blobs.clone(),
+            kms.clone(),
+            notifier.clone(),
+            (!matches!(settings.scanner, ScannerSettings::Disabled)).then(|| scanner.clone()),
+            !scan_policy.fail_open,
+        ));
         let auth = Arc::new(Authenticator::from_settings(&settings)?);
         auth.prefetch_keys();
         let ledger_signer = Arc::new(LedgerSigner::load(
@@ -269,7 +277,7 @@ impl Application {
             ledger_signer,
             packages: database.packages.clone(),
             outbox: database.outbox.clone(),
-            notifier,
+            probes,
             ingest,
             reader,
             resumable,

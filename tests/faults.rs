@@ -667,3 +667,85 @@ async fn a_full_or_read_only_object_store_answers_503_and_leaves_nothing() {
     assert_eq!(common::files_under(&objects).len(), 2, "one object per stored package");
     drop(server);
 }
+
+/// `/readyz` of the real binary on the local profile names each dependency: all `ok` at
+/// first; with the broker unreachable it stays ready (200) but `degraded`, naming the queue;
+/// with PostgreSQL stopped it is not ready (503), naming the database; and it is ready again
+/// once each is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_dependency_that_is_down_and_recovers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = tokio::task::spawn_blocking(udim_testkit::cluster::Cluster::start)
+        .await
+        .unwrap();
+    let url = cluster.url();
+    let amqp = common::amqp_url();
+    let broker = amqp.rsplit_once('@').map_or(amqp.as_str(), |(_, host)| host);
+    let link = common::faults::Link::to(broker.split('/').next().unwrap().to_owned()).await;
+    let queue = common::TestQueue::new(&format!("amqp://guest:guest@{}/%2f", link.address));
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::ledger_key();
+    let server = Process::serve(|| local_profile(dir.path(), &url, &queue, &key)).await;
+    let http = reqwest::Client::new();
+    let readiness = || async {
+        let response = http.get(format!("{}/readyz", server.base)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let named = |body: &Value| {
+        ["database", "storage", "kms", "queue", "scanner"]
+            .map(|name| body[name].as_str().unwrap_or("missing").to_owned())
+    };
+
+    let (status, body) = readiness().await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    assert_eq!(named(&body), ["ok", "ok", "ok", "ok", "not-configured"], "{body}");
+    assert_eq!(
+        body["decides_readiness"],
+        serde_json::json!(["database", "storage", "kms"]),
+        "the queue does not decide readiness"
+    );
+
+    link.refuse(true);
+    link.cut();
+    common::eventually("the queue is named, and the service stays ready", || async {
+        let (status, body) = readiness().await;
+        status == 200
+            && body["status"] == "degraded"
+            && named(&body) == ["ok", "ok", "ok", "unavailable", "not-configured"]
+    })
+    .await;
+    link.refuse(false);
+    common::eventually("ready again once the broker is back", || async {
+        let (status, body) = readiness().await;
+        status == 200 && body["status"] == "ok" && body["queue"] == "ok"
+    })
+    .await;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .unwrap();
+    common::eventually("the database is named, and the service is not ready", || async {
+        let (status, body) = readiness().await;
+        status == 503
+            && body["status"] == "unavailable"
+            && named(&body) == ["unavailable", "ok", "ok", "ok", "not-configured"]
+    })
+    .await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.resume();
+        cluster
+    })
+    .await
+    .unwrap();
+    common::eventually("ready again once PostgreSQL is back", || async {
+        let (status, body) = readiness().await;
+        status == 200 && body["status"] == "ok"
+    })
+    .await;
+    drop(server);
+    drop(cluster);
+}

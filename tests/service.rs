@@ -77,8 +77,12 @@ async fn health_readiness_and_unknown_routes() {
         .json()
         .await
         .unwrap();
+    assert_eq!(ready["status"], "ok");
     assert_eq!(ready["database"], "ok");
+    assert_eq!(ready["storage"], "ok");
+    assert_eq!(ready["kms"], "ok");
     assert_eq!(ready["queue"], "not-configured");
+    assert_eq!(ready["scanner"], "not-configured");
 
     let missing = reqwest::get(format!("{}/v2/nothing", app.base)).await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -231,3 +235,44 @@ async fn browser_tus_clients_get_cors_only_from_allowed_origins() {
 }
 
 common::on_both_databases!(ledger_rows_cannot_be_changed_or_deleted);
+
+/// A scanner that does not answer (nothing listens at its address) makes the service unready
+/// when uploads fail closed without it, and leaves it ready but `degraded` when configured to
+/// fail open; either way `/readyz` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_scanner_is_named_and_decides_readiness_only_when_failing_closed() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    for (fail_open, status, overall, decides) in [(false, 503, "unavailable", true), (true, 200, "degraded", false)] {
+        let app = TestApp::spawn_with(
+            Db::Sqlite,
+            common::Options {
+                configure: Some(Box::new(move |s| {
+                    s.scanner = udim::config::ScannerSettings::Clamd(udim::config::ClamdSettings {
+                        address: udim_local::clamd::ClamdAddress::Tcp(address.to_string()),
+                        max_stream_bytes: 1 << 20,
+                        fail_open,
+                        admit_too_large: false,
+                        timeout_secs: 1,
+                    });
+                })),
+                ..common::Options::default()
+            },
+        )
+        .await;
+        let response = reqwest::get(format!("{}/readyz", app.base)).await.unwrap();
+        assert_eq!(response.status(), status, "fail_open = {fail_open}");
+        let ready: Value = response.json().await.unwrap();
+        assert_eq!(ready["status"], overall, "{ready}");
+        assert_eq!(ready["scanner"], "unavailable", "{ready}");
+        assert_eq!(ready["database"], "ok", "{ready}");
+        let deciding = ready["decides_readiness"].as_array().unwrap();
+        assert_eq!(
+            deciding.contains(&Value::from("scanner")),
+            decides,
+            "the scanner decides readiness only when uploads fail closed without it: {ready}"
+        );
+        app.stop().await;
+    }
+}

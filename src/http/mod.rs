@@ -4,7 +4,7 @@
 mod admin;
 mod consents;
 pub mod extract;
-mod health;
+pub(crate) mod health;
 mod ledger;
 mod me;
 mod pace;
@@ -19,7 +19,6 @@ use axum::Router;
 use axum::http::Uri;
 use tokio::sync::Notify;
 use udim_ports::metadata::{Outbox, PackageStore};
-use udim_ports::queue::Notifier;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,7 +38,8 @@ pub struct AppState {
     pub ledger_signer: Arc<LedgerSigner>,
     pub packages: Arc<dyn PackageStore>,
     pub outbox: Arc<dyn Outbox>,
-    pub notifier: Option<Arc<dyn Notifier>>,
+    /// The dependencies `/readyz` reports on.
+    pub probes: Arc<health::Probes>,
     pub ingest: Arc<Ingestor>,
     pub reader: Arc<crate::pipeline::read::ContentReader>,
     pub resumable: Arc<crate::pipeline::resumable::Resumable>,

@@ -176,6 +176,9 @@ impl KeyService for FaultyKms {
     async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext) -> Result<PlainKey> {
         self.inner.unwrap_data_key(key_id, wrapped, ctx).await
     }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
     fn current_key_id(&self) -> &str {
         self.inner.current_key_id()
     }

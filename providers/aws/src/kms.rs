@@ -103,6 +103,23 @@ impl KeyService for AwsKms {
         Ok(PlainKey::from_bytes(key_bytes(out.plaintext(), "Decrypt")?))
     }
 
+    async fn ping(&self) -> Result<()> {
+        let described = self
+            .client
+            .describe_key()
+            .key_id(&self.key_arn)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        match described.key_metadata().and_then(|m| m.key_state()) {
+            Some(aws_sdk_kms::types::KeyState::Enabled) => Ok(()),
+            state => Err(PortError::unavailable(
+                PROVIDER,
+                format!("key {} is {state:?}, not enabled", self.key_arn),
+            )),
+        }
+    }
+
     fn current_key_id(&self) -> &str {
         &self.key_arn
     }

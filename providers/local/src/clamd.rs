@@ -82,21 +82,6 @@ impl Clamd {
         }
         Err(PortError::unavailable(PROVIDER, last.unwrap_or_default()))
     }
-
-    /// `PING` → `PONG`: for readiness probes.
-    pub async fn ping(&self) -> Result<()> {
-        let mut stream = self.connect().await?;
-        stream
-            .write_all(b"zPING\0")
-            .await
-            .map_err(|e| PortError::unavailable(PROVIDER, e))?;
-        let reply = read_reply(&mut stream, self.timeout).await?;
-        if reply == "PONG" {
-            Ok(())
-        } else {
-            Err(PortError::generic(PROVIDER, format!("unexpected reply {reply:?}")))
-        }
-    }
 }
 
 async fn read_reply(stream: &mut Box<dyn Stream>, timeout: Duration) -> Result<String> {
@@ -198,6 +183,21 @@ impl MalwareScanner for Clamd {
             over_limit: false,
             timeout: self.timeout,
         }))
+    }
+
+    /// `PING` → `PONG`.
+    async fn ping(&self) -> Result<()> {
+        let mut stream = self.connect().await?;
+        stream
+            .write_all(b"zPING\0")
+            .await
+            .map_err(|e| PortError::unavailable(PROVIDER, e))?;
+        let reply = read_reply(&mut stream, self.timeout).await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(PortError::generic(PROVIDER, format!("unexpected reply {reply:?}")))
+        }
     }
 }
 

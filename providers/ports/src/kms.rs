@@ -77,6 +77,9 @@ pub struct DataKey {
 pub trait KeyService: Send + Sync + std::fmt::Debug {
     async fn generate_data_key(&self, ctx: &KeyContext) -> Result<DataKey>;
     async fn unwrap_data_key(&self, key_id: &str, wrapped: &[u8], ctx: &KeyContext) -> Result<PlainKey>;
+    /// Checks that the current key can be used now (for readiness probes), without making a
+    /// data key.
+    async fn ping(&self) -> Result<()>;
     /// The id new data keys are wrapped under.
     fn current_key_id(&self) -> &str;
 }

@@ -40,6 +40,8 @@ pub trait ScanSession: Send {
 #[async_trait]
 pub trait MalwareScanner: Send + Sync + std::fmt::Debug {
     async fn start(&self) -> Result<Box<dyn ScanSession>>;
+    /// Checks that the scanner answers now (for readiness probes).
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Scanning switched off by configuration: every stream is `NotScanned`.
@@ -65,5 +67,9 @@ impl ScanSession for DisabledSession {
 impl MalwareScanner for ScanningDisabled {
     async fn start(&self) -> Result<Box<dyn ScanSession>> {
         Ok(Box::new(DisabledSession))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
     }
 }
