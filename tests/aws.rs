@@ -105,6 +105,17 @@ async fn consent_upload_s3_ciphertext_and_sqs_event_on_the_aws_build() {
         _moto,
     } = on_aws(false).await;
     let sqs = udim_aws::aws_sdk_sqs::Client::new(&config);
+    let ready: Value = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ["status", "database", "storage", "kms", "queue"].map(|name| ready[name].as_str()),
+        [Some("ok"); 5],
+        "S3, KMS (DescribeKey) and SQS each answer their readiness probe: {ready}"
+    );
     let alice = app.uploader("alice");
     app.grant(&alice, &["audio"]).await;
     let plaintext = common::distinctive_bytes(500_000);
