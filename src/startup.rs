@@ -143,6 +143,7 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer
         "tus-max-size",
         "tus-checksum-algorithm",
         "content-range",
+        "x-request-id",
     ]
     .map(HeaderName::from_static);
     Ok(Some(
@@ -337,7 +338,8 @@ impl Application {
         };
         let mut router = http::router(self.state)
             .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
-            .layer(tower_http::trace::TraceLayer::new_for_http());
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(http::request_id::request_id));
         if let Some(cors) = self.cors {
             router = router.layer(cors);
         }

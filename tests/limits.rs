@@ -260,14 +260,6 @@ async fn a_download_nobody_reads_is_cut() {
     app.stop().await;
 }
 
-/// The process's peak resident memory (`VmHWM`), in bytes.
-fn peak_rss(server: &Process) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// The binary on the embedded default with `budget` bytes for upload buffers, room for a
 /// thousand uploads in flight from one user, and a 15 s idle timeout.
 fn crowd_server(data_dir: &std::path::Path, budget: u64) -> std::process::Command {
@@ -295,7 +287,7 @@ async fn a_stalled_crowd_stays_within(server: &Process, budget: u64) {
     let token = common::uploader_token(SECRET, "crowd");
     common::grant_on(&http, &server.base, &token, &["documents"]).await;
     let url = format!("{}/v1/packages?data_category=documents&filename=f.txt", server.base);
-    let before = peak_rss(server);
+    let before = server.peak_resident_bytes();
 
     // Each sends 1 MiB, then nothing until the service answers.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -329,7 +321,7 @@ async fn a_stalled_crowd_stays_within(server: &Process, budget: u64) {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let peak = peak_rss(server);
+    let peak = server.peak_resident_bytes();
     assert!(
         peak <= before + budget + MARGIN,
         "peak RSS {} MiB, from {} MiB before the crowd",

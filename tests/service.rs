@@ -276,3 +276,48 @@ async fn an_unreachable_scanner_is_named_and_decides_readiness_only_when_failing
         app.stop().await;
     }
 }
+
+/// `x-request-id`: a sensible one from the client is kept, a missing or unsafe one (spaces,
+/// too long) is replaced by a fresh UUID; either way the response echoes it and the request's
+/// log lines carry it (the real binary's JSON log, at debug for the HTTP layer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_or_made_echoed_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::process::Process::serve(|| {
+        let mut command = common::process::embedded(dir.path());
+        command.env("RUST_LOG", "info,tower_http=debug");
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let echoed = |id: Option<String>| {
+        let request = http.get(format!("{}/v1/consents", server.base));
+        let request = match id {
+            Some(id) => request.header("x-request-id", id),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "a problem answer carries it too");
+            response.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(echoed(Some("client-trace-7".into())).await, "client-trace-7");
+    let made = echoed(None).await;
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    for unsafe_id in ["two words".to_owned(), "x".repeat(129)] {
+        let replaced = echoed(Some(unsafe_id.clone())).await;
+        assert!(
+            uuid::Uuid::parse_str(&replaced).is_ok(),
+            "{unsafe_id:?} became {replaced}"
+        );
+    }
+    let logs = server.stop_and_read_logs();
+    for id in ["client-trace-7", made.as_str()] {
+        assert!(
+            logs.lines().any(|line| line.contains(&format!("\"request_id\":\"{id}\""))),
+            "a log line of the request names {id}:\n{logs}"
+        );
+    }
+    assert!(!logs.contains("two words"), "an unsafe id never reaches the log");
+}

@@ -10,6 +10,7 @@ mod me;
 mod pace;
 mod packages;
 pub mod problem;
+pub mod request_id;
 pub mod serve;
 mod uploads;
 
