@@ -315,7 +315,8 @@ async fn request_ids_are_kept_or_made_echoed_and_logged() {
     let logs = server.stop_and_read_logs();
     for id in ["client-trace-7", made.as_str()] {
         assert!(
-            logs.lines().any(|line| line.contains(&format!("\"request_id\":\"{id}\""))),
+            logs.lines()
+                .any(|line| line.contains(&format!("\"request_id\":\"{id}\""))),
             "a log line of the request names {id}:\n{logs}"
         );
     }

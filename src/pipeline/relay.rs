@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use udim_ports::metadata::{Outbox, OutboxMessage};
+use udim_ports::metadata::{Outbox, OutboxEntry, OutboxMessage};
 use udim_ports::queue::Notifier;
 
 use crate::config::OutboxSettings;
@@ -106,7 +106,7 @@ impl Relay {
                 // The batch stopped part-way; give the rest back untried. The relay pauses
                 // unless the broker answered a ping: then the stop was one event's own fault.
                 broker_down |= broker_answers != Some(true);
-                self.give_back(message, "not attempted: the broker failed earlier in its batch")
+                self.give_back(entry, "not attempted: the broker failed earlier in its batch")
                     .await;
                 continue;
             };
@@ -129,13 +129,13 @@ impl Relay {
                     broker_down |= brokers_fault;
                     if brokers_fault {
                         tracing::warn!(event_id = %message.id, error = %e, "publishing an event failed: the broker is down");
-                        self.give_back(message, &e.to_string()).await;
+                        self.give_back(entry, &e.to_string()).await;
                         continue;
                     }
                     let delay = backoff(&self.settings, entry.attempts);
                     tracing::warn!(event_id = %message.id, attempts = entry.attempts, retry_in = ?delay, error = %e, "publishing an event failed");
                     let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    if let Err(e) = self.outbox.mark_failed(message.id, &e.to_string(), retry_at).await {
+                    if let Err(e) = self.outbox.mark_failed(entry, &e.to_string(), retry_at).await {
                         tracing::warn!(event_id = %message.id, error = %e, "recording a failed publish failed");
                     }
                 }
@@ -147,9 +147,9 @@ impl Relay {
     /// Gives an event back untried, not counting the claim: only its own failures grow its
     /// back-off, so an event held up by an outage starts from `initial_backoff_ms` if it then
     /// fails for a reason of its own. If this fails, the lease runs out and it is retried.
-    async fn give_back(&self, message: &OutboxMessage, reason: &str) {
-        if let Err(e) = self.outbox.give_back(message.id, reason).await {
-            tracing::warn!(event_id = %message.id, error = %e, "giving an event back failed");
+    async fn give_back(&self, entry: &OutboxEntry, reason: &str) {
+        if let Err(e) = self.outbox.give_back(entry, reason).await {
+            tracing::warn!(event_id = %entry.message.id, error = %e, "giving an event back failed");
         }
     }
 

@@ -316,12 +316,16 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
 /// - `give_back` ends the lease and takes back the attempt its claim counted: the message was
 ///   not tried, or failed for no fault of its own (the broker was down). It is due again at
 ///   once, and `last_error` says why it was given back.
+/// - `mark_failed` and `give_back` act on the caller's claim (the entry `claim_due` returned)
+///   only while it holds: once its lease ran out and another claimer took the message, they
+///   change nothing, so a late relay cannot end a lease that is not its own. Either drops a
+///   message (never `package.deleted`) whose package was erased while it was out.
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn claim_due(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> Result<Vec<OutboxEntry>>;
     async fn mark_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<()>;
-    async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()>;
-    async fn give_back(&self, id: Uuid, reason: &str) -> Result<()>;
+    async fn mark_failed(&self, claimed: &OutboxEntry, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()>;
+    async fn give_back(&self, claimed: &OutboxEntry, reason: &str) -> Result<()>;
     /// Lists outbox rows, newest first; only unsent ones when `pending_only`.
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>>;
     /// Deletes messages sent before `before` (their payloads name users and packages, and

@@ -100,11 +100,12 @@ async fn the_ledger_is_gap_free_provable_and_signs_only_over_its_own_checkpoints
     conformance::consent_ledger(db.ledger.clone(), 300).await;
 }
 
-/// The suites keep to their own rows: run at once on one database, they all still pass.
+/// The suites keep to their own rows: run at once on one database, they all still pass. Not
+/// the outbox suite: as a relay does, its claims lease every due message, the other suites'
+/// too.
 async fn the_metadata_suites_pass_side_by_side_on_one_database(db: &Database) {
     tokio::join!(
         conformance::package_store(db.packages.as_ref(), db.outbox.as_ref()),
-        conformance::outbox(db.packages.as_ref(), db.outbox.as_ref()),
         conformance::upload_store(db.uploads.as_ref()),
     );
 }

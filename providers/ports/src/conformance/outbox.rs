@@ -86,7 +86,29 @@ pub async fn outbox(store: &dyn PackageStore, outbox: &dyn Outbox) {
     );
     assert_attempts(&reclaimed, 2, "every claim counts an attempt");
 
-    outbox.give_back(y1.id, "not attempted").await.expect("give_back");
+    // The first claim's lease ran out and the second claimer holds the messages: the first
+    // claimer, late, ends nothing.
+    let stale = &claimed[1];
+    outbox.give_back(stale, "late").await.expect("give_back");
+    outbox
+        .mark_failed(stale, "late", t2 + Duration::hours(1))
+        .await
+        .expect("mark_failed");
+    assert!(
+        claim(outbox, &mine, t2, ALL).await.is_empty(),
+        "a claim whose lease ran out and was claimed again ends nothing"
+    );
+    let held = listed(outbox, &[y1.id], true).await;
+    assert_eq!(
+        (held[0].attempts, held[0].last_error.as_deref()),
+        (2, None),
+        "nor changes the attempts or the error"
+    );
+
+    outbox
+        .give_back(&reclaimed[1], "not attempted")
+        .await
+        .expect("give_back");
     let given_back = claim(outbox, &mine, t2, ALL).await;
     assert_eq!(ids(&given_back), [y1.id], "a message given back is due again at once");
     assert_attempts(&given_back, 2, "a claim given back is not counted as an attempt");
@@ -100,7 +122,7 @@ pub async fn outbox(store: &dyn PackageStore, outbox: &dyn Outbox) {
     outbox.mark_sent(y1.id, long_ago).await.expect("mark_sent");
     let retry_at = t + Duration::hours(1);
     outbox
-        .mark_failed(x1.id, "broker unavailable", retry_at)
+        .mark_failed(&reclaimed[0], "broker unavailable", retry_at)
         .await
         .expect("mark_failed");
     assert!(
@@ -219,55 +241,56 @@ pub async fn outbox(store: &dyn PackageStore, outbox: &dyn Outbox) {
 
 /// A package erased while a relay is publishing its `package.stored`: the event in flight
 /// stays and `package.deleted` waits behind it, so consumers never hear of the deletion
-/// first; when that publish fails, the event is dropped, not retried; a failed publish of
-/// `package.deleted` itself is retried.
+/// first; when that publish fails (`mark_failed`) or is given back, the event is dropped, not
+/// retried; a failed or given-back publish of `package.deleted` itself is retried.
 async fn erasure_during_a_publish(store: &dyn PackageStore, outbox: &dyn Outbox, owner: &str) {
-    let package = new_package(owner, "documents", now());
-    store.create_package(&package).await.expect("create_package");
-    let stored = event("package.stored", package.id);
-    store
-        .mark_stored(owner, package.id, &stored_object(package.id, now()), &stored)
-        .await
-        .expect("mark_stored");
-    let t = now() + Duration::seconds(1);
-    assert_eq!(ids(&claim(outbox, &[stored.id], t, ALL).await), [stored.id]);
-    let deleted = event("package.deleted", package.id);
-    store
-        .mark_deleted(owner, package.id, &deleted)
-        .await
-        .expect("mark_deleted");
-    let kept = listed(outbox, &[stored.id], true).await;
-    assert_eq!(ids(&kept), [stored.id], "the event being published is kept");
-    assert_eq!(
-        kept[0].message.payload, stored.payload,
-        "whole: if its relay dies it goes out again as it was, before package.deleted"
-    );
-    assert!(
-        claim(outbox, &[stored.id, deleted.id], t, ALL).await.is_empty(),
-        "package.deleted waits behind the event being published"
-    );
-    outbox
-        .mark_failed(stored.id, "broker down", t)
-        .await
-        .expect("mark_failed");
-    assert!(
-        listed(outbox, &[stored.id], false).await.is_empty(),
-        "a failed publish of an erased package's event drops it"
-    );
-    assert_eq!(
-        ids(&claim(outbox, &[stored.id, deleted.id], t + Duration::seconds(1), ALL).await),
-        [deleted.id],
-        "then package.deleted goes"
-    );
-    outbox
-        .mark_failed(deleted.id, "broker down", t)
-        .await
-        .expect("mark_failed");
-    assert_eq!(
-        ids(&listed(outbox, &[deleted.id], true).await),
-        [deleted.id],
-        "a failed publish of package.deleted keeps it for the next attempt"
-    );
+    for given_back in [false, true] {
+        let end = async |entry: &OutboxEntry, at: DateTime<Utc>| {
+            if given_back {
+                outbox.give_back(entry, "broker down").await.expect("give_back");
+            } else {
+                outbox.mark_failed(entry, "broker down", at).await.expect("mark_failed");
+            }
+        };
+        let package = new_package(owner, "documents", now());
+        store.create_package(&package).await.expect("create_package");
+        let stored = event("package.stored", package.id);
+        store
+            .mark_stored(owner, package.id, &stored_object(package.id, now()), &stored)
+            .await
+            .expect("mark_stored");
+        let t = now() + Duration::seconds(1);
+        let claimed = claim(outbox, &[stored.id], t, ALL).await;
+        assert_eq!(ids(&claimed), [stored.id]);
+        let deleted = event("package.deleted", package.id);
+        store
+            .mark_deleted(owner, package.id, &deleted)
+            .await
+            .expect("mark_deleted");
+        let kept = listed(outbox, &[stored.id], true).await;
+        assert_eq!(ids(&kept), [stored.id], "the event being published is kept");
+        assert_eq!(
+            kept[0].message.payload, stored.payload,
+            "whole: if its relay dies it goes out again as it was, before package.deleted"
+        );
+        assert!(
+            claim(outbox, &[stored.id, deleted.id], t, ALL).await.is_empty(),
+            "package.deleted waits behind the event being published"
+        );
+        end(&claimed[0], t).await;
+        assert!(
+            listed(outbox, &[stored.id], false).await.is_empty(),
+            "a publish of an erased package's event that did not go through drops it (given back: {given_back})"
+        );
+        let claimed = claim(outbox, &[stored.id, deleted.id], t + Duration::seconds(1), ALL).await;
+        assert_eq!(ids(&claimed), [deleted.id], "then package.deleted goes");
+        end(&claimed[0], t).await;
+        assert_eq!(
+            ids(&listed(outbox, &[deleted.id], true).await),
+            [deleted.id],
+            "a publish of package.deleted that did not go through keeps it for the next attempt (given back: {given_back})"
+        );
+    }
 }
 
 /// A second in 2000, different for every run, to send messages at: pruning before it

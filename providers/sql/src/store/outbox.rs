@@ -45,48 +45,26 @@ impl Outbox for SqlStore {
         Ok(())
     }
 
-    async fn mark_failed(&self, id: Uuid, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()> {
-        on_pool!(&self.pool, |pool| {
-            let mut tx = pool.begin().await.map_err(db_err)?;
-            // Its package was erased while it was being published: nobody needs it any more.
-            // Never `package.deleted` itself: that one must get through.
-            sqlx::query(
-                "DELETE FROM outbox WHERE id = $1 AND sent_at IS NULL AND event_type <> 'package.deleted' \
-                 AND aggregate_id IN (SELECT id FROM packages WHERE status = 'deleted')",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            sqlx::query(
-                "UPDATE outbox SET last_error = $2, next_attempt_at = $3, lease_until = NULL \
-                 WHERE id = $1 AND sent_at IS NULL",
-            )
-            .bind(id)
-            .bind(error)
-            .bind(next_attempt_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-        });
-        Ok(())
+    async fn mark_failed(&self, claimed: &OutboxEntry, error: &str, next_attempt_at: DateTime<Utc>) -> Result<()> {
+        self.end_claim(
+            claimed,
+            "UPDATE outbox SET last_error = $3, next_attempt_at = $4, lease_until = NULL \
+             WHERE id = $1 AND attempts = $2 AND lease_until IS NOT NULL AND sent_at IS NULL",
+            error,
+            Some(next_attempt_at),
+        )
+        .await
     }
 
-    async fn give_back(&self, id: Uuid, reason: &str) -> Result<()> {
-        on_pool!(&self.pool, |pool| {
-            sqlx::query(
-                "UPDATE outbox SET last_error = $2, lease_until = NULL, attempts = attempts - 1 \
-                 WHERE id = $1 AND sent_at IS NULL AND attempts > 0",
-            )
-            .bind(id)
-            .bind(reason)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(db_err)?;
-        Ok(())
+    async fn give_back(&self, claimed: &OutboxEntry, reason: &str) -> Result<()> {
+        self.end_claim(
+            claimed,
+            "UPDATE outbox SET last_error = $3, lease_until = NULL, attempts = attempts - 1 \
+             WHERE id = $1 AND attempts = $2 AND lease_until IS NOT NULL AND sent_at IS NULL",
+            reason,
+            None,
+        )
+        .await
     }
 
     async fn list(&self, pending_only: bool, limit: u32) -> Result<Vec<OutboxEntry>> {
@@ -114,5 +92,43 @@ impl Outbox for SqlStore {
                 .map(|done| done.rows_affected())
         })
         .map_err(db_err)
+    }
+}
+
+impl SqlStore {
+    /// Ends a claim that did not end in a send with `update` (`$1` id, `$2` the attempts the
+    /// claim counted, `$3` the error, `$4` the next attempt if any). The claim holds while the
+    /// row is leased with the attempts it counted: a later claim counts one more, and a row
+    /// given back is not leased. First drops the message if its package was erased while it
+    /// was out (nobody needs it any more), never `package.deleted` itself: that one must get
+    /// through.
+    async fn end_claim(
+        &self,
+        claimed: &OutboxEntry,
+        update: &'static str,
+        error: &str,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let attempts = i32::try_from(claimed.attempts).unwrap_or(i32::MAX);
+        on_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            sqlx::query(
+                "DELETE FROM outbox WHERE id = $1 AND attempts = $2 AND lease_until IS NOT NULL \
+                 AND sent_at IS NULL AND event_type <> 'package.deleted' \
+                 AND aggregate_id IN (SELECT id FROM packages WHERE status = 'deleted')",
+            )
+            .bind(claimed.message.id)
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let mut query = sqlx::query(update).bind(claimed.message.id).bind(attempts).bind(error);
+            if let Some(next) = next_attempt_at {
+                query = query.bind(next);
+            }
+            query.execute(&mut *tx).await.map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+        });
+        Ok(())
     }
 }
