@@ -27,15 +27,29 @@ pub fn static_credentials(access_key_id: &str, secret_access_key: &str) -> Share
     ))
 }
 
+/// Bounds on every KMS and SQS call. The SDK's defaults bound only the connect, so a service
+/// that took the connection and never answered would hold an upload waiting for its data key,
+/// or the relay waiting on a publish, for ever. Both answer in milliseconds when well.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// One call with its retries.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Loads the shared SDK configuration: the standard credential chain unless `credentials`
-/// are given, and an optional region and endpoint (for S3-compatible stores and local
-/// stand-ins).
+/// are given, an optional region and endpoint (for S3-compatible stores and local
+/// stand-ins), and bounded calls.
 pub async fn sdk_config(
     region: Option<&str>,
     endpoint: Option<&str>,
     credentials: Option<&SharedCredentialsProvider>,
 ) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(CALL_TIMEOUT)
+            .build(),
+    );
     if let Some(credentials) = credentials {
         loader = loader.credentials_provider(credentials.clone());
     }

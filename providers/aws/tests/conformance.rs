@@ -239,3 +239,38 @@ async fn an_event_over_the_queue_limit_holds_back_only_its_package_and_the_rest_
         "the other packages' events arrive; the failed package's do not"
     );
 }
+
+/// KMS and SQS behind a server that takes every connection and never answers: each call
+/// fails as unavailable, once `udim_aws::CALL_TIMEOUT` has passed, instead of holding its
+/// caller (an upload waiting for its data key, the relay waiting on a publish) for ever.
+#[tokio::test]
+async fn kms_and_sqs_calls_to_a_server_that_never_answers_end_within_the_call_bound() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            connections.push(socket);
+        }
+    });
+    let config = udim_aws::sdk_config(Some(moto::REGION), Some(&endpoint), Some(&credentials())).await;
+    let bound = udim_aws::CALL_TIMEOUT + Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let notifier = udim_aws::SqsNotifier::new(&config, &format!("{endpoint}/000000000000/never"));
+    let (kms, sqs) = tokio::join!(
+        tokio::time::timeout(bound, udim_aws::AwsKms::new(&config, "alias/never")),
+        tokio::time::timeout(bound, udim_ports::queue::Notifier::ping(&notifier)),
+    );
+    let kms = kms.expect("the KMS call ends within its bound");
+    assert!(
+        matches!(&kms, Err(e) if e.is_transient()),
+        "a KMS that never answers is unavailable: {kms:?}"
+    );
+    let sqs = sqs.expect("the SQS call ends within its bound");
+    assert!(
+        matches!(&sqs, Err(e) if e.is_transient()),
+        "an SQS that never answers is unavailable: {sqs:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5), "it did wait for an answer");
+    held.abort();
+}

@@ -84,6 +84,14 @@ impl Clamd {
     }
 }
 
+/// Writes all of `bytes` within `timeout`: a clamd that stops reading holds no upload.
+async fn send(stream: &mut Box<dyn Stream>, bytes: &[u8], timeout: Duration) -> Result<()> {
+    tokio::time::timeout(timeout, stream.write_all(bytes))
+        .await
+        .map_err(|_| PortError::unavailable(PROVIDER, "clamd stopped reading"))?
+        .map_err(|e| PortError::unavailable(PROVIDER, e))
+}
+
 async fn read_reply(stream: &mut Box<dyn Stream>, timeout: Duration) -> Result<String> {
     let mut reply = Vec::new();
     let read = async {
@@ -146,10 +154,7 @@ impl ScanSession for Session {
             let mut frame = Vec::with_capacity(4 + piece.len());
             frame.extend_from_slice(&(piece.len() as u32).to_be_bytes());
             frame.extend_from_slice(piece);
-            tokio::time::timeout(self.timeout, self.stream.write_all(&frame))
-                .await
-                .map_err(|_| PortError::unavailable(PROVIDER, "clamd stopped reading"))?
-                .map_err(|e| PortError::unavailable(PROVIDER, e))?;
+            send(&mut self.stream, &frame, self.timeout).await?;
         }
         self.sent += chunk.len() as u64;
         Ok(())
@@ -159,10 +164,7 @@ impl ScanSession for Session {
         if self.over_limit {
             return Ok(Verdict::TooLarge { limit: self.limit });
         }
-        self.stream
-            .write_all(&0u32.to_be_bytes())
-            .await
-            .map_err(|e| PortError::unavailable(PROVIDER, e))?;
+        send(&mut self.stream, &0u32.to_be_bytes(), self.timeout).await?;
         let reply = read_reply(&mut self.stream, self.timeout).await?;
         parse_reply(&reply, self.limit)
     }
@@ -172,10 +174,7 @@ impl ScanSession for Session {
 impl MalwareScanner for Clamd {
     async fn start(&self) -> Result<Box<dyn ScanSession>> {
         let mut stream = self.connect().await?;
-        stream
-            .write_all(b"zINSTREAM\0")
-            .await
-            .map_err(|e| PortError::unavailable(PROVIDER, e))?;
+        send(&mut stream, b"zINSTREAM\0", self.timeout).await?;
         Ok(Box::new(Session {
             stream,
             sent: 0,
@@ -188,10 +187,7 @@ impl MalwareScanner for Clamd {
     /// `PING` → `PONG`.
     async fn ping(&self) -> Result<()> {
         let mut stream = self.connect().await?;
-        stream
-            .write_all(b"zPING\0")
-            .await
-            .map_err(|e| PortError::unavailable(PROVIDER, e))?;
+        send(&mut stream, b"zPING\0", self.timeout).await?;
         let reply = read_reply(&mut stream, self.timeout).await?;
         if reply == "PONG" {
             Ok(())
