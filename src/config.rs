@@ -139,6 +139,8 @@ pub struct LimitSettings {
     /// own buffers), shared by all uploads of the process. An upload that would pass it waits,
     /// unread, for at most `server.body_idle_timeout_secs`, then gets 503.
     pub upload_buffer_bytes: u64,
+    /// What one user's uploads may hold of `upload_buffer_bytes` together.
+    pub upload_buffer_bytes_per_user: u64,
 }
 
 impl Default for LimitSettings {
@@ -151,6 +153,7 @@ impl Default for LimitSettings {
             open_uploads_per_user: 100,
             staged_bytes_per_user: 64 * 1024 * 1024 * 1024,
             upload_buffer_bytes: 256 * 1024 * 1024,
+            upload_buffer_bytes_per_user: 64 * 1024 * 1024,
         }
     }
 }

@@ -181,13 +181,13 @@ impl Application {
         };
         let budget = crate::pipeline::budget::MemoryBudget::new(
             settings.limits.upload_buffer_bytes,
+            settings.limits.upload_buffer_bytes_per_user,
             Duration::from_secs(settings.server.body_idle_timeout_secs),
         );
-        let largest = settings.upload.max_bytes;
-        let blobs: Arc<dyn BlobStore> = Arc::new(crate::pipeline::budget::BudgetedBlobs::new(
-            blobs,
+        let writers = Arc::new(crate::pipeline::budget::BudgetedWriters::new(
+            blobs.clone(),
             budget,
-            crate::formats::envelope::stored_size_bound(largest),
+            crate::formats::envelope::stored_size_bound(settings.upload.max_bytes),
         )?);
         let kms = factory::kms(&settings).await?;
         let kms = match overrides.kms {
@@ -227,6 +227,7 @@ impl Application {
         });
         let ingest = Arc::new(Ingestor {
             blobs,
+            writers,
             kms,
             packages: database.packages.clone(),
             scanner,

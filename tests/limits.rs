@@ -260,13 +260,14 @@ async fn a_download_nobody_reads_is_cut() {
     app.stop().await;
 }
 
-/// The binary on the embedded default with `budget` bytes for upload buffers, room for a
-/// thousand uploads in flight from one user, and a 15 s idle timeout.
+/// The binary on the embedded default with `budget` bytes for upload buffers (all of it for
+/// one user), room for a thousand uploads in flight from one user, and a 15 s idle timeout.
 fn crowd_server(data_dir: &std::path::Path, budget: u64) -> std::process::Command {
     let mut command = embedded(data_dir);
     command
         .env("UDIM_AUTH__HS256_SECRET", SECRET)
         .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES", budget.to_string())
+        .env("UDIM_LIMITS__UPLOAD_BUFFER_BYTES_PER_USER", budget.to_string())
         .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT", "5000")
         .env("UDIM_LIMITS__UPLOADS_IN_FLIGHT_PER_USER", "5000")
         .env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0")
@@ -858,5 +859,63 @@ async fn what_one_user_can_stage_in_unfinished_uploads_is_bounded() {
         400,
         "Upload-Metadata past 4 KiB"
     );
+    app.stop().await;
+}
+
+/// One user's stalled uploads hold at most `limits.upload_buffer_bytes_per_user` of the upload
+/// buffers: with the budget room for four writers and a user's share for two, a user who
+/// opens four uploads and stalls them gets two read and two waiting, and another user's
+/// upload is stored at once. (Without the share, the four took the whole budget and the
+/// other user waited out the idle timeout for a 503.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_stalled_uploads_leave_the_rest_of_the_budget_to_others() {
+    // What an upload of unknown size reserves on the filesystem store: three 4 MiB parts and
+    // the upload's own buffers.
+    const ONE: u64 = 3 * (4 << 20) + (128 << 10);
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.limits.upload_buffer_bytes = 4 * ONE;
+                s.limits.upload_buffer_bytes_per_user = 2 * ONE;
+                s.server.body_idle_timeout_secs = 20;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let greedy = app.uploader("greedy");
+    let honest = app.uploader("honest");
+    app.grant(&greedy, &["documents"]).await;
+    app.grant(&honest, &["documents"]).await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let (body, streaming) = common::body_in_flight();
+        body.send(Ok(vec![b's'; 64 * 1024])).await.unwrap();
+        let request = app
+            .http
+            .post(format!(
+                "{}/v1/packages?data_category=documents&filename=s.bin",
+                app.base
+            ))
+            .bearer_auth(&greedy)
+            .header("content-type", "application/octet-stream")
+            .body(streaming)
+            .send();
+        stalled.push((body, tokio::spawn(request)));
+    }
+    // The stalled uploads have reached the budget: two hold their reservations, two wait.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let stored = app.upload(&honest, "documents", vec![b'h'; 1 << 20]).await;
+    assert_eq!(stored.status(), 201, "another user's upload is stored");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "at once, not after the stalled uploads are cut"
+    );
+    for (body, request) in stalled {
+        drop(body);
+        let _ = request.await;
+    }
     app.stop().await;
 }

@@ -14,14 +14,23 @@
 //! An upload that would pass the budget waits, and while it waits its body is not read (the
 //! socket applies back-pressure to the client); if it waits longer than `wait`, it fails as
 //! unavailable (503, retry later).
+//!
+//! One user's reservations together stay within a share of the budget, taken before the
+//! budget itself: however many uploads a user keeps stalled or trickling, the rest of the
+//! budget stays for others. (Several users together can still fill it; their uploads are cut
+//! by the idle timeout and the minimum body rate, not by the budget.) A reservation that
+//! holds its user's share while it waits for the budget waits on nothing else, so there is no
+//! cycle.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use udim_ports::storage::{BlobStore, BlobWriter, ByteStream};
+use tokio::time::Instant;
+use udim_ports::storage::{BlobStore, BlobWriter};
 use udim_ports::{PortError, Result};
 
 /// The budget is counted in KiB, so a semaphore's permits can count any sensible size.
@@ -30,18 +39,32 @@ const UNIT: u64 = 1024;
 /// Reserved by every writer besides its own buffers: the upload's buffers.
 pub const PER_UPLOAD: u64 = 128 * 1024;
 
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX)
+}
+
+/// The shares of users with a reservation held or awaited; a share leaves the map with the
+/// last of them.
+type Shares = Arc<Mutex<HashMap<String, Arc<Semaphore>>>>;
+
 #[derive(Debug)]
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
+    /// What one user's uploads may hold together, so that one user's stalled or trickling
+    /// uploads cannot take the whole budget from everyone else.
+    per_user: u64,
+    shares: Shares,
     wait: Duration,
 }
 
 impl MemoryBudget {
-    /// A budget of `bytes`; a reservation waits at most `wait`.
-    pub fn new(bytes: u64, wait: Duration) -> Self {
-        let units = u32::try_from(bytes / UNIT).unwrap_or(u32::MAX);
+    /// A budget of `bytes`, of which one user holds at most `per_user`; a reservation waits
+    /// at most `wait`.
+    pub fn new(bytes: u64, per_user: u64, wait: Duration) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(units as usize)),
+            permits: Arc::new(Semaphore::new(units(bytes) as usize)),
+            per_user: per_user.min(bytes),
+            shares: Shares::default(),
             wait,
         }
     }
@@ -51,19 +74,63 @@ impl MemoryBudget {
         self.permits.available_permits() as u64 * UNIT
     }
 
-    /// Reserves `bytes` whole, waiting for them at most `wait`.
-    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit> {
-        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
-        tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(units))
+    /// Reserves `bytes` whole for `user`, first within the user's share and then within the
+    /// budget, waiting for both together at most `wait`.
+    async fn reserve(&self, user: &str, bytes: u64) -> Result<Reservation> {
+        let deadline = Instant::now() + self.wait;
+        let share = {
+            let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+            shares
+                .entry(user.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(units(self.per_user) as usize)))
+                .clone()
+        };
+        let mut reservation = Reservation {
+            shares: self.shares.clone(),
+            user: user.to_owned(),
+            share,
+            own: None,
+            total: None,
+        };
+        let wanted = units(bytes);
+        let expired = |whose: &str| {
+            metrics::counter!(crate::ops::metrics::UPLOAD_BUFFER_WAITS_EXPIRED).increment(1);
+            PortError::unavailable(
+                "upload buffers",
+                format!("{whose} stayed full for {} s", self.wait.as_secs()),
+            )
+        };
+        let own = tokio::time::timeout_at(deadline, reservation.share.clone().acquire_many_owned(wanted))
             .await
-            .map_err(|_| {
-                metrics::counter!(crate::ops::metrics::UPLOAD_BUFFER_WAITS_EXPIRED).increment(1);
-                PortError::unavailable(
-                    "upload buffers",
-                    format!("the server's upload buffers stayed full for {} s", self.wait.as_secs()),
-                )
-            })
-            .map(|acquired| acquired.expect("the budget's semaphore is never closed"))
+            .map_err(|_| expired("this user's share of the server's upload buffers"))?;
+        reservation.own = Some(own.expect("a share's semaphore is never closed"));
+        let total = tokio::time::timeout_at(deadline, self.permits.clone().acquire_many_owned(wanted))
+            .await
+            .map_err(|_| expired("the server's upload buffers"))?;
+        reservation.total = Some(total.expect("the budget's semaphore is never closed"));
+        Ok(reservation)
+    }
+}
+
+/// A reservation in the budget and in its user's share, given back on drop.
+struct Reservation {
+    shares: Shares,
+    user: String,
+    share: Arc<Semaphore>,
+    own: Option<OwnedSemaphorePermit>,
+    total: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.total.take();
+        self.own.take();
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the map and this reservation hold the share: no reservation of the user is
+        // held or awaited, and none can start while the map is locked.
+        if Arc::strong_count(&self.share) == 2 {
+            shares.remove(&self.user);
+        }
     }
 }
 
@@ -75,71 +142,50 @@ fn reservation(blobs: &dyn BlobStore, size_hint: Option<u64>) -> u64 {
         .saturating_add(PER_UPLOAD)
 }
 
-/// A store whose writers stay within a shared [`MemoryBudget`].
+/// Creates a store's writers within a shared [`MemoryBudget`].
 #[derive(Debug)]
-pub struct BudgetedBlobs {
-    inner: Arc<dyn BlobStore>,
-    budget: Arc<MemoryBudget>,
+pub struct BudgetedWriters {
+    blobs: Arc<dyn BlobStore>,
+    budget: MemoryBudget,
 }
 
-impl BudgetedBlobs {
-    /// Refuses a budget too small for the writer of the largest object the service takes
-    /// (`largest` bytes, as stored): such an upload could never be admitted.
-    pub fn new(inner: Arc<dyn BlobStore>, budget: MemoryBudget, largest: u64) -> anyhow::Result<Self> {
-        let needed = reservation(inner.as_ref(), Some(largest));
-        let bytes = budget.available();
-        anyhow::ensure!(
-            bytes >= needed,
-            "`limits.upload_buffer_bytes` ({bytes} bytes) is smaller than what one upload of the \
-             largest size `upload.max_bytes` allows may buffer ({needed} bytes): raise it, or \
-             lower the storage part size"
-        );
-        Ok(Self {
-            inner,
-            budget: Arc::new(budget),
-        })
+impl BudgetedWriters {
+    /// Refuses a budget, or a user's share of it, too small for the writer of the largest
+    /// object the service takes (`largest` bytes, as stored): such an upload could never be
+    /// admitted.
+    pub fn new(blobs: Arc<dyn BlobStore>, budget: MemoryBudget, largest: u64) -> anyhow::Result<Self> {
+        let needed = reservation(blobs.as_ref(), Some(largest));
+        for (setting, bytes) in [
+            ("limits.upload_buffer_bytes", budget.available()),
+            ("limits.upload_buffer_bytes_per_user", budget.per_user),
+        ] {
+            anyhow::ensure!(
+                bytes >= needed,
+                "`{setting}` ({bytes} bytes) is smaller than what one upload of the largest size \
+                 `upload.max_bytes` allows may buffer ({needed} bytes): raise it, or lower the \
+                 storage part size"
+            );
+        }
+        Ok(Self { blobs, budget })
     }
-}
 
-#[async_trait]
-impl BlobStore for BudgetedBlobs {
-    async fn create(&self, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
-        let held = self.budget.reserve(reservation(self.inner.as_ref(), size_hint)).await?;
+    /// A writer for `user`'s object `key`, created once its reservation is made.
+    pub async fn create(&self, user: &str, key: &str, size_hint: Option<u64>) -> Result<Box<dyn BlobWriter>> {
+        let held = self
+            .budget
+            .reserve(user, reservation(self.blobs.as_ref(), size_hint))
+            .await?;
         Ok(Box::new(BudgetedWriter {
-            inner: self.inner.create(key, size_hint).await?,
+            inner: self.blobs.create(key, size_hint).await?,
             _held: held,
         }))
-    }
-
-    async fn get(&self, key: &str) -> Result<ByteStream> {
-        self.inner.get(key).await
-    }
-
-    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ByteStream> {
-        self.inner.get_range(key, range).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-
-    fn uri(&self, key: &str) -> String {
-        self.inner.uri(key)
-    }
-
-    fn buffer_bound(&self, size_hint: Option<u64>) -> u64 {
-        self.inner.buffer_bound(size_hint)
     }
 }
 
 /// A writer and its reservation, given back when the writer finishes or is dropped.
 struct BudgetedWriter {
     inner: Box<dyn BlobWriter>,
-    _held: OwnedSemaphorePermit,
+    _held: Reservation,
 }
 
 #[async_trait]
@@ -159,6 +205,8 @@ impl BlobWriter for BudgetedWriter {
 
 #[cfg(test)]
 mod tests {
+    use udim_ports::storage::ByteStream;
+
     use super::*;
 
     /// A store whose writers may hold up to 1 MiB, as object_store's hold a few parts.
@@ -207,27 +255,27 @@ mod tests {
         }
     }
 
-    fn store(budget: u64, wait: Duration) -> BudgetedBlobs {
-        BudgetedBlobs::new(Arc::new(Holding), MemoryBudget::new(budget, wait), 1 << 30).unwrap()
+    fn store(budget: u64, wait: Duration) -> BudgetedWriters {
+        BudgetedWriters::new(Arc::new(Holding), MemoryBudget::new(budget, budget, wait), 1 << 30).unwrap()
     }
 
     #[tokio::test]
     async fn a_writer_reserves_its_size_up_to_its_bound_at_creation_and_gives_it_back() {
         let blobs = store(8 << 20, Duration::from_millis(200));
         let available = || blobs.budget.available();
-        let unsized_writer = blobs.create("a", None).await.unwrap();
+        let unsized_writer = blobs.create("u", "a", None).await.unwrap();
         assert_eq!(
             available(),
             (8 << 20) - BOUND - PER_UPLOAD,
             "the bound when no size is known"
         );
-        let small = blobs.create("b", Some(300 * 1024)).await.unwrap();
+        let small = blobs.create("u", "b", Some(300 * 1024)).await.unwrap();
         assert_eq!(
             available(),
             (8 << 20) - BOUND - 300 * 1024 - 2 * PER_UPLOAD,
             "a small object's size"
         );
-        let large = blobs.create("c", Some(1 << 30)).await.unwrap();
+        let large = blobs.create("u", "c", Some(1 << 30)).await.unwrap();
         assert_eq!(
             available(),
             (8 << 20) - 2 * BOUND - 300 * 1024 - 3 * PER_UPLOAD,
@@ -247,8 +295,8 @@ mod tests {
     async fn past_the_budget_a_writer_waits_and_gives_up_after_the_wait() {
         let budget = BOUND + PER_UPLOAD + (BOUND + PER_UPLOAD) / 2;
         let blobs = store(budget, Duration::from_millis(200));
-        let first = blobs.create("a", None).await.unwrap();
-        let Err(refused) = blobs.create("b", None).await else {
+        let first = blobs.create("u", "a", None).await.unwrap();
+        let Err(refused) = blobs.create("u", "b", None).await else {
             panic!("no room for a second writer")
         };
         assert!(matches!(refused, PortError::Unavailable { .. }), "{refused:?}");
@@ -256,10 +304,10 @@ mod tests {
 
         // Patient enough that a stalled test thread cannot make it give up.
         let blobs = Arc::new(store(budget, Duration::from_secs(30)));
-        let first = blobs.create("a", None).await.unwrap();
+        let first = blobs.create("u", "a", None).await.unwrap();
         let waiting = tokio::spawn({
             let blobs = blobs.clone();
-            async move { blobs.create("b", None).await.map(drop) }
+            async move { blobs.create("u", "b", None).await.map(drop) }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "it waits while the budget is taken");
@@ -274,18 +322,55 @@ mod tests {
 
     #[test]
     fn a_budget_smaller_than_one_upload_of_the_largest_size_is_refused() {
-        let refused = BudgetedBlobs::new(
+        let one = BOUND + PER_UPLOAD;
+        let made = |bytes, per_user| {
+            BudgetedWriters::new(
+                Arc::new(Holding),
+                MemoryBudget::new(bytes, per_user, Duration::from_secs(1)),
+                1 << 30,
+            )
+        };
+        let refused = made(BOUND, BOUND).unwrap_err();
+        assert!(
+            refused.to_string().contains("`limits.upload_buffer_bytes`"),
+            "{refused}"
+        );
+        let refused = made(4 * one, BOUND).unwrap_err();
+        assert!(
+            refused.to_string().contains("`limits.upload_buffer_bytes_per_user`"),
+            "{refused}"
+        );
+        made(one, one).expect("room for one");
+    }
+
+    #[tokio::test]
+    async fn one_user_holds_at_most_their_share_and_others_still_get_room() {
+        let one = BOUND + PER_UPLOAD;
+        let blobs = BudgetedWriters::new(
             Arc::new(Holding),
-            MemoryBudget::new(BOUND, Duration::from_secs(1)),
+            MemoryBudget::new(4 * one, 2 * one, Duration::from_millis(200)),
             1 << 30,
         )
-        .unwrap_err();
-        assert!(refused.to_string().contains("limits.upload_buffer_bytes"), "{refused}");
-        BudgetedBlobs::new(
-            Arc::new(Holding),
-            MemoryBudget::new(BOUND + PER_UPLOAD, Duration::from_secs(1)),
-            1 << 30,
-        )
-        .expect("room for one");
+        .unwrap();
+        let mine = [
+            blobs.create("greedy", "a", None).await.unwrap(),
+            blobs.create("greedy", "b", None).await.unwrap(),
+        ];
+        let Err(refused) = blobs.create("greedy", "c", None).await else {
+            panic!("a third writer is past the user's share")
+        };
+        assert!(matches!(refused, PortError::Unavailable { .. }), "{refused:?}");
+        let theirs = [
+            blobs.create("honest", "d", None).await.expect("another user has room"),
+            blobs.create("honest", "e", None).await.expect("up to their own share"),
+        ];
+        assert_eq!(blobs.budget.available(), 0);
+        drop(mine);
+        drop(theirs);
+        assert_eq!(blobs.budget.available(), 4 * one, "all given back");
+        assert!(
+            blobs.budget.shares.lock().unwrap().is_empty(),
+            "and no share is kept for users with nothing reserved"
+        );
     }
 }

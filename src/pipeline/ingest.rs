@@ -98,6 +98,8 @@ pub struct ScanPolicy {
 #[derive(Debug, Clone)]
 pub struct Ingestor {
     pub blobs: Arc<dyn BlobStore>,
+    /// Writers to `blobs` within the memory budget for upload buffers.
+    pub writers: Arc<crate::pipeline::budget::BudgetedWriters>,
     pub kms: Arc<dyn KeyService>,
     pub packages: Arc<dyn PackageStore>,
     pub scanner: Arc<dyn MalwareScanner>,
@@ -212,7 +214,7 @@ impl Ingestor {
     {
         let final_key = object_key(id);
         let object_hint = request.size_hint.map(crate::formats::envelope::stored_size_bound);
-        let mut writer = self.blobs.create(&final_key, object_hint).await?;
+        let mut writer = self.writers.create(&request.user_id, &final_key, object_hint).await?;
         // The verdict is known before the object completes: infected or unscannable data is
         // never committed to storage.
         let refusal = match self.write(id, request, body, writer.as_mut()).await {

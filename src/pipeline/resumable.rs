@@ -425,8 +425,10 @@ impl Resumable {
         let object_key = chunk_key(upload.id, offset);
         let remaining = upload.length - offset;
         let mut writer = self
-            .blobs
+            .ingest
+            .writers
             .create(
+                &upload.user_id,
                 &object_key,
                 Some(crate::formats::envelope::stored_size_bound(remaining)),
             )
