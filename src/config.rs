@@ -131,6 +131,10 @@ pub struct LimitSettings {
     pub uploads_per_second_per_user: u32,
     /// Consent grants, updates and withdrawals one user may make per second; 0: unlimited.
     pub consent_changes_per_second_per_user: u32,
+    /// Uploads started per second by all users together (per replica); 0 is no limit.
+    pub uploads_per_second: u32,
+    /// Consent changes per second by all users together (per replica); 0 is no limit.
+    pub consent_changes_per_second: u32,
     /// Unfinished tus uploads one user may have at once.
     pub open_uploads_per_user: usize,
     /// Bytes one user's unfinished tus uploads may declare together (`Upload-Length`s).
@@ -150,6 +154,8 @@ impl Default for LimitSettings {
             uploads_in_flight: 512,
             uploads_per_second_per_user: 50,
             consent_changes_per_second_per_user: 20,
+            uploads_per_second: 0,
+            consent_changes_per_second: 0,
             open_uploads_per_user: 100,
             staged_bytes_per_user: 64 * 1024 * 1024 * 1024,
             upload_buffer_bytes: 256 * 1024 * 1024,
@@ -611,6 +617,28 @@ mod tests {
             jail.set_env("UDIM_PROFILE", "nope");
             let err = Settings::load(Path::new(".")).unwrap_err().to_string();
             assert!(err.contains("UDIM_PROFILE"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn relay_timings_that_would_spin_or_outlive_the_lease_are_refused() {
+        for (key, value) in [
+            ("UDIM_OUTBOX__BATCH_TIMEOUT_SECS", "0"),
+            ("UDIM_OUTBOX__BATCH_TIMEOUT_SECS", "46"),
+            ("UDIM_OUTBOX__INITIAL_BACKOFF_MS", "0"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(key, value);
+                let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+                let setting = key.trim_start_matches("UDIM_OUTBOX__").to_lowercase();
+                assert!(err.contains(&format!("`outbox.{setting}`")), "{key}={value}: {err}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("UDIM_OUTBOX__BATCH_TIMEOUT_SECS", "45");
+            assert_eq!(Settings::load(Path::new(".")).unwrap().outbox.batch_timeout_secs, 45);
             Ok(())
         });
     }

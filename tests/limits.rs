@@ -760,6 +760,63 @@ async fn consent_changes_past_the_rate_get_429() {
     app.stop().await;
 }
 
+/// `limits.uploads_per_second_per_user`, and `limits.uploads_per_second` for all users
+/// together: a burst past either gets 429 with `Retry-After` and stores nothing for the
+/// refused uploads; past only one user's rate, another user is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_per_user_or_the_global_rate_get_429() {
+    for (per_user, global) in [(3, 0), (0, 3)] {
+        let app = TestApp::spawn_with(
+            Db::Sqlite,
+            Options {
+                configure: Some(Box::new(move |s| {
+                    s.limits.uploads_per_second_per_user = per_user;
+                    s.limits.uploads_per_second = global;
+                })),
+                ..Options::default()
+            },
+        )
+        .await;
+        let (alice, bob) = (app.uploader("alice"), app.uploader("bob"));
+        app.grant(&alice, &["documents"]).await;
+        app.grant(&bob, &["documents"]).await;
+        let upload = |token: &str| {
+            app.http
+                .post(format!(
+                    "{}/v1/packages?data_category=documents&filename=r.txt",
+                    app.base
+                ))
+                .bearer_auth(token)
+                .header("content-type", "application/octet-stream")
+                .body("rated")
+        };
+        let burst = (0..6).flat_map(|_| [upload(&alice), upload(&bob)]);
+        let statuses = common::concurrent_statuses(burst).await;
+        assert!(statuses.iter().all(|s| matches!(s, 201 | 429)), "{statuses:?}");
+        let stored = statuses.iter().filter(|s| **s == 201).count();
+        let expected = if global > 0 { 3..=4 } else { 6..=8 };
+        assert!(
+            expected.contains(&stored),
+            "{per_user}/s per user, {global}/s in all: a second's burst (and perhaps one refilled each): {statuses:?}"
+        );
+        let refused = upload(&alice).send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert!(refused.headers().contains_key("retry-after"));
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:udim:problem:too-many-requests");
+        let kept = app.packages(&alice).await.len() + app.packages(&bob).await.len();
+        assert_eq!(kept, stored, "a refused upload stores nothing");
+        if global == 0 {
+            assert_eq!(
+                upload(&app.uploader("carol")).send().await.unwrap().status(),
+                403,
+                "another user is not held back by alice's rate (carol has no consent: 403, not 429)"
+            );
+        }
+        app.stop().await;
+    }
+}
+
 /// A JSON request body past the 64 KiB limit gets 413 as a problem, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_json_body_gets_413() {

@@ -1,6 +1,6 @@
-//! Who may start work now: per-user and global bounds on uploads in flight, and per-user
-//! rates of uploads and consent changes, so one caller (or a crowd) cannot take the service's
-//! memory, connections or ledger for itself. A refusal says when to try again (429 with
+//! Who may start work now: per-user and global bounds on uploads in flight, and per-user and
+//! global rates of uploads and consent changes, so one caller (or a crowd) cannot take the
+//! service's memory, connections, key service or ledger for itself. A refusal says when to try again (429 with
 //! `Retry-After`).
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::LimitSettings;
 
@@ -43,6 +43,9 @@ pub struct Admission {
     in_flight: Arc<Mutex<InFlight>>,
     upload_rate: Option<UserRate>,
     consent_rate: Option<UserRate>,
+    /// All users' together.
+    all_uploads_rate: Option<DefaultDirectRateLimiter>,
+    all_consents_rate: Option<DefaultDirectRateLimiter>,
 }
 
 /// A token bucket per user.
@@ -90,11 +93,23 @@ impl Drop for UploadSlot {
     }
 }
 
+// Each bucket holds a burst of a second's worth, refilled evenly; 0 is no limit.
 fn limiter(per_second: u32) -> Option<UserRate> {
-    // A burst of a second's worth, refilled evenly.
     NonZeroU32::new(per_second).map(|rate| UserRate {
         limiter: RateLimiter::keyed(Quota::per_second(rate)),
         prune_at: AtomicUsize::new(PRUNE_AT),
+    })
+}
+
+fn shared_limiter(per_second: u32) -> Option<DefaultDirectRateLimiter> {
+    NonZeroU32::new(per_second).map(|rate| RateLimiter::direct(Quota::per_second(rate)))
+}
+
+fn check_shared(rate: Option<&DefaultDirectRateLimiter>, what: &'static str) -> Result<(), Refused> {
+    let Some(limiter) = rate else { return Ok(()) };
+    limiter.check().map_err(|not_until| Refused::Rate {
+        what,
+        retry_after: not_until.wait_time_from(DefaultClock::default().now()),
     })
 }
 
@@ -106,6 +121,8 @@ impl Admission {
             in_flight: Arc::default(),
             upload_rate: limiter(limits.uploads_per_second_per_user),
             consent_rate: limiter(limits.consent_changes_per_second_per_user),
+            all_uploads_rate: shared_limiter(limits.uploads_per_second),
+            all_consents_rate: shared_limiter(limits.consent_changes_per_second),
         }
     }
 
@@ -130,6 +147,7 @@ impl Admission {
     /// Admits an upload (a simple one, or a tus PATCH or creation with data) by `user`.
     pub fn upload(&self, user: &str) -> Result<UploadSlot, Refused> {
         Self::check_rate(self.upload_rate.as_ref(), user, "uploads")?;
+        check_shared(self.all_uploads_rate.as_ref(), "uploads (of all users)")?;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if in_flight.total >= self.global_uploads {
             return Err(Refused::GlobalUploads {
@@ -152,7 +170,8 @@ impl Admission {
 
     /// Admits a consent change (grant, update, withdrawal) by `user`.
     pub fn consent_change(&self, user: &str) -> Result<(), Refused> {
-        Self::check_rate(self.consent_rate.as_ref(), user, "consent changes")
+        Self::check_rate(self.consent_rate.as_ref(), user, "consent changes")?;
+        check_shared(self.all_consents_rate.as_ref(), "consent changes (of all users)")
     }
 }
 
@@ -187,6 +206,26 @@ mod tests {
         drop(a1);
         let _c1 = admission.upload("carol").expect("a place was freed");
         assert!(admission.upload("alice").is_err(), "and taken");
+    }
+
+    #[test]
+    fn rates_of_all_users_together_are_limited_too() {
+        let admission = Admission::new(&LimitSettings {
+            uploads_per_second_per_user: 0,
+            consent_changes_per_second_per_user: 0,
+            uploads_per_second: 2,
+            consent_changes_per_second: 2,
+            ..LimitSettings::default()
+        });
+        let _slots = [admission.upload("alice").unwrap(), admission.upload("bob").unwrap()];
+        let Err(refused) = admission.upload("carol") else {
+            panic!("a third upload in the second is past the rate of all users")
+        };
+        assert!(matches!(refused, Refused::Rate { .. }), "{refused:?}");
+        assert!(refused.retry_after() > Duration::ZERO && refused.retry_after() <= Duration::from_secs(1));
+        admission.consent_change("alice").unwrap();
+        admission.consent_change("bob").unwrap();
+        assert!(admission.consent_change("carol").is_err(), "consent changes too");
     }
 
     #[test]
