@@ -321,7 +321,24 @@ async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
         let response = post(headers.clone(), alice.clone()).await.unwrap();
         assert_eq!(response.status(), status, "{headers:?}");
         assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["tus-resumable"],
+            "1.0.0",
+            "every tus answer says its version"
+        );
     }
+    let unauthenticated = post(
+        vec![("tus-resumable", "1.0.0"), ("upload-length", "10"), ok_meta],
+        "x".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(
+        unauthenticated.headers()["tus-resumable"],
+        "1.0.0",
+        "refusals made before the handler too"
+    );
 
     let url = create(&app, &alice, 1000).await;
     let wrong_type = tus(app.http.patch(&url), &alice)
@@ -344,11 +361,9 @@ async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
         409,
         "offset mismatch"
     );
-    assert_eq!(
-        patch(&app, &bob, &url, "0", "x").await.status(),
-        404,
-        "another user's upload"
-    );
+    let theirs = patch(&app, &bob, &url, "0", "x").await;
+    assert_eq!(theirs.status(), 404, "another user's upload");
+    assert_eq!(theirs.headers()["tus-resumable"], "1.0.0");
     let with_checksum = |alg: &'static str, digest: &'static str| {
         tus(app.http.patch(&url), &alice)
             .header("upload-offset", "0")

@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // JSON request bodies (consents) are small; uploads stream and are not held to it.
         .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(uploads::tus_resumable_on_every_answer))
         .layer(axum::middleware::from_fn(crate::ops::metrics::track))
         .with_state(state)
 }

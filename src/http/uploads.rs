@@ -51,6 +51,21 @@ impl From<TusError> for ApiError {
     }
 }
 
+/// Puts `Tus-Resumable` on every answer under `/v1/uploads` that lacks it, as tus 1.0
+/// requires: refusals made before a handler runs or outside it (401, 413, 429, 503) too, so
+/// a tus client can tell it reached a tus server whatever the answer.
+pub async fn tus_resumable_on_every_answer(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let tus = request.uri().path().starts_with("/v1/uploads");
+    let mut response = next.run(request).await;
+    if tus {
+        response
+            .headers_mut()
+            .entry(TUS_RESUMABLE)
+            .or_insert(HeaderValue::from_static(tus::VERSION));
+    }
+    response
+}
+
 /// Every tus request but OPTIONS must speak this server's protocol version (412 otherwise).
 fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(&TUS_RESUMABLE).and_then(|v| v.to_str().ok()) {
