@@ -108,12 +108,12 @@ impl Default for ServerSettings {
             cors_allowed_origins: Vec::new(),
             metrics: true,
             header_read_timeout_secs: 10,
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 32 * 1024,
             max_headers: 100,
             body_idle_timeout_secs: 30,
             body_min_bytes_per_sec: 500,
             request_timeout_secs: 30,
-            max_connections: 10_000,
+            max_connections: 4096,
         }
     }
 }

@@ -339,6 +339,10 @@ impl Application {
         };
         let mut router = http::router(self.state)
             .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
+            .layer(axum::middleware::from_fn_with_state(
+                self.limits.max_header_bytes,
+                http::head_size,
+            ))
             .layer(tower_http::trace::TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn(http::request_id::request_id));
         if let Some(cors) = self.cors {

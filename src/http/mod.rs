@@ -196,6 +196,33 @@ pub struct Deadlines {
     pub changes: tokio_util::task::TaskTracker,
 }
 
+/// The exact cap on a request head (`server.max_header_bytes`), counted as HTTP/1.1 sends it:
+/// hyper's own bound is its read buffer, which it may fill past the cap, so a head up to about
+/// twice the cap would otherwise get through.
+pub async fn head_size(
+    axum::extract::State(max_bytes): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // "METHOD target HTTP/1.1\r\n", each "name: value\r\n", and the closing "\r\n".
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let size = line + fields + 2;
+    if size > max_bytes {
+        return ApiError::new(
+            ProblemCode::RequestHeadTooLarge,
+            format!("the request head is {size} bytes, over the {max_bytes}-byte limit"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The whole-request deadline (`server.request_timeout_secs`) for reads, and completion for
 /// changes (see [`Budget`]). A read that outlives the deadline is answered 503
 /// `request-timeout` (its work is dropped as if the client had gone away).

@@ -57,10 +57,11 @@ pub enum ProblemCode {
     IdentityProviderUnavailable,
     RequestTimeout,
     TooManyRequests,
+    RequestHeadTooLarge,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 39] = [
+    pub const ALL: [ProblemCode; 40] = [
         Self::InvalidBody,
         Self::InvalidQuery,
         Self::InvalidPath,
@@ -100,6 +101,7 @@ impl ProblemCode {
         Self::IdentityProviderUnavailable,
         Self::RequestTimeout,
         Self::TooManyRequests,
+        Self::RequestHeadTooLarge,
     ];
 
     /// The code as it appears in `code` and at the end of `type`.
@@ -144,6 +146,7 @@ impl ProblemCode {
             Self::IdentityProviderUnavailable => "identity-provider-unavailable",
             Self::RequestTimeout => "request-timeout",
             Self::TooManyRequests => "too-many-requests",
+            Self::RequestHeadTooLarge => "request-head-too-large",
         }
     }
 
@@ -162,6 +165,10 @@ impl ProblemCode {
             | Self::InvalidTusRequest
             | Self::UploadInterrupted => (StatusCode::BAD_REQUEST, "Bad request"),
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
+            Self::RequestHeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request header fields too large",
+            ),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
             Self::InsufficientScope => (StatusCode::FORBIDDEN, "Insufficient scope"),
             Self::ConsentRequired => (StatusCode::FORBIDDEN, "Consent required"),
@@ -490,6 +497,7 @@ fn complete_problems(
         Some(RefOr::T(body)) if body.content.contains_key("application/json")
     );
     let layers = [
+        (true, "431", "the request head is over `server.max_header_bytes`"),
         (secured, "401", "no valid bearer token"),
         (secured, "403", "the token lacks the scope this needs"),
         (takes_input, "400", "a malformed path, query, header or body"),
