@@ -76,13 +76,59 @@ async fn a_slowloris_crowd_is_cut_at_the_header_timeout_and_honest_clients_are_s
     assert_eq!(answered.status(), 200, "and the service still serves");
 }
 
-/// The whole response a raw request gets, as text.
-async fn raw_response(app: &TestApp, request: &[u8]) -> String {
-    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+/// `server.max_connections`: with ten connections open and silent, an eleventh waits in the
+/// listen backlog, unanswered, instead of taking a descriptor; once the ten are cut at the
+/// header timeout it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_ones_wait_until_a_place_is_free() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        Options {
+            configure: Some(Box::new(|s| {
+                s.server.max_connections = 10;
+                s.server.header_read_timeout_secs = 3;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    // Past the cap: accepted by the kernel, not by the service.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = tokio::spawn(raw_response_in(
+        app.addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the eleventh connection waits while ten are open"
+    );
+    let answer = waiting.await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "and is served once they are cut: {answer}"
+    );
+    drop(silent);
+    app.stop().await;
+}
+
+/// The whole response a raw request to `addr` gets within `patience`, as text.
+async fn raw_response_in(addr: std::net::SocketAddr, request: &[u8], patience: Duration) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket.write_all(request).await.unwrap();
     let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut response)).await;
+    let _ = tokio::time::timeout(patience, socket.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The whole response a raw request gets, as text.
+async fn raw_response(app: &TestApp, request: &[u8]) -> String {
+    raw_response_in(app.addr, request, Duration::from_secs(10)).await
 }
 
 /// A request head larger than `server.max_header_bytes` (to the byte), or with more fields
