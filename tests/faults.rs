@@ -1,8 +1,9 @@
-//! Real faults under load: PostgreSQL connections killed while uploads run (requests fail
-//! fast with 503 and `Retry-After`, never 500, and the service recovers by itself), and the
-//! real binary killed with a hundred uploads in flight (every acknowledged upload survives,
-//! the rest leave nothing), PostgreSQL itself stopped and started under load, and RabbitMQ
-//! killed and started under load (every event delivered, at most one of them twice).
+//! Real faults against the real binary on the local profile, under load: PostgreSQL
+//! connections killed while uploads run (requests fail fast with 503 and `Retry-After`, never
+//! 500, and the service recovers by itself), the binary itself killed with a hundred uploads
+//! in flight (every acknowledged upload survives, the rest leave nothing), PostgreSQL stopped
+//! and started, RabbitMQ killed and started (every event delivered, at most one of them
+//! twice), clamd killed mid-scan (fail closed), and `/readyz` naming what is down.
 
 mod common;
 
@@ -10,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::process::Process;
-use common::{Db, TestApp};
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -21,11 +21,9 @@ use tokio_util::sync::CancellationToken;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Terminates every connection to the app's database but the one asking.
-async fn kill_connections(app: &TestApp) -> i64 {
+async fn kill_connections(database_url: &str) -> i64 {
     use sqlx::Connection as _;
-    let mut admin = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
-        .await
-        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(database_url).await.unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND pid <> pg_backend_pid()",
@@ -37,11 +35,9 @@ async fn kill_connections(app: &TestApp) -> i64 {
 }
 
 /// Alice's stored packages, and those in any other status.
-async fn stored_and_unfinished(app: &TestApp) -> (i64, i64) {
+async fn stored_and_unfinished(database_url: &str) -> (i64, i64) {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(app.settings.database_url().expose_secret())
-        .await
-        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'stored'), count(*) FILTER (WHERE status <> 'stored') \
          FROM packages WHERE user_id = 'alice'",
@@ -114,18 +110,33 @@ impl Load {
     }
 }
 
+/// Every connection of the real binary's PostgreSQL pool terminated (`pg_terminate_backend`),
+/// six times under load on the local profile: uploads fail fast with 503 and `Retry-After`
+/// (never 500, never a hang), the same process stores uploads again, every acknowledged upload
+/// is stored and nothing refused is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_database_connections_fail_fast_and_the_service_recovers() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let app = TestApp::spawn(Db::Postgres).await;
-    let alice = app.uploader("alice");
-    app.grant(&alice, &["documents"]).await;
-    let load = Load::start(&app.http, &app.base, &alice);
+    let database = common::TestDatabase::create().await;
+    let url = database.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = common::TestQueue::new(&common::amqp_url());
+    let key = common::ledger_key();
+    let server = Process::serve(|| {
+        let mut command = local_profile(dir.path(), &url, &queue, &key);
+        command.env("UDIM_LIMITS__UPLOADS_PER_SECOND_PER_USER", "0");
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+    let load = Load::start(&http, &server.base, &alice);
 
     let mut killed = 0;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        killed += kill_connections(&app).await;
+        killed += kill_connections(&url).await;
     }
     let (acknowledged, failed) = load.stop().await;
     assert!(killed > 0, "connections were killed");
@@ -136,19 +147,30 @@ async fn killed_database_connections_fail_fast_and_the_service_recovers() {
 
     // No restart: the pool reconnects and uploads are stored again.
     common::eventually("uploads are stored again", || async {
-        app.upload(&alice, "documents", "after the kills").await.status() == 201
+        http.post(format!("{}/v1/packages?data_category=documents", server.base))
+            .bearer_auth(&alice)
+            .header("content-type", "application/octet-stream")
+            .body("after the kills")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 201
     })
     .await;
-    // Every package the service acknowledged is stored, and nothing is left half-made for
-    // longer than the upload it belonged to.
+    // Every package the service acknowledged is stored, and nothing is left half-made once
+    // the sweeper has taken what the kills kept a refused upload from removing.
     let acknowledged = acknowledged as i64 + 1;
-    let (stored, unfinished) = stored_and_unfinished(&app).await;
+    common::eventually("a refused upload leaves no package behind", || async {
+        stored_and_unfinished(&url).await.1 == 0
+    })
+    .await;
+    let (stored, _) = stored_and_unfinished(&url).await;
     assert_eq!(
         stored, acknowledged,
         "every acknowledged upload, and only those, is stored"
     );
-    assert_eq!(unfinished, 0, "a refused upload leaves no package behind");
-    app.stop().await;
+    drop(server);
 }
 
 const SECRET: &str = "faults-share-this-hs256-secret-of-32+bytes";
@@ -748,4 +770,79 @@ async fn readiness_names_the_dependency_that_is_down_and_recovers() {
     .await;
     drop(server);
     drop(cluster);
+}
+
+/// Files under `dir`, however deep.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() { files_under(&path) } else { vec![path] }
+        })
+        .collect()
+}
+
+/// clamd killed (SIGKILL) in the middle of scanning an upload to the real binary on the local
+/// profile: the upload fails closed with 503 `scanner-unavailable`, and no package, object
+/// (temporary or not) or event is left of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_killed_mid_scan_fails_closed_and_leaves_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut clamd = udim_testkit::clamd::Clamd::start("10M").await;
+    let database = common::TestDatabase::create().await;
+    let url = database.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = common::TestQueue::new(&common::amqp_url());
+    let key = common::ledger_key();
+    let scanner = format!("tcp://{}", clamd.address());
+    let server = Process::serve(|| {
+        let mut command = local_profile(dir.path(), &url, &queue, &key);
+        command
+            .env("UDIM_SCANNER__TYPE", "clamd")
+            .env("UDIM_SCANNER__ADDRESS", &scanner);
+        command
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let alice = common::uploader_token(SECRET, "alice");
+    common::grant_on(&http, &server.base, &alice, &["documents"]).await;
+
+    let (body, streaming) = common::body_in_flight();
+    let upload = tokio::spawn(
+        http.post(format!(
+            "{}/v1/packages?data_category=documents&filename=a.txt",
+            server.base
+        ))
+        .bearer_auth(&alice)
+        .header("content-type", "application/octet-stream")
+        .body(streaming)
+        .send(),
+    );
+    let piece = vec![b'a'; 256 * 1024];
+    for _ in 0..4 {
+        body.send(Ok(piece.clone())).await.unwrap();
+    }
+    // A megabyte is in: the service has read it and is feeding clamd.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clamd.kill();
+    for _ in 0..8 {
+        if body.send(Ok(piece.clone())).await.is_err() {
+            break;
+        }
+    }
+    drop(body);
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:scanner-unavailable");
+    assert_eq!(stored_and_unfinished(&url).await, (0, 0), "no package of it");
+    assert_eq!(unsent_events(&url).await, 0, "no event of it");
+    let left = files_under(&dir.path().join("objects"));
+    assert!(left.is_empty(), "no object of it, temporary or not: {left:?}");
+    drop(server);
 }
