@@ -324,6 +324,11 @@ impl Authenticator {
     /// Verifies a bearer token and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if names_critical_extensions(token) {
+            return Err(AuthError::Invalid(
+                "the header's `crit` names extensions this service does not understand".into(),
+            ));
+        }
         let (alg, key) = match header.alg {
             Algorithm::HS256 => {
                 let secret = self.hs256.as_ref().ok_or(AuthError::UnknownKey)?;
@@ -384,6 +389,19 @@ impl Authenticator {
             &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )?)
     }
+}
+
+/// Whether the token's header carries `crit` (RFC 7515 §4.1.11): it names extensions a
+/// verifier must understand, and this one understands none, so such a token is refused,
+/// whatever it names. (jsonwebtoken ignores header fields it does not know.)
+fn names_critical_extensions(token: &str) -> bool {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok())
+        .is_some_and(|header| header.contains_key("crit"))
 }
 
 #[cfg(test)]

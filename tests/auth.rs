@@ -352,6 +352,37 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
     );
     assert_eq!(status_with(&app, &unsigned).await, 401, "alg: none");
 
+    // Well signed, but naming a critical extension nobody here understands (RFC 7515 §4.1.11).
+    let critical_header =
+        json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT", "crit": ["x-mandate"], "x-mandate": true});
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(critical_header.to_string()),
+        b64.encode(claims("alice").to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &rsa.encoding, Algorithm::RS256).unwrap();
+    let critical = format!("{signing_input}.{signature}");
+    assert_eq!(
+        status_with(&app, &critical).await,
+        401,
+        "crit names an unknown extension"
+    );
+
+    // RFC 6750 §3.1: an invalid token is named so; a missing one gets the bare challenge.
+    let challenge = |token: Option<&str>| {
+        let request = app.http.get(format!("{}/v1/consents", app.base));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            response.headers()["www-authenticate"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(challenge(Some(&unsigned)).await, "Bearer error=\"invalid_token\"");
+    assert_eq!(challenge(None).await, "Bearer");
+
     // The classic confusion: HS256 with the RSA public key (as its JWK's modulus, and as the
     // JWK's JSON text) as the HMAC secret.
     for secret in [
@@ -388,7 +419,20 @@ async fn hostile_tokens_are_refused_without_a_refresh_storm() {
 
     let mut unscoped = claims("alice");
     unscoped["scope"] = json!("udim:read");
-    assert_eq!(status_with(&app, &sign(&rsa, unscoped)).await, 403, "missing scope");
+    let unscoped = sign(&rsa, unscoped);
+    assert_eq!(status_with(&app, &unscoped).await, 403, "missing scope");
+    let refused = app
+        .http
+        .get(format!("{}/v1/consents", app.base))
+        .bearer_auth(&unscoped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        "Bearer error=\"insufficient_scope\", scope=\"udim:upload\"",
+        "the scope it lacks is named"
+    );
 
     let mut audiences = claims("alice");
     audiences["aud"] = json!(["another-service", "udim"]);

@@ -13,7 +13,12 @@ impl ByteRange {
     /// Parses one `bytes=` range (pure). Multiple ranges and other units give `None`: the
     /// whole content is served instead, as RFC 9110 allows.
     pub fn parse(header: &str) -> Option<Self> {
-        let spec = header.trim().strip_prefix("bytes=")?;
+        // The unit is case-insensitive (RFC 9110 §14.1).
+        let header = header.trim();
+        let spec = header
+            .get(..6)
+            .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+            .map(|_| &header[6..])?;
         if spec.contains(',') {
             return None;
         }
@@ -72,6 +77,12 @@ mod tests {
         let r = |s: &str| ByteRange::parse(s);
         let part = |start, end| Ok(Some((start, end)));
         assert_eq!(r("bytes=0-99").unwrap().resolve(1000), part(0, 100));
+        assert_eq!(
+            r("BYTES=0-99").unwrap().resolve(1000),
+            part(0, 100),
+            "the unit in any case"
+        );
+        assert_eq!(r("Bytes=-100").unwrap().resolve(1000), part(900, 1000));
         assert_eq!(r("bytes=990-2000").unwrap().resolve(1000), part(990, 1000));
         assert_eq!(r("bytes=500-").unwrap().resolve(1000), part(500, 1000));
         assert_eq!(r("bytes=-100").unwrap().resolve(1000), part(900, 1000));

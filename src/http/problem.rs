@@ -267,10 +267,16 @@ impl ApiError {
         Self::new(ProblemCode::NotFound, what)
     }
 
+    /// 403 `insufficient-scope`, naming the scope as RFC 6750 §3.1 has it.
     pub fn forbidden_scope(scope: &str) -> Self {
+        let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
         Self::new(
             ProblemCode::InsufficientScope,
             format!("this operation needs the `{scope}` scope"),
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).expect("scopes are ASCII"),
         )
     }
 
@@ -320,7 +326,7 @@ impl IntoResponse for ApiError {
             headers.insert(name, value);
         }
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(header::WWW_AUTHENTICATE) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         // Every 503 is a dependency that may come back: say when to try again.
@@ -360,7 +366,13 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::JwksUnavailable => Self::new(ProblemCode::IdentityProviderUnavailable, e.to_string()),
-            _ => Self::new(ProblemCode::Unauthenticated, e.to_string()),
+            // RFC 6750 §3.1: no error code when no token came, `invalid_token` when one did.
+            AuthError::Missing => Self::new(ProblemCode::Unauthenticated, e.to_string()),
+            AuthError::Invalid(_) | AuthError::UnknownKey => Self::new(ProblemCode::Unauthenticated, e.to_string())
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                ),
         }
     }
 }
