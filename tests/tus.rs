@@ -313,6 +313,15 @@ async fn bad_tus_requests_get_the_protocols_errors_and_store_nothing() {
             vec![
                 ("tus-resumable", "1.0.0"),
                 ("upload-length", "10"),
+                ("upload-length", "20"),
+                ok_meta,
+            ],
+            400,
+        ),
+        (
+            vec![
+                ("tus-resumable", "1.0.0"),
+                ("upload-length", "10"),
                 ("upload-metadata", "data_category YXVkaW8="),
             ],
             403,

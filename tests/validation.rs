@@ -402,3 +402,31 @@ async fn a_tus_upload_is_refused_as_soon_as_its_first_bytes_show_the_wrong_type(
     assert_eq!(tus_patch(&url, 0, &png[..10_000], None).await.unwrap().status(), 204);
     app.stop().await;
 }
+
+/// A simple upload's `metadata` is held to the 4 KiB tus `Upload-Metadata` has: past it the
+/// answer is 400 `invalid-metadata` and nothing is stored; at it, the upload is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_upload_metadata_past_4_kib_is_refused() {
+    let app = app(MismatchPolicy::Record).await;
+    let alice = app.uploader("alice");
+    app.grant(&alice, &["documents"]).await;
+    let with_note = |bytes: usize| {
+        // `{"n":"…"}`: eight bytes around the note.
+        let metadata = serde_json::json!({ "n": "x".repeat(bytes - 8) }).to_string();
+        assert_eq!(metadata.len(), bytes);
+        app.http
+            .post(format!("{}/v1/packages", app.base))
+            .query(&[("data_category", "documents"), ("metadata", metadata.as_str())])
+            .bearer_auth(&alice)
+            .header("content-type", "text/plain")
+            .body("notes")
+            .send()
+    };
+    let refused = with_note(4097).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:invalid-metadata");
+    assert!(app.packages(&alice).await.is_empty(), "nothing stored");
+    assert_eq!(with_note(4096).await.unwrap().status(), 201);
+    app.stop().await;
+}

@@ -29,7 +29,8 @@ pub struct UploadParams {
     pub data_category: String,
     /// The original file name (sanitized before it is stored).
     pub filename: Option<String>,
-    /// Free-form JSON object stored with the package.
+    /// Free-form JSON object stored with the package, at most 4 KiB (as tus `Upload-Metadata`).
+    #[param(max_length = 4096)]
     pub metadata: Option<String>,
 }
 
@@ -143,6 +144,12 @@ pub async fn upload(
     let content_type = declared_content_type(&headers)?;
     let metadata = match params.metadata.as_deref() {
         None => serde_json::Value::Object(Default::default()),
+        Some(text) if text.len() > crate::formats::tus::MAX_METADATA_BYTES => {
+            return Err(ApiError::new(
+                ProblemCode::InvalidMetadata,
+                "`metadata` is longer than 4 KiB",
+            ));
+        }
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(value @ serde_json::Value::Object(_)) => value,
             _ => {

@@ -81,6 +81,23 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A tus header sent at most once: two `Upload-Length`s (or offsets, metadata, checksums)
+/// are an ambiguous request, refused rather than resolved by taking one of them.
+fn single_tus_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (_, Some(_)) => Err(ApiError::new(
+            ProblemCode::InvalidTusHeader,
+            format!("{name} is sent more than once"),
+        )),
+        (Some(value), None) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::new(ProblemCode::InvalidTusHeader, format!("{name} is not ASCII"))),
+        (None, None) => Ok(None),
+    }
+}
+
 fn with_tus_headers(mut response: Response, progress: Option<&Progress>) -> Response {
     let h = response.headers_mut();
     h.insert(TUS_RESUMABLE, HeaderValue::from_static(tus::VERSION));
@@ -158,11 +175,11 @@ pub async fn create(
     }
     let length = tus::parse_size(
         "Upload-Length",
-        header_str(&headers, &UPLOAD_LENGTH)
+        single_tus_header(&headers, &UPLOAD_LENGTH)?
             .ok_or_else(|| ApiError::new(ProblemCode::InvalidTusHeader, "Upload-Length is required"))?,
     )?;
     let metadata =
-        tus::parse_metadata(header_str(&headers, &HeaderName::from_static("upload-metadata")).unwrap_or(""))?;
+        tus::parse_metadata(single_tus_header(&headers, &HeaderName::from_static("upload-metadata"))?.unwrap_or(""))?;
     let data_category = metadata.get("data_category").ok_or_else(|| {
         ApiError::new(
             ProblemCode::InvalidTusHeader,
@@ -328,10 +345,10 @@ pub async fn patch(
     }
     let offset = tus::parse_size(
         "Upload-Offset",
-        header_str(&headers, &UPLOAD_OFFSET)
+        single_tus_header(&headers, &UPLOAD_OFFSET)?
             .ok_or_else(|| ApiError::new(ProblemCode::InvalidTusHeader, "Upload-Offset is required"))?,
     )?;
-    let checksum = header_str(&headers, &HeaderName::from_static("upload-checksum"))
+    let checksum = single_tus_header(&headers, &HeaderName::from_static("upload-checksum"))?
         .map(tus::parse_checksum)
         .transpose()?;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
