@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -222,13 +222,11 @@ impl JwksCache {
             .await?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let (Some(kid), Some(alg)) = (&jwk.common.key_id, jwk.common.key_algorithm) else {
-                continue;
-            };
-            let Ok(alg) = Algorithm::try_from(alg) else { continue };
-            if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
+            let Some(kid) = &jwk.common.key_id else { continue };
+            if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
                 continue;
             }
+            let Some(alg) = signing_algorithm(jwk) else { continue };
             if let Ok(key) = DecodingKey::from_jwk(jwk) {
                 keys.insert(kid.clone(), (alg, key));
             }
@@ -389,6 +387,20 @@ impl Authenticator {
             &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )?)
     }
+}
+
+/// The algorithm a JWK verifies, of those accepted (RS256, ES256): its `alg`, or, since `alg`
+/// is optional (RFC 7517 §4.4), the one its key type allows here.
+fn signing_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let alg = match jwk.common.key_algorithm {
+        Some(alg) => Algorithm::try_from(alg).ok()?,
+        None => match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+            _ => return None,
+        },
+    };
+    matches!(alg, Algorithm::RS256 | Algorithm::ES256).then_some(alg)
 }
 
 /// Whether the token's header carries `crit` (RFC 7515 §4.1.11): it names extensions a

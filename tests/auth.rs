@@ -120,7 +120,24 @@ async fn status_with(app: &TestApp, token: &str) -> u16 {
 async fn identity_provider_tokens_are_verified_against_the_jwks() {
     let first = es256_key("key-1");
     let rsa = rs256_key("rsa-1");
-    let keys = Arc::new(Mutex::new(vec![first.jwk.clone(), rsa.jwk.clone()]));
+    // `alg` is optional in a JWK: the key type says what it verifies.
+    let (rsa_bare, ec_bare) = (rs256_key("rsa-bare"), es256_key("ec-bare"));
+    let bare = |key: &SigningKey| {
+        let mut jwk = key.jwk.clone();
+        jwk.as_object_mut().unwrap().remove("alg");
+        jwk
+    };
+    // A key published for encryption verifies nothing.
+    let for_encryption = es256_key("enc-1");
+    let mut enc_jwk = for_encryption.jwk.clone();
+    enc_jwk["use"] = json!("enc");
+    let keys = Arc::new(Mutex::new(vec![
+        first.jwk.clone(),
+        rsa.jwk.clone(),
+        bare(&rsa_bare),
+        bare(&ec_bare),
+        enc_jwk,
+    ]));
     let url = jwks_server(keys.clone()).await;
     let app = TestApp::spawn_with(
         Db::Sqlite,
@@ -137,6 +154,21 @@ async fn identity_provider_tokens_are_verified_against_the_jwks() {
 
     assert_eq!(status_with(&app, &sign(&first, claims("alice"))).await, 200);
     assert_eq!(status_with(&app, &sign(&rsa, claims("alice"))).await, 200, "RS256");
+    assert_eq!(
+        status_with(&app, &sign(&rsa_bare, claims("alice"))).await,
+        200,
+        "an RSA key without `alg`"
+    );
+    assert_eq!(
+        status_with(&app, &sign(&ec_bare, claims("alice"))).await,
+        200,
+        "a P-256 key without `alg`"
+    );
+    assert_eq!(
+        status_with(&app, &sign(&for_encryption, claims("alice"))).await,
+        401,
+        "a key for encryption"
+    );
     let rsa_impostor = rs256_key("rsa-1");
     assert_eq!(
         status_with(&app, &sign(&rsa_impostor, claims("alice"))).await,
