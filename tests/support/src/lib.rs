@@ -1,12 +1,14 @@
 //! What the workspace's tests share: fresh PostgreSQL databases ([`postgres`]), a private
 //! PostgreSQL cluster to restart ([`cluster`]), a private RabbitMQ node to kill
-//! ([`rabbitmq`]), a real clamd ([`clamd`]) and moto ([`moto`]) started per test, free ports
-//! ([`free_listener`]) and test logs ([`log`]).
+//! ([`rabbitmq`]), a real clamd ([`clamd`]), moto ([`moto`]) and Azurite ([`azurite`]) started
+//! per test, free ports ([`free_listener`]) and test logs ([`log`]).
 //!
 //! Every stand-in is the real program on loopback; a test that cannot start one fails with
 //! the override to set, it never skips. Each launcher is a feature (all on by default) so a
 //! crate's tests build only what they start.
 
+#[cfg(feature = "azurite")]
+pub mod azurite;
 #[cfg(feature = "clamd")]
 pub mod clamd;
 #[cfg(feature = "cluster")]
@@ -60,5 +62,11 @@ pub fn port_for_child() -> u16 {
 }
 
 /// How often a launcher tries a fresh port before giving up.
-#[cfg(any(feature = "clamd", feature = "moto", feature = "cluster", feature = "rabbitmq"))]
+#[cfg(any(
+    feature = "clamd",
+    feature = "moto",
+    feature = "cluster",
+    feature = "rabbitmq",
+    feature = "azurite"
+))]
 const START_ATTEMPTS: usize = 3;
