@@ -113,7 +113,7 @@ impl Default for ServerSettings {
             body_idle_timeout_secs: 30,
             body_min_bytes_per_sec: 500,
             request_timeout_secs: 30,
-            max_connections: 4096,
+            max_connections: 2048,
         }
     }
 }
@@ -159,7 +159,7 @@ impl Default for LimitSettings {
             open_uploads_per_user: 100,
             staged_bytes_per_user: 64 * 1024 * 1024 * 1024,
             upload_buffer_bytes: 256 * 1024 * 1024,
-            upload_buffer_bytes_per_user: 64 * 1024 * 1024,
+            upload_buffer_bytes_per_user: 128 * 1024 * 1024,
         }
     }
 }

@@ -339,15 +339,18 @@ impl Application {
         };
         let mut router = http::router(self.state)
             .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
-            .layer(axum::middleware::from_fn_with_state(
-                self.limits.max_header_bytes,
-                http::head_size,
-            ))
-            .layer(tower_http::trace::TraceLayer::new_for_http())
-            .layer(axum::middleware::from_fn(http::request_id::request_id));
+            .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);
         }
+        // Outermost: the head is measured as the client sent it, before an `x-request-id` is
+        // added to it; then every answer, CORS preflights too, carries its request id.
+        let router = router
+            .layer(axum::middleware::from_fn(http::request_id::request_id))
+            .layer(axum::middleware::from_fn_with_state(
+                self.limits.max_header_bytes,
+                http::head_size,
+            ));
         let draining = self.draining;
         let drain_signal = draining.clone();
         let server = http::serve::serve(self.listener, router, self.limits, async move {

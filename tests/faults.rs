@@ -772,20 +772,6 @@ async fn readiness_names_the_dependency_that_is_down_and_recovers() {
     drop(cluster);
 }
 
-/// Files under `dir`, however deep.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|entry| {
-            let path = entry.path();
-            if path.is_dir() { files_under(&path) } else { vec![path] }
-        })
-        .collect()
-}
-
 /// clamd killed (SIGKILL) in the middle of scanning an upload to the real binary on the local
 /// profile: the upload fails closed with 503 `scanner-unavailable`, and no package, object
 /// (temporary or not) or event is left of it.
@@ -842,7 +828,7 @@ async fn clamd_killed_mid_scan_fails_closed_and_leaves_nothing() {
     assert_eq!(problem["type"], "urn:udim:problem:scanner-unavailable");
     assert_eq!(stored_and_unfinished(&url).await, (0, 0), "no package of it");
     assert_eq!(unsent_events(&url).await, 0, "no event of it");
-    let left = files_under(&dir.path().join("objects"));
+    let left = common::files_under(&dir.path().join("objects"));
     assert!(left.is_empty(), "no object of it, temporary or not: {left:?}");
     drop(server);
 }

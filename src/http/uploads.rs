@@ -52,8 +52,9 @@ impl From<TusError> for ApiError {
 }
 
 /// Puts `Tus-Resumable` on every answer under `/v1/uploads` that lacks it, as tus 1.0
-/// requires: refusals made before a handler runs or outside it (401, 413, 429, 503) too, so
-/// a tus client can tell it reached a tus server whatever the answer.
+/// requires: refusals made before a handler runs (401, 404, 413, 429) too, so a tus client can
+/// tell it reached a tus server. (The transport limits answer outside the router: a 431 for
+/// a head over the cap, a 503 past the request deadline, without it.)
 pub async fn tus_resumable_on_every_answer(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let tus = request.uri().path().starts_with("/v1/uploads");
     let mut response = next.run(request).await;

@@ -88,7 +88,7 @@ impl MemoryBudget {
         let mut reservation = Reservation {
             shares: self.shares.clone(),
             user: user.to_owned(),
-            share,
+            share: Some(share.clone()),
             own: None,
             total: None,
         };
@@ -100,7 +100,7 @@ impl MemoryBudget {
                 format!("{whose} stayed full for {} s", self.wait.as_secs()),
             )
         };
-        let own = tokio::time::timeout_at(deadline, reservation.share.clone().acquire_many_owned(wanted))
+        let own = tokio::time::timeout_at(deadline, share.acquire_many_owned(wanted))
             .await
             .map_err(|_| expired("this user's share of the server's upload buffers"))?;
         reservation.own = Some(own.expect("a share's semaphore is never closed"));
@@ -116,7 +116,8 @@ impl MemoryBudget {
 struct Reservation {
     shares: Shares,
     user: String,
-    share: Arc<Semaphore>,
+    /// The user's share; `None` only once given back.
+    share: Option<Arc<Semaphore>>,
     own: Option<OwnedSemaphorePermit>,
     total: Option<OwnedSemaphorePermit>,
 }
@@ -126,9 +127,14 @@ impl Drop for Reservation {
         self.total.take();
         self.own.take();
         let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-        // Only the map and this reservation hold the share: no reservation of the user is
-        // held or awaited, and none can start while the map is locked.
-        if Arc::strong_count(&self.share) == 2 {
+        // Let go of the share under the lock, so that of two reservations ending at once the
+        // second sees the first's gone. Then if only the map holds it, no reservation of the
+        // user is held or awaited, and none can start while the map is locked.
+        drop(self.share.take());
+        if shares
+            .get(&self.user)
+            .is_some_and(|share| Arc::strong_count(share) == 1)
+        {
             shares.remove(&self.user);
         }
     }

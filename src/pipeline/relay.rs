@@ -18,6 +18,9 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The longest pause (before jitter) between two tries of a broker that is down, so that
 /// events flow again within seconds of its return however long it was away.
 const BROKER_PROBE_MAX: Duration = Duration::from_secs(5);
+/// A ping after a failed publish gets this long: with `MAX_BATCH_TIMEOUT` before it, the pass
+/// still ends inside its lease.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most `outbox.batch_timeout_secs` may be: a batch's publish must end well inside its
 /// lease, since one that outlived it could land after another relay had re-claimed and sent
 /// the same events and the package's later ones, breaking per-package order.
@@ -124,7 +127,7 @@ impl Relay {
                     let brokers_fault = e.is_transient()
                         && !match broker_answers {
                             Some(answers) => answers,
-                            None => *broker_answers.insert(self.notifier.ping().await.is_ok()),
+                            None => *broker_answers.insert(self.broker_answers_ping().await),
                         };
                     broker_down |= brokers_fault;
                     if brokers_fault {
@@ -142,6 +145,14 @@ impl Relay {
             }
         }
         (sent, broker_down)
+    }
+
+    /// Whether the broker answers a ping within [`PING_TIMEOUT`]; one that does not is down.
+    async fn broker_answers_ping(&self) -> bool {
+        matches!(
+            tokio::time::timeout(PING_TIMEOUT, self.notifier.ping()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Gives an event back untried, not counting the claim: only its own failures grow its

@@ -27,7 +27,8 @@ pub fn static_credentials(access_key_id: &str, secret_access_key: &str) -> Share
     ))
 }
 
-/// Bounds on every KMS and SQS call. The SDK's defaults bound only the connect, so a service
+/// Bounds on every call of the AWS SDK clients made from this configuration (KMS, SQS, and
+/// the legacy QLDB driver). The SDK's defaults bound only the connect, so a service
 /// that took the connection and never answered would hold an upload waiting for its data key,
 /// or the relay waiting on a publish, for ever. Both answer in milliseconds when well.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -319,7 +319,8 @@ pub trait PackageStore: Send + Sync + std::fmt::Debug {
 /// - `mark_failed` and `give_back` act on the caller's claim (the entry `claim_due` returned)
 ///   only while it holds: once its lease ran out and another claimer took the message, they
 ///   change nothing, so a late relay cannot end a lease that is not its own. Either drops a
-///   message (never `package.deleted`) whose package was erased while it was out.
+///   message (never `package.deleted`) whose package was erased while it was out. A claim is
+///   ended once: by `mark_sent`, `mark_failed` or `give_back`, or by its lease running out.
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn claim_due(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> Result<Vec<OutboxEntry>>;
