@@ -471,6 +471,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        // The identity provider's tokens never carry the issuer of locally minted ones: left
+        // at it, every token would be refused, or, worse, checked against nothing meant.
+        if self.auth.jwks_url.is_some() && self.auth.issuer == AuthSettings::default().issuer {
+            return Err(ConfigError::new(
+                "`auth.issuer` must be set to the identity provider's issuer when `auth.jwks_url` is",
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::new("`database.max_connections` must be at least 1"));
         }
@@ -617,6 +624,57 @@ mod tests {
             jail.set_env("UDIM_PROFILE", "nope");
             let err = Settings::load(Path::new(".")).unwrap_err().to_string();
             assert!(err.contains("UDIM_PROFILE"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// The `kubernetes.toml` block of `deploy/kubernetes/udim.yaml`'s ConfigMap.
+    fn kubernetes_profile() -> String {
+        let manifest = include_str!("../deploy/kubernetes/udim.yaml");
+        manifest
+            .lines()
+            .skip_while(|line| line.trim() != "kubernetes.toml: |")
+            .skip(1)
+            .take_while(|line| line.starts_with("    "))
+            .map(|line| format!("{}\n", &line[4..]))
+            .collect()
+    }
+
+    #[test]
+    fn the_kubernetes_manifest_adds_its_profile_to_the_images_defaults() {
+        let profile = kubernetes_profile();
+        assert!(profile.contains("[server]"), "the ConfigMap's profile: {profile}");
+        Jail::expect_with(|jail| {
+            // The image's /etc/udim is the repository's config/; the ConfigMap adds one file.
+            jail.create_file("default.toml", include_str!("../config/default.toml"))?;
+            jail.create_file("kubernetes.toml", &profile)?;
+            jail.set_env("UDIM_PROFILE", "kubernetes");
+            jail.set_env("UDIM_AUTH__JWKS_URL", "https://idp.example/.well-known/jwks.json");
+            let settings = Settings::load(Path::new(".")).unwrap();
+            assert_eq!(
+                settings.server.listen.to_string(),
+                "0.0.0.0:8080",
+                "the profile applies"
+            );
+            assert!(
+                ["documents", "audio", "video", "images"]
+                    .iter()
+                    .all(|category| settings.upload.categories.contains_key(*category)),
+                "and the image's category allow-lists are still there: {:?}",
+                settings.upload.categories.keys().collect::<Vec<_>>()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_identity_provider_without_its_issuer_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("UDIM_AUTH__JWKS_URL", "https://idp.example/.well-known/jwks.json");
+            let err = Settings::load(Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains("`auth.issuer`"), "{err}");
+            jail.set_env("UDIM_AUTH__ISSUER", "https://idp.example");
+            Settings::load(Path::new(".")).expect("with its issuer");
             Ok(())
         });
     }
