@@ -327,6 +327,10 @@ impl Default for OutboxSettings {
     }
 }
 
+/// The most `outbox.batch_timeout_secs` may be: well inside the relay's 60 s lease on a batch
+/// (the relay checks it at compile time).
+pub const MAX_BATCH_TIMEOUT_SECS: u64 = 45;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerSettings {
@@ -518,10 +522,9 @@ impl Settings {
                 "`outbox.initial_backoff_ms` must be at least 1, and `outbox.max_backoff_ms` at least that",
             ));
         }
-        let max_batch_timeout = crate::pipeline::relay::MAX_BATCH_TIMEOUT.as_secs();
-        if !(1..=max_batch_timeout).contains(&self.outbox.batch_timeout_secs) {
+        if !(1..=MAX_BATCH_TIMEOUT_SECS).contains(&self.outbox.batch_timeout_secs) {
             return Err(ConfigError::new(format!(
-                "`outbox.batch_timeout_secs` must be 1-{max_batch_timeout}: a batch must be published \
+                "`outbox.batch_timeout_secs` must be 1-{MAX_BATCH_TIMEOUT_SECS}: a batch must be published \
                  well inside the relay's lease on it"
             )));
         }

@@ -144,28 +144,34 @@ impl Admission {
         })
     }
 
-    /// Admits an upload (a simple one, or a tus PATCH or creation with data) by `user`.
+    /// Admits an upload (a simple one, or a tus PATCH or creation with data) by `user`. The
+    /// places in flight are taken before the rates are charged, so an upload refused for want
+    /// of a place uses up none of the rates.
     pub fn upload(&self, user: &str) -> Result<UploadSlot, Refused> {
+        let slot = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if in_flight.total >= self.global_uploads {
+                return Err(Refused::GlobalUploads {
+                    global_limit: self.global_uploads,
+                });
+            }
+            let mine = in_flight.per_user.entry(user.to_owned()).or_default();
+            if *mine >= self.user_uploads {
+                return Err(Refused::UserUploads {
+                    user_limit: self.user_uploads,
+                });
+            }
+            *mine += 1;
+            in_flight.total += 1;
+            UploadSlot {
+                user: user.to_owned(),
+                in_flight: self.in_flight.clone(),
+            }
+        };
+        // A refusal here drops the slot, giving its place back.
         Self::check_rate(self.upload_rate.as_ref(), user, "uploads")?;
         check_shared(self.all_uploads_rate.as_ref(), "uploads (of all users)")?;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.total >= self.global_uploads {
-            return Err(Refused::GlobalUploads {
-                global_limit: self.global_uploads,
-            });
-        }
-        let mine = in_flight.per_user.entry(user.to_owned()).or_default();
-        if *mine >= self.user_uploads {
-            return Err(Refused::UserUploads {
-                user_limit: self.user_uploads,
-            });
-        }
-        *mine += 1;
-        in_flight.total += 1;
-        Ok(UploadSlot {
-            user: user.to_owned(),
-            in_flight: self.in_flight.clone(),
-        })
+        Ok(slot)
     }
 
     /// Admits a consent change (grant, update, withdrawal) by `user`.
@@ -206,6 +212,21 @@ mod tests {
         drop(a1);
         let _c1 = admission.upload("carol").expect("a place was freed");
         assert!(admission.upload("alice").is_err(), "and taken");
+    }
+
+    #[test]
+    fn an_upload_refused_for_want_of_a_place_uses_none_of_the_rate() {
+        let admission = Admission::new(&LimitSettings {
+            uploads_per_second_per_user: 2,
+            uploads_per_second: 2,
+            ..limits(1, 10)
+        });
+        let first = admission.upload("alice").unwrap();
+        assert!(matches!(admission.upload("alice"), Err(Refused::UserUploads { .. })));
+        drop(first);
+        let _second = admission
+            .upload("alice")
+            .expect("the refusal took no token: a second's burst of two still has one");
     }
 
     #[test]

@@ -18,13 +18,15 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The longest pause (before jitter) between two tries of a broker that is down, so that
 /// events flow again within seconds of its return however long it was away.
 const BROKER_PROBE_MAX: Duration = Duration::from_secs(5);
-/// A ping after a failed publish gets this long: with `MAX_BATCH_TIMEOUT` before it, the pass
-/// still ends inside its lease.
+/// A ping after a failed publish gets this long.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most `outbox.batch_timeout_secs` may be: a batch's publish must end well inside its
-/// lease, since one that outlived it could land after another relay had re-claimed and sent
-/// the same events and the package's later ones, breaking per-package order.
-pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(LEASE.as_secs() * 3 / 4);
+// A batch's publish, and the ping after it, must end well inside its lease: one that outlived
+// it could land after another relay had re-claimed and sent the same events and the package's
+// later ones, breaking per-package order.
+const _: () = assert!(
+    crate::config::MAX_BATCH_TIMEOUT_SECS + PING_TIMEOUT.as_secs() + 10 <= LEASE.as_secs(),
+    "outbox.batch_timeout_secs may outlive the relay's lease"
+);
 
 #[derive(Debug, Clone)]
 pub struct Relay {
