@@ -4,9 +4,7 @@
 //! `scripts/test` installs Azurite 3.35 (the last for Node 20) into `tests/azurite`;
 //! `UDIM_TEST_AZURITE_BLOB` overrides the `azurite-blob` program.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 /// Azurite's well-known development account and its key.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -27,55 +25,33 @@ impl Drop for Azurite {
     }
 }
 
-fn azurite_blob() -> PathBuf {
-    if let Some(program) = std::env::var_os("UDIM_TEST_AZURITE_BLOB") {
-        return program.into();
-    }
-    // This crate's manifest directory lies inside the workspace that holds `tests/azurite`.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|dir| dir.join("tests/azurite/node_modules/.bin/azurite-blob"))
-        .find(|program| program.exists())
-        .expect("azurite-blob must be installed (scripts/test puts it in tests/azurite; UDIM_TEST_AZURITE_BLOB)")
-}
-
 /// Starts Azurite's blob service and waits until it answers.
 pub async fn start() -> Azurite {
-    for _ in 0..super::START_ATTEMPTS {
-        let port = super::port_for_child();
-        let child = Command::new(azurite_blob())
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            // Never to the internet (it reports telemetry otherwise), nothing on disk.
-            .args([
-                "--inMemoryPersistence",
-                "--disableTelemetry",
-                "--skipApiVersionCheck",
-                "--silent",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("azurite-blob must start");
-        let mut azurite = Azurite {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..150 {
-            // Any HTTP answer (an unsigned request gets 4xx) means it is up.
-            if reqwest::get(format!("{}/{ACCOUNT}?comp=list", azurite.url))
-                .await
-                .is_ok()
-            {
-                return azurite;
-            }
-            if azurite.child.try_wait().ok().flatten().is_some() {
-                // It exited: most likely another process took the port meanwhile.
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let program = super::installed_program("UDIM_TEST_AZURITE_BLOB", "tests/azurite/node_modules/.bin/azurite-blob");
+    let (child, port) = super::start_http_child(
+        "azurite-blob",
+        |port| {
+            let mut command = Command::new(&program);
+            command
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                // Never to the internet (it reports telemetry otherwise), nothing on disk.
+                .args([
+                    "--inMemoryPersistence",
+                    "--disableTelemetry",
+                    "--skipApiVersionCheck",
+                    "--silent",
+                ]);
+            command
+        },
+        // Any HTTP answer (an unsigned request gets 4xx) means it is up.
+        |port| format!("http://127.0.0.1:{port}/{ACCOUNT}?comp=list"),
+        150,
+    )
+    .await;
+    Azurite {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
     }
-    panic!("Azurite did not start");
 }
 
 impl Azurite {

@@ -61,6 +61,55 @@ pub fn port_for_child() -> u16 {
     free_listener().local_addr().expect("the listener's address").port()
 }
 
+/// A program `scripts/test` installs inside the workspace, at `in_workspace` below its root,
+/// unless the environment variable `override_var` names another.
+#[cfg(any(feature = "moto", feature = "azurite"))]
+fn installed_program(override_var: &str, in_workspace: &str) -> std::path::PathBuf {
+    if let Some(program) = std::env::var_os(override_var) {
+        return program.into();
+    }
+    // This crate's manifest directory lies inside the workspace.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(in_workspace))
+        .find(|program| program.exists())
+        .unwrap_or_else(|| panic!("{in_workspace} must be installed (scripts/test installs it; {override_var})"))
+}
+
+/// Starts an HTTP stand-in: `command` for a free port, spawned with its output discarded,
+/// until `probe` at that port gets any HTTP answer (within `patience` tenths of a second).
+/// A child that exits at once most likely lost its port to another process meanwhile: it is
+/// tried again on a fresh one. Returns the child and its port.
+#[cfg(any(feature = "moto", feature = "azurite"))]
+async fn start_http_child(
+    what: &str,
+    command: impl Fn(u16) -> std::process::Command,
+    probe: impl Fn(u16) -> String,
+    patience: usize,
+) -> (std::process::Child, u16) {
+    use std::process::Stdio;
+    for _ in 0..START_ATTEMPTS {
+        let port = port_for_child();
+        let mut child = command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} must start: {e}"));
+        for _ in 0..patience {
+            if reqwest::get(probe(port)).await.is_ok() {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{what} did not start");
+}
+
 /// How often a launcher tries a fresh port before giving up.
 #[cfg(any(
     feature = "clamd",
