@@ -888,13 +888,23 @@ async fn uploads_past_the_per_user_or_the_global_rate_get_429() {
             expected.contains(&stored),
             "{per_user}/s per user, {global}/s in all: a second's burst (and perhaps one refilled each): {statuses:?}"
         );
-        let refused = upload(&alice).send().await.unwrap();
+        // The bucket refills while the burst is answered on a loaded machine: ask until the
+        // rate refuses again (a few requests at most), and read that refusal.
+        let mut refused = upload(&alice).send().await.unwrap();
+        let mut extra_stored = 0;
+        for _ in 0..10 {
+            if refused.status() == 429 {
+                break;
+            }
+            extra_stored += usize::from(refused.status() == 201);
+            refused = upload(&alice).send().await.unwrap();
+        }
         assert_eq!(refused.status(), 429);
         assert!(refused.headers().contains_key("retry-after"));
         let problem: Value = refused.json().await.unwrap();
         assert_eq!(problem["type"], "urn:udim:problem:too-many-requests");
         let kept = app.packages(&alice).await.len() + app.packages(&bob).await.len();
-        assert_eq!(kept, stored, "a refused upload stores nothing");
+        assert_eq!(kept, stored + extra_stored, "a refused upload stores nothing");
         if global == 0 {
             assert_eq!(
                 upload(&app.uploader("carol")).send().await.unwrap().status(),
