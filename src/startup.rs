@@ -337,8 +337,11 @@ impl Application {
             limit: self.request_timeout,
             changes: changes.clone(),
         };
+        let draining = self.draining;
+        // Inside CORS, so that a browser can read the 503 a draining replica answers.
         let mut router = http::router(self.state)
             .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
+            .layer(axum::middleware::from_fn_with_state(draining.clone(), http::drain_gate))
             .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);
@@ -351,7 +354,6 @@ impl Application {
                 self.limits.max_header_bytes,
                 http::head_size,
             ));
-        let draining = self.draining;
         let drain_signal = draining.clone();
         let server = http::serve::serve(self.listener, router, self.limits, async move {
             shutdown.await;

@@ -423,3 +423,81 @@ async fn two_replicas_on_one_database_are_one_service() {
     );
     drop(c);
 }
+
+/// A replica told to stop (SIGTERM, a rolling deploy) in the middle of a large simple upload:
+/// the upload finishes and its event is published before the process exits, a new upload
+/// meanwhile is answered 503 `shutting-down` with `Retry-After` (not refused at connect), and
+/// the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_told_to_stop_finishes_its_upload_turns_new_ones_away_and_exits_0() {
+    const PIECE: usize = 1 << 20;
+    const PIECES: usize = 48;
+    let shared = Shared::new().await;
+    let mut a = shared.start("a").await;
+    let http = reqwest::Client::new();
+    let token = shared.token("draining");
+    grant(&http, &a.base, &token).await;
+    let upload_url = format!("{}/v1/packages?data_category=audio&filename=long.bin", a.base);
+
+    let (tx, body) = common::body_in_flight();
+    let in_flight = tokio::spawn(
+        http.post(&upload_url)
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send(),
+    );
+    let piece = common::distinctive_bytes(PIECE);
+    for _ in 0..PIECES / 2 {
+        tx.send(Ok(piece.clone())).await.unwrap();
+    }
+    a.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A new connection, as a client arriving now makes one.
+    let refused = reqwest::Client::new()
+        .post(&upload_url)
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .body("a new upload while the replica drains")
+        .send()
+        .await
+        .expect("a draining replica answers instead of refusing the connection");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:udim:problem:shutting-down");
+    assert!(
+        a.child.try_wait().unwrap().is_none(),
+        "the replica waits for its upload"
+    );
+
+    for _ in PIECES / 2..PIECES {
+        tx.send(Ok(piece.clone())).await.unwrap();
+    }
+    drop(tx);
+    let finished = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("the upload in flight is answered")
+        .unwrap()
+        .expect("an answer, not a cut connection");
+    assert_eq!(finished.status(), 201, "the upload in flight finishes");
+    let package: Value = finished.json().await.unwrap();
+    assert_eq!(package["size_bytes"], (PIECE * PIECES) as u64);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the replica exits once its upload is done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "a drained replica exits 0: {exit}");
+    let (_, event) = shared
+        .queue
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("the finished upload's event was published before the replica exited");
+    assert_eq!(event["package_id"], package["id"]);
+}

@@ -196,6 +196,31 @@ pub struct Deadlines {
     pub changes: tokio_util::task::TaskTracker,
 }
 
+/// Once shutdown has begun, a request that arrives is answered 503 `shutting-down` with
+/// `Retry-After` and its connection closed, rather than refused at connect: the client
+/// (or the load balancer) learns to go to another replica, while the uploads already in
+/// flight finish.
+pub async fn drain_gate(
+    axum::extract::State(draining): axum::extract::State<tokio_util::sync::CancellationToken>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !draining.is_cancelled() {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        ProblemCode::ShuttingDown,
+        "this replica is shutting down; retry after `Retry-After`, another replica will answer",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// The exact cap on a request head (`server.max_header_bytes`), counted as HTTP/1.1 sends it:
 /// hyper's own bound is its read buffer, which it may fill past the cap, so a head up to about
 /// twice the cap would otherwise get through.

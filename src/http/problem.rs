@@ -58,10 +58,11 @@ pub enum ProblemCode {
     RequestTimeout,
     TooManyRequests,
     RequestHeadTooLarge,
+    ShuttingDown,
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 40] = [
+    pub const ALL: [ProblemCode; 41] = [
         Self::InvalidBody,
         Self::InvalidQuery,
         Self::InvalidPath,
@@ -102,6 +103,7 @@ impl ProblemCode {
         Self::RequestTimeout,
         Self::TooManyRequests,
         Self::RequestHeadTooLarge,
+        Self::ShuttingDown,
     ];
 
     /// The code as it appears in `code` and at the end of `type`.
@@ -147,6 +149,7 @@ impl ProblemCode {
             Self::RequestTimeout => "request-timeout",
             Self::TooManyRequests => "too-many-requests",
             Self::RequestHeadTooLarge => "request-head-too-large",
+            Self::ShuttingDown => "shutting-down",
         }
     }
 
@@ -200,7 +203,8 @@ impl ProblemCode {
             Self::DependencyUnavailable
             | Self::ScannerUnavailable
             | Self::IdentityProviderUnavailable
-            | Self::RequestTimeout => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
+            | Self::RequestTimeout
+            | Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
         }
     }
 

@@ -36,8 +36,11 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; then stops accepting and waits
-/// for the open connections to finish their requests (the caller bounds that wait).
+/// Serves `router` on `listener` until `shutdown` completes; then drains: the open
+/// connections finish their requests and close (the caller bounds that wait), while new
+/// connections are still taken, one request each, for the router to answer 503 (see
+/// [`super::drain_gate`]) instead of the kernel refusing them. Returns once every connection
+/// open at shutdown has closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -57,45 +60,94 @@ pub async fn serve(
     let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let Some((stream, peer, permit)) = accept(&listener, &open, &mut shutdown).await else {
+            break;
+        };
+        while connections.try_join_next().is_some() {}
+        let watched = graceful.watch(builder.serve_connection(io(stream, limits), service(&router, limits)));
+        connections.spawn(finish(watched, peer, permit));
+    }
+    let mut last_request = builder.clone();
+    last_request.keep_alive(false);
+    let mut drained = std::pin::pin!(graceful.shutdown());
+    while let Some((stream, peer, permit)) = accept(&listener, &open, &mut drained).await {
+        while connections.try_join_next().is_some() {}
+        let connection = last_request.serve_connection(io(stream, limits), service(&router, limits));
+        connections.spawn(finish(connection, peer, permit));
+    }
+}
+
+/// The next connection, with its place under the cap; `None` once `until` completes.
+async fn accept(
+    listener: &TcpListener,
+    open: &Arc<Semaphore>,
+    until: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    loop {
         // At the cap, stop accepting: new connections wait in the kernel's backlog instead
         // of taking file descriptors the open ones need.
         let permit = tokio::select! {
             permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
+            () = until.as_mut() => return None,
         };
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer, permit));
+                }
                 Err(e) => {
                     // Out of descriptors or a connection reset before accept: wait a moment
                     // rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-            () = &mut shutdown => break,
-        };
-        while connections.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let (idle, min_rate) = (limits.body_idle_timeout, limits.body_min_bytes_per_sec);
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let request = request.map(|body| {
-                let idle_cut = tower_http::timeout::TimeoutBody::new(idle, body);
-                axum::body::Body::new(PacedBody::new(idle_cut, Pace::new(idle, min_rate)))
-            });
-            tower::ServiceExt::oneshot(router.clone(), request)
-        });
-        let io = TokioIo::new(WriteIdle::new(stream, limits.body_idle_timeout));
-        let watched = graceful.watch(builder.serve_connection(io, service));
-        connections.spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+            () = until.as_mut() => return None,
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
+}
+
+fn io(stream: tokio::net::TcpStream, limits: Limits) -> TokioIo<WriteIdle<tokio::net::TcpStream>> {
+    TokioIo::new(WriteIdle::new(stream, limits.body_idle_timeout))
+}
+
+/// The router behind the body limits: each request body is cut when it idles past
+/// `body_idle_timeout` or falls below the minimum rate.
+fn service(
+    router: &Router,
+    limits: Limits,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    let router = router.clone();
+    let (idle, min_rate) = (limits.body_idle_timeout, limits.body_min_bytes_per_sec);
+    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let request = request.map(|body| {
+            let idle_cut = tower_http::timeout::TimeoutBody::new(idle, body);
+            axum::body::Body::new(PacedBody::new(idle_cut, Pace::new(idle, min_rate)))
+        });
+        tower::ServiceExt::oneshot(router.clone(), request)
+    })
+}
+
+/// Runs one connection to its end, then gives its place under the cap back.
+async fn finish(
+    connection: impl Future<Output = hyper::Result<()>>,
+    peer: std::net::SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    drop(permit);
 }

@@ -166,7 +166,19 @@ impl Relay {
         }
     }
 
-    /// Runs until `stop` is cancelled.
+    /// At shutdown: publishes what the last requests committed, so that a replica leaving
+    /// does not leave its events to wait for another's poll. Stops at the first sign of a
+    /// broker outage: what is left stays in the outbox for whoever runs next.
+    async fn flush(&self) {
+        loop {
+            let (sent, broker_down) = self.drain_once().await;
+            if broker_down || (sent as u32) < self.settings.batch_size {
+                return;
+            }
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then flushes.
     pub async fn run(self, stop: CancellationToken) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         let mut failures = 0;
@@ -184,7 +196,13 @@ impl Relay {
                 poll
             };
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // A broker found down a moment ago is not tried again on the way out.
+                    if !broker_down {
+                        self.flush().await;
+                    }
+                    return;
+                }
                 () = self.wake.notified(), if !broker_down => {}
                 () = tokio::time::sleep(pause) => {}
             }
