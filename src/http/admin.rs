@@ -57,6 +57,7 @@ impl From<OutboxEntry> for OutboxEvent {
 #[utoipa::path(
     get,
     path = "/v1/admin/outbox",
+    operation_id = "list_outbox_events",
     tag = "admin",
     params(OutboxQuery),
     responses(

@@ -172,6 +172,7 @@ fn parse_grant(req: GrantRequest) -> Result<Grant, ApiError> {
 #[utoipa::path(
     post,
     path = "/v1/consents",
+    operation_id = "grant_consent",
     tag = "consents",
     request_body = GrantRequest,
     responses(
@@ -200,6 +201,7 @@ pub async fn grant(
 #[utoipa::path(
     post,
     path = "/v1/consents/{id}/withdraw",
+    operation_id = "withdraw_consent",
     tag = "consents",
     params(("id" = Uuid, Path, description = "the consent id")),
     responses(
@@ -225,6 +227,7 @@ pub async fn withdraw(
 #[utoipa::path(
     put,
     path = "/v1/consents/{id}",
+    operation_id = "update_consent",
     tag = "consents",
     params(("id" = Uuid, Path, description = "the consent id")),
     request_body = GrantRequest,
@@ -254,6 +257,7 @@ pub async fn update(
 #[utoipa::path(
     get,
     path = "/v1/consents",
+    operation_id = "list_consents",
     tag = "consents",
     responses((status = 200, body = ConsentOverview), (status = 401, body = Problem)),
     security(("bearer" = []))
@@ -281,6 +285,7 @@ pub struct ProofParams {
 #[utoipa::path(
     get,
     path = "/v1/consents/{id}/proof",
+    operation_id = "consent_proof",
     tag = "consents",
     params(("id" = Uuid, Path, description = "the entry id"), ProofParams),
     responses((status = 200, body = ConsentEntry), (status = 404, body = Problem), (status = 409, body = Problem)),

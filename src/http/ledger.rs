@@ -39,6 +39,7 @@ fn text(body: String) -> impl IntoResponse {
 #[utoipa::path(
     get,
     path = "/v1/ledger/checkpoint",
+    operation_id = "ledger_checkpoint",
     tag = "ledger",
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = Problem))
 )]
@@ -50,6 +51,7 @@ pub async fn checkpoint(State(state): State<AppState>) -> Result<impl IntoRespon
 #[utoipa::path(
     get,
     path = "/v1/ledger/key",
+    operation_id = "ledger_key",
     tag = "ledger",
     responses((status = 200, body = String, content_type = "text/plain"))
 )]
@@ -81,6 +83,7 @@ pub struct ConsistencyBody {
 #[utoipa::path(
     get,
     path = "/v1/ledger/consistency",
+    operation_id = "ledger_consistency",
     tag = "ledger",
     params(ConsistencyParams),
     responses((status = 200, body = ConsistencyBody), (status = 400, body = Problem), (status = 404, body = Problem))
@@ -109,6 +112,7 @@ pub async fn consistency(
 #[utoipa::path(
     get,
     path = "/v1/ledger/entries",
+    operation_id = "ledger_entries",
     tag = "ledger",
     responses((status = 200, body = Vec<ConsentEntry>), (status = 401, body = Problem)),
     security(("bearer" = []))

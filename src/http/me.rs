@@ -32,6 +32,7 @@ use udim_ports::metadata::PackageQuery;
 #[utoipa::path(
     delete,
     path = "/v1/me",
+    operation_id = "erase_my_data",
     tag = "me",
     responses(
         (status = 200, body = ErasureReport),
@@ -62,6 +63,7 @@ pub struct Export {
 #[utoipa::path(
     get,
     path = "/v1/me/export",
+    operation_id = "export_my_data",
     tag = "me",
     responses((status = 200, body = Export)),
     security(("bearer" = []))
@@ -122,6 +124,7 @@ async fn all_packages(state: &AppState, subject: &str) -> Result<Vec<PackageReco
 #[utoipa::path(
     get,
     path = "/v1/me/export/archive",
+    operation_id = "export_my_data_archive",
     tag = "me",
     responses(
         (status = 200, content_type = "application/x-tar", description = "a POSIX ustar archive (files of 8 GiB or more carry GNU base-256 sizes, which tar and bsdtar read)"),

@@ -113,6 +113,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 #[utoipa::path(
     post,
     path = "/v1/packages",
+    operation_id = "upload_package",
     tag = "packages",
     params(UploadParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file; its Content-Type is the declared type"),
@@ -232,6 +233,7 @@ fn replay(first: PackageRecord) -> Result<(StatusCode, Json<Package>), ApiError>
 #[utoipa::path(
     get,
     path = "/v1/packages/{id}",
+    operation_id = "get_package",
     tag = "packages",
     params(("id" = Uuid, Path, description = "package id")),
     responses((status = 200, body = Package), (status = 404, body = Problem)),
@@ -289,6 +291,7 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
 #[utoipa::path(
     get,
     path = "/v1/packages",
+    operation_id = "list_packages",
     tag = "packages",
     params(ListParams),
     responses((status = 200, body = PackagePage), (status = 400, body = Problem)),
@@ -363,6 +366,7 @@ pub struct ContentParams {
 #[utoipa::path(
     get,
     path = "/v1/packages/{id}/content",
+    operation_id = "package_content",
     tag = "packages",
     params(("id" = Uuid, Path, description = "package id"), ContentParams),
     responses(
@@ -426,6 +430,7 @@ pub async fn content(
 #[utoipa::path(
     delete,
     path = "/v1/packages/{id}",
+    operation_id = "delete_package",
     tag = "packages",
     params(("id" = Uuid, Path, description = "package id")),
     responses(

@@ -522,7 +522,7 @@ fn complete_problems(
         (
             reaches_a_dependency,
             "503",
-            "a dependency is unavailable, or a read outlived its deadline; retry after `Retry-After`",
+            "a dependency is unavailable, a read outlived its deadline, or this replica is shutting down; retry after `Retry-After`",
         ),
     ];
     let responses = &mut operation.responses.responses;
@@ -532,10 +532,21 @@ fn complete_problems(
         }
     }
     for (status, response) in responses.iter_mut() {
+        let RefOr::T(response) = response else { continue };
+        // OpenAPI 3.1 requires a description on every response, and utoipa leaves out an
+        // empty one: a response documented without its own gets the status's reason phrase.
+        if response.description.is_empty() {
+            response.description = status
+                .parse::<u16>()
+                .ok()
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .and_then(|code| code.canonical_reason())
+                .unwrap_or("Response")
+                .to_owned();
+        }
         if !status.starts_with(['4', '5']) {
             continue;
         }
-        let RefOr::T(response) = response else { continue };
         if head {
             response.content.clear();
             continue;

@@ -121,7 +121,7 @@ fn is_patch_body(headers: &HeaderMap) -> bool {
 }
 
 /// The server's tus capabilities.
-#[utoipa::path(options, path = "/v1/uploads", tag = "uploads", responses((status = 204)))]
+#[utoipa::path(options, path = "/v1/uploads", operation_id = "tus_options", tag = "uploads", responses((status = 204)))]
 pub async fn options(State(state): State<AppState>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
@@ -143,6 +143,7 @@ pub async fn options(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     post,
     path = "/v1/uploads",
+    operation_id = "tus_create",
     tag = "uploads",
     params(
         ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)"),
@@ -252,6 +253,7 @@ pub async fn create(
 #[utoipa::path(
     head,
     path = "/v1/uploads/{id}",
+    operation_id = "tus_head",
     tag = "uploads",
     params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)")),
     responses(
@@ -306,6 +308,7 @@ pub async fn head(
 #[utoipa::path(
     patch,
     path = "/v1/uploads/{id}",
+    operation_id = "tus_patch",
     tag = "uploads",
     params(
         ("id" = Uuid, Path),
@@ -324,7 +327,7 @@ pub async fn head(
         (status = 422, body = Problem, description = "finished: malware detected; the upload is quarantined"),
         (status = 423, body = Problem),
         (status = 429, body = Problem, description = "too many uploads in flight; retry after `Retry-After`"),
-        (status = 460, body = Problem),
+        (status = 460, body = Problem, description = "the chunk does not match its `Upload-Checksum`; it was not kept, send it again"),
     ),
     security(("bearer" = []))
 )]
@@ -370,6 +373,7 @@ pub async fn patch(
 #[utoipa::path(
     delete,
     path = "/v1/uploads/{id}",
+    operation_id = "tus_terminate",
     tag = "uploads",
     params(("id" = Uuid, Path), ("Tus-Resumable" = String, Header, pattern = r"^1\.0\.0$", description = "the tus protocol version, 1.0.0 (412 otherwise)")),
     responses(
