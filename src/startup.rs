@@ -338,10 +338,8 @@ impl Application {
             changes: changes.clone(),
         };
         let draining = self.draining;
-        // Inside CORS, so that a browser can read the 503 a draining replica answers.
         let mut router = http::router(self.state)
             .layer(axum::middleware::from_fn_with_state(deadlines, http::deadline))
-            .layer(axum::middleware::from_fn_with_state(draining.clone(), http::drain_gate))
             .layer(tower_http::trace::TraceLayer::new_for_http());
         if let Some(cors) = self.cors {
             router = router.layer(cors);
@@ -381,6 +379,10 @@ impl Application {
         let background = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(AFTER_GRACE, background).await.is_err() {
             tracing::warn!("background work was cut short at shutdown");
+            // Ended before the pool closes: a publish left running would find no database
+            // to mark it sent in, and be sent again after its lease.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         if tokio::time::timeout(AFTER_GRACE, self.database.close()).await.is_err() {
             tracing::warn!("database connections still in use at shutdown were dropped");

@@ -452,7 +452,20 @@ async fn a_replica_told_to_stop_finishes_its_upload_turns_new_ones_away_and_exit
         tx.send(Ok(piece.clone())).await.unwrap();
     }
     a.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the signal is handled, a request is still served: wait for the first 503.
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let key = reqwest::Client::new()
+            .get(format!("{}/v1/ledger/key", a.base))
+            .send()
+            .await
+            .expect("a draining replica answers instead of refusing the connection");
+        if key.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica starts draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A new connection, as a client arriving now makes one.
     let refused = reqwest::Client::new()

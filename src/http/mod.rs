@@ -135,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // JSON request bodies (consents) are small; uploads stream and are not held to it.
         .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.resumable.draining.clone(),
+            drain_gate,
+        ))
         .layer(axum::middleware::from_fn(uploads::tus_resumable_on_every_answer))
         .layer(axum::middleware::from_fn(crate::ops::metrics::track))
         .with_state(state)
@@ -196,6 +200,9 @@ pub struct Deadlines {
     pub changes: tokio_util::task::TaskTracker,
 }
 
+/// The routes [`drain_gate`] lets through.
+pub(crate) const STILL_ANSWERED_WHILE_DRAINING: [&str; 2] = ["/healthz", "/metrics"];
+
 /// Once shutdown has begun, a request that arrives is answered 503 `shutting-down` with
 /// `Retry-After` and its connection closed, rather than refused at connect: the client
 /// (or the load balancer) learns to go to another replica, while the uploads already in
@@ -206,7 +213,8 @@ pub async fn drain_gate(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if !draining.is_cancelled() {
+    // Liveness and the metrics scrape go on answering while the replica drains.
+    if !draining.is_cancelled() || STILL_ANSWERED_WHILE_DRAINING.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let mut response = ApiError::new(

@@ -470,7 +470,7 @@ impl From<PathRejection> for ApiError {
 /// operation lists the problems the layers around every handler can answer with: 401 and
 /// 403 where a token is required, 400 where a path, query, header or body can be malformed,
 /// 413 and 415 for a JSON body too large or of another type, and 503 for an unavailable
-/// dependency or a read past its deadline.
+/// dependency, a read past its deadline or a replica shutting down.
 pub fn document_problems(api: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::HttpMethod;
     for (path, item) in &mut api.paths.paths {
@@ -491,9 +491,6 @@ pub fn document_problems(api: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Routes answered from memory alone: no dependency, no deadline can make them 503.
-const ANSWERED_FROM_MEMORY: [&str; 1] = ["/v1/ledger/key"];
-
 fn complete_problems(
     path: &str,
     method: &utoipa::openapi::path::HttpMethod,
@@ -502,8 +499,8 @@ fn complete_problems(
     use utoipa::openapi::RefOr;
     use utoipa::openapi::path::HttpMethod;
     let head = *method == HttpMethod::Head;
-    let reaches_a_dependency =
-        path.starts_with("/v1/") && *method != HttpMethod::Options && !ANSWERED_FROM_MEMORY.contains(&path);
+    // A dependency, a read's deadline or a draining replica: every route but liveness.
+    let may_be_unavailable = !super::STILL_ANSWERED_WHILE_DRAINING.contains(&path);
     let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
         || operation.request_body.is_some()
@@ -520,7 +517,7 @@ fn complete_problems(
         (takes_json, "413", "the JSON body is over its limit"),
         (takes_json, "415", "the body is not `application/json`"),
         (
-            reaches_a_dependency,
+            may_be_unavailable,
             "503",
             "a dependency is unavailable, a read outlived its deadline, or this replica is shutting down; retry after `Retry-After`",
         ),
